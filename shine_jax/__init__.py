@@ -1,0 +1,1 @@
+"""shine_jax: SHINE hypernetworks in JAX."""

@@ -1,0 +1,268 @@
+"""``BaseModel``: the user-facing frozen base LLM (load from HF, logits, KV-cache generation, sharding, export)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from shine_jax import sharding as shd
+from shine_jax.convert import hf as hfconv
+from shine_jax.model.config import ModelConfig
+from shine_jax.model.decoder import AXES_KEY, Decoder
+from shine_jax.model.lora import check_lora, logical_axes as lora_axes
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def as_dtype(name) -> Any:
+    if name is None or not isinstance(name, str):
+        return name
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def build_decoder(cfg: ModelConfig, params: dict | None = None, *, seed: int = 0, param_dtype="float32",
+                  dtype="float32", remat: bool = False) -> Decoder:
+    """A Decoder with the given parameters (nested dict of arrays) or a random init when ``params`` is None."""
+    make = functools.partial(Decoder, cfg, param_dtype=as_dtype(param_dtype), dtype=as_dtype(dtype), remat=remat)
+    if params is None:
+        return make(rngs=nnx.Rngs(seed))
+    abstract = nnx.eval_shape(lambda: make(rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    pd = as_dtype(param_dtype)
+    nnx.replace_by_pure_dict(state, jax.tree.map(lambda a: jnp.asarray(a, pd), params))
+    return nnx.merge(graphdef, state)
+
+
+def state_shardings(state: nnx.State, mesh) -> Any:
+    """NamedSharding for every Variable of ``state`` from its ``logical_axes`` metadata."""
+    def one(var):
+        axes = var.get_metadata().get(AXES_KEY) or (None,) * var[...].ndim
+        return var.replace(shd.named_sharding(mesh, axes, var[...].shape))
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def lora_shardings(lora: dict, mesh) -> dict:
+    return {m: {f: shd.named_sharding(mesh, lora_axes(m, f), lora[m][f].shape) for f in lora[m]} for m in lora}
+
+
+class BaseModel:
+    """A frozen decoder plus (optionally) its tokenizer and the HF config it came from."""
+
+    def __init__(self, decoder: Decoder, tokenizer=None, hf_config: dict | None = None):
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.hf_config = hf_config
+        self.mesh = None
+        self._graphdef, self._state = nnx.split(decoder)
+
+    # -- construction ------------------------------------------------------------------------------------
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.decoder.cfg
+
+    @classmethod
+    def from_hf(cls, hf_dir: str | os.PathLike, dtype: str = "float32", compute_dtype: str | None = None,
+                load_tokenizer: bool = True, remat: bool = False) -> "BaseModel":
+        """Read ``config.json`` + safetensors (single or sharded) of a Qwen3 or LLaMA-family model."""
+        cfg, raw = hfconv.read_hf_config(hf_dir)
+        params = hfconv.hf_to_params(cfg, hfconv.read_safetensors(hf_dir))
+        decoder = build_decoder(cfg, params, param_dtype=dtype, dtype=compute_dtype or dtype, remat=remat)
+        tokenizer = load_tokenizer_from(hf_dir) if load_tokenizer else None
+        return cls(decoder, tokenizer, raw)
+
+    @classmethod
+    def random(cls, cfg: ModelConfig, seed: int = 0, dtype: str = "float32", tokenizer=None) -> "BaseModel":
+        return cls(build_decoder(cfg, seed=seed, param_dtype=dtype, dtype=dtype), tokenizer)
+
+    def params(self) -> dict:
+        """Parameters as a nested dict of numpy arrays (the layout ``hf_to_params`` produces)."""
+        return jax.tree.map(np.asarray, nnx.to_pure_dict(self._state))
+
+    def set_params(self, params: dict) -> None:
+        nnx.replace_by_pure_dict(self._state, params)
+        nnx.update(self.decoder, self._state)
+
+    def to_hf(self, out_dir: str | os.PathLike, overwrite: bool = False, tokenizer_dir=None) -> pathlib.Path:
+        """Write an HF folder (config.json, safetensors, tokenizer files) that transformers loads."""
+        tensors = hfconv.params_to_hf(self.cfg, self.params())
+        dtype = str(next(iter(tensors.values())).dtype)
+        hf_config = dict(self.hf_config) if self.hf_config else hfconv.config_to_hf_dict(self.cfg, dtype)
+        if tokenizer_dir is None and self.tokenizer is not None:
+            tokenizer_dir = getattr(self.tokenizer, "name_or_path", None)
+            if tokenizer_dir and not pathlib.Path(tokenizer_dir).is_dir():
+                tokenizer_dir = None
+        if tokenizer_dir is None and self.tokenizer is not None:
+            return self._to_hf_with_saved_tokenizer(out_dir, hf_config, tensors, overwrite)
+        return hfconv.write_hf_folder(out_dir, hf_config, tensors, tokenizer_dir, overwrite)
+
+    def _to_hf_with_saved_tokenizer(self, out_dir, hf_config, tensors, overwrite):
+        import tempfile
+        with tempfile.TemporaryDirectory() as tok_dir:
+            self.tokenizer.save_pretrained(tok_dir)
+            return hfconv.write_hf_folder(out_dir, hf_config, tensors, tok_dir, overwrite)
+
+    # -- sharding ----------------------------------------------------------------------------------------
+    def shard(self, mesh) -> "BaseModel":
+        """Place the parameters on ``mesh`` following the logical-axis rules; later calls run sharded."""
+        self.mesh = mesh
+        self._state = jax.device_put(self._state, state_shardings(self._state, mesh))
+        nnx.update(self.decoder, self._state)
+        return self
+
+    def _put_batch(self, *arrays):
+        if self.mesh is None:
+            return tuple(jnp.asarray(a) for a in arrays)
+        return tuple(jax.device_put(jnp.asarray(a), shd.batch_sharding(self.mesh, np.shape(a))) for a in arrays)
+
+    def _put_loras(self, loras: Sequence[dict]):
+        if self.mesh is None:
+            return tuple(loras)
+        return tuple(jax.device_put(l, lora_shardings(l, self.mesh)) for l in loras)
+
+    # -- compute -----------------------------------------------------------------------------------------
+    def _check_inputs(self, input_ids, attention_mask, lora) -> tuple[dict, ...]:
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {ids.shape}")
+        if attention_mask is not None and np.shape(attention_mask) != ids.shape:
+            raise ValueError(f"attention_mask shape {np.shape(attention_mask)} != input_ids shape {ids.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.cfg.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}); got {ids.min()}..{ids.max()}")
+        loras = () if lora is None else (lora,) if isinstance(lora, dict) else tuple(lora)
+        for n, l in enumerate(loras):
+            check_lora(self.cfg, l, ids.shape[0], what=f"lora[{n}]" if len(loras) > 1 else "lora")
+        return loras
+
+    def logits(self, input_ids, attention_mask=None, lora=None, positions=None) -> jax.Array:
+        """Logits ``[B, T, V]`` (float32). ``lora``: None, one LoRA pytree, or a sequence of them (summed)."""
+        loras = self._check_inputs(input_ids, attention_mask, lora)
+        if attention_mask is None:
+            attention_mask = np.ones(np.shape(input_ids), np.int32)
+        ids, mask = self._put_batch(input_ids, attention_mask)
+        pos = None if positions is None else self._put_batch(positions)[0]
+        return _logits_fn(self._graphdef, self._state, ids, mask, pos, self._put_loras(loras))
+
+    def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 32, lora=None,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                 eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None) -> np.ndarray:
+        """KV-cache generation for a left-padded batch: greedy at ``temperature=0``, else temperature/top-p
+        sampling. Returns ``[B, max_new_tokens]`` new ids; after a row's EOS the rest is ``pad_token_id``."""
+        loras = self._check_inputs(input_ids, attention_mask, lora)
+        if attention_mask is None:
+            attention_mask = np.ones(np.shape(input_ids), np.int32)
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        eos = self._eos_ids(eos_token_id)
+        pad = pad_token_id if pad_token_id is not None else (self._pad_id() if eos.size else 0)
+        ids, mask = self._put_batch(input_ids, attention_mask)
+        out = _generate_fn(self._graphdef, self._state, ids, mask, self._put_loras(loras),
+                           jax.random.key(seed), jnp.float32(temperature), jnp.float32(top_p),
+                           jnp.asarray(eos, jnp.int32), jnp.int32(pad), max_new_tokens)
+        return np.asarray(out)
+
+    def _eos_ids(self, eos_token_id) -> np.ndarray:
+        if eos_token_id is None:
+            eos_token_id = []
+            if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+                eos_token_id.append(self.tokenizer.eos_token_id)
+            cfg_eos = self.cfg.eos_token_id
+            eos_token_id += cfg_eos if isinstance(cfg_eos, list) else [] if cfg_eos is None else [cfg_eos]
+        ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        return np.asarray(sorted(set(ids)) or [-1], np.int32)
+
+    def _pad_id(self) -> int:
+        if self.tokenizer is not None and self.tokenizer.pad_token_id is not None:
+            return int(self.tokenizer.pad_token_id)
+        return int(self.cfg.pad_token_id or 0)
+
+    # -- text helpers ------------------------------------------------------------------------------------
+    def chat_prompt(self, user_texts: Sequence[str], max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Tokenise user messages with the tokenizer's chat template, left-padded -> (ids, mask)."""
+        tok = self._need_tokenizer()
+        rows = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                        tokenize=False) for t in user_texts]
+        return self.encode(rows, max_length, add_special_tokens=False)
+
+    def encode(self, texts: Sequence[str], max_length: int | None = None, add_special_tokens: bool = False):
+        tok = self._need_tokenizer()
+        enc = tok(list(texts), padding="longest" if max_length is None else "max_length", truncation=max_length is not None,
+                  max_length=max_length, add_special_tokens=add_special_tokens, return_tensors="np")
+        return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
+
+    def decode(self, ids: np.ndarray) -> list[str]:
+        tok = self._need_tokenizer()
+        eos = set(self._eos_ids(None).tolist())
+        texts = []
+        for row in np.asarray(ids):
+            row = row.tolist()
+            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+            texts.append(tok.decode(row[:cut], skip_special_tokens=True))
+        return texts
+
+    def _need_tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; load it from a folder with tokenizer.json")
+        return self.tokenizer
+
+
+def load_tokenizer_from(path: str | os.PathLike):
+    """An HF fast tokenizer from ``path`` (left padding), or None when the folder has no tokenizer files."""
+    path = pathlib.Path(path)
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), padding_side="left")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+# ---------------------------------------------------------------------------------------------- jitted cores
+@functools.partial(jax.jit, static_argnums=0)
+def _logits_fn(graphdef, state, ids, mask, positions, loras):
+    return nnx.merge(graphdef, state)(ids, mask, positions, loras)
+
+
+def sample_token(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Greedy when ``temperature == 0``; otherwise temperature + nucleus (top-p) sampling. logits ``[B, V]``."""
+    greedy = jnp.argmax(logits, axis=-1)
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    sorted_desc = -jnp.sort(-scaled, axis=-1)
+    probs = jax.nn.softmax(sorted_desc, axis=-1)
+    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p  # always keeps the most likely token
+    cutoff = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+    sampled = jax.random.categorical(key, jnp.where(scaled < cutoff, -jnp.inf, scaled), axis=-1)
+    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 10))
+def _generate_fn(graphdef, state, ids, mask, loras, key, temperature, top_p, eos, pad, max_new_tokens):
+    model = nnx.merge(graphdef, state)
+    b, t = ids.shape
+    cache = model.init_cache(b, t + max_new_tokens)
+    logits, cache = model.extend(cache, ids, mask, loras)
+
+    def step(carry, step_key):
+        logits, cache, done = carry
+        tok = sample_token(logits, step_key, temperature, top_p)
+        tok = jnp.where(done, pad, tok)
+        new_done = done | jnp.isin(tok, eos)
+        logits, cache = model.extend(cache, tok[:, None], (~done)[:, None].astype(jnp.int32), loras)
+        return (logits, cache, new_done), tok
+
+    keys = jax.random.split(key, max_new_tokens)
+    _, toks = jax.lax.scan(step, (logits, cache, jnp.zeros((b,), bool)), keys)
+    return toks.T

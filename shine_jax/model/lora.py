@@ -1,0 +1,129 @@
+"""LoRA containers and their application (SHINE_SPEC §6).
+
+A LoRA is a plain pytree, stacked over layers so it can ride along the decoder's ``scan``::
+
+    {"q": {"A": [L, Lb, in, r], "B": [L, Lb, r, out]}, "k": {...}, ..., "down": {...}}
+
+``Lb`` is the LoRA batch. ``Lb == 1`` is a *shared* LoRA broadcast to every input row (SHINE's Meta LoRA);
+``Lb == B`` is a *per-example* LoRA (row ``n`` uses adapter ``n``); in general input row ``n`` uses adapter
+``n // (B // Lb)``, as the official ``LoraLinear`` does. The update is ``x @ A @ B`` with no alpha/r factor:
+SHINE folds its scale into A and B.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from shine_jax.model.config import LORA_MODULES, ModelConfig
+
+LoRA = Mapping[str, Mapping[str, jax.Array]]
+
+# Logical axes of the two factors of each module (leading: layers, lora batch).
+_IN_AXIS = {"q": "embed", "k": "embed", "v": "embed", "o": "heads", "gate": "embed", "up": "embed", "down": "mlp"}
+_OUT_AXIS = {"q": "heads", "k": "kv_heads", "v": "kv_heads", "o": "embed", "gate": "mlp", "up": "mlp", "down": "embed"}
+
+
+def logical_axes(module: str, factor: str) -> tuple[str, ...]:
+    if factor == "A":
+        return ("layers", "batch", _IN_AXIS[module], "lora_rank")
+    return ("layers", "batch", "lora_rank", _OUT_AXIS[module])
+
+
+def lora_shapes(cfg: ModelConfig, rank: int, batch: int = 1) -> dict[str, dict[str, tuple[int, ...]]]:
+    L = cfg.num_layers
+    return {
+        m: {"A": (L, batch, i, rank), "B": (L, batch, rank, o)} for m, (i, o) in cfg.module_dims().items()
+    }
+
+
+def lora_rank(lora: LoRA) -> int:
+    return next(iter(lora.values()))["A"].shape[-1]
+
+
+def lora_batch(lora: LoRA) -> int:
+    return next(iter(lora.values()))["A"].shape[1]
+
+
+def check_lora(cfg: ModelConfig, lora: LoRA, input_batch: int | None = None, what: str = "LoRA") -> None:
+    """Raise a one-line ValueError when ``lora`` does not fit the model (or the input batch)."""
+    if not isinstance(lora, Mapping):
+        raise ValueError(f"{what} must be a dict of modules {LORA_MODULES}, got {type(lora).__name__}")
+    extra = sorted(set(lora) - set(LORA_MODULES))
+    if extra:
+        raise ValueError(f"{what} has unknown module(s) {extra}; allowed: {', '.join(LORA_MODULES)}")
+    if not lora:
+        raise ValueError(f"{what} is empty")
+    ranks, batches = set(), set()
+    dims = cfg.module_dims()
+    for m, leaf in lora.items():
+        if set(leaf) != {"A", "B"}:
+            raise ValueError(f"{what}[{m!r}] must have exactly the keys 'A' and 'B', got {sorted(leaf)}")
+        a, b = leaf["A"], leaf["B"]
+        i, o = dims[m]
+        if a.ndim != 4 or b.ndim != 4:
+            raise ValueError(
+                f"{what}[{m!r}] factors must be [layers, batch, in, r] and [layers, batch, r, out], "
+                f"got A{tuple(a.shape)} B{tuple(b.shape)}"
+            )
+        L, lb, ai, r = a.shape
+        if (L, ai) != (cfg.num_layers, i) or tuple(b.shape) != (cfg.num_layers, lb, r, o):
+            raise ValueError(
+                f"{what}[{m!r}] has A{tuple(a.shape)} B{tuple(b.shape)} but the model needs "
+                f"A({cfg.num_layers}, batch, {i}, r) B({cfg.num_layers}, batch, r, {o})"
+            )
+        ranks.add(r)
+        batches.add(lb)
+    if len(batches) > 1:
+        raise ValueError(f"{what} modules disagree on the LoRA batch size: {sorted(batches)}")
+    lb = batches.pop()
+    if input_batch is not None and input_batch % lb:
+        raise ValueError(
+            f"{what} batch {lb} does not divide the input batch {input_batch}; use 1 (shared) or a divisor"
+        )
+
+
+def lora_delta(x: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """``x @ A @ B`` with grouped adapters: x [B, S, in], A [Lb, in, r], B [Lb, r, out] -> [B, S, out]."""
+    bsz, seq, d_in = x.shape
+    lb = a.shape[0]
+    xg = x.reshape(lb, bsz // lb, seq, d_in)
+    tmp = jnp.einsum("gnsi,gir->gnsr", xg, a.astype(x.dtype))
+    out = jnp.einsum("gnsr,gro->gnso", tmp, b.astype(x.dtype))
+    return out.reshape(bsz, seq, -1)
+
+
+def apply_loras(y: jax.Array, x: jax.Array, layer_loras: Sequence[Mapping[str, Mapping[str, jax.Array]]], module: str):
+    """Add the delta of every LoRA (one layer's slice, A [Lb, in, r]) that has ``module`` to ``y``."""
+    for lora in layer_loras:
+        if module in lora:
+            y = y + lora_delta(x, lora[module]["A"], lora[module]["B"])
+    return y
+
+
+def init_lora(cfg: ModelConfig, rank: int, key: jax.Array, a_std: float = math.sqrt(1e-3),
+              batch: int = 1, dtype=jnp.float32, modules: Sequence[str] = LORA_MODULES) -> dict:
+    """The official Meta-LoRA init: A ~ N(0, a_std^2) (a_std = sqrt(0.001)), B = 0."""
+    shapes = lora_shapes(cfg, rank, batch)
+    keys = jax.random.split(key, len(modules))
+    return {
+        m: {
+            "A": a_std * jax.random.normal(k, shapes[m]["A"], dtype),
+            "B": jnp.zeros(shapes[m]["B"], dtype),
+        }
+        for m, k in zip(modules, keys)
+    }
+
+
+def concat_rank(first: LoRA, second: LoRA) -> dict:
+    """Concatenate two LoRAs along the rank axis (the official ``merge_loradicts``): the sum of both updates."""
+    return {
+        m: {
+            "A": jnp.concatenate([first[m]["A"], second[m]["A"]], axis=-1),
+            "B": jnp.concatenate([first[m]["B"], second[m]["B"]], axis=-2),
+        }
+        for m in first
+    }

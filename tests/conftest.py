@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny random HF models (built with transformers in PyTorch) and tolerance helpers."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FIXTURES = pathlib.Path(os.environ.get("SHINE_JAX_FIXTURES", REPO / "tests" / "fixtures" / "shine_reference"))
+
+TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, max_position_embeddings=128, rms_norm_eps=1e-6)
+
+
+def max_rel_err(ours, ref, where=None) -> float:
+    """max |ours - ref| / max |ref| over the selected entries (``where`` broadcasts over the last axis)."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    if where is not None:
+        where = np.broadcast_to(np.asarray(where, bool)[..., None], ref.shape) if where.ndim < ref.ndim else where
+        ours, ref = ours[where], ref[where]
+    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+
+
+def make_hf_model(tmp_path: pathlib.Path, family: str, tie: bool, seed: int = 0, **overrides):
+    """Save a random tiny HF model (norm weights perturbed so they are not all ones) and return its dir."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    kw = dict(TINY, tie_word_embeddings=tie, **overrides)
+    if family == "qwen3":
+        kw.setdefault("rope_theta", 1e6)
+        config = transformers.Qwen3Config(**kw)
+        model = transformers.Qwen3ForCausalLM(config)
+    else:
+        kw.setdefault("rope_theta", 1e4)
+        config = transformers.LlamaConfig(**kw)
+        model = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    out = tmp_path / f"{family}_{'tied' if tie else 'untied'}_{seed}"
+    model.save_pretrained(out)
+    return out, model.eval()
+
+
+def left_padded_batch(vocab: int, lengths: list[int], total: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((len(lengths), total), np.int64)
+    mask = np.zeros((len(lengths), total), np.int64)
+    for r, n in enumerate(lengths):
+        ids[r, total - n:] = rng.integers(1, vocab, n)
+        mask[r, total - n:] = 1
+    return ids, mask
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> pathlib.Path:
+    if not FIXTURES.is_dir():
+        pytest.fail(f"SHINE reference fixtures not found at {FIXTURES}")
+    return FIXTURES
