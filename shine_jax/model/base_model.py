@@ -19,6 +19,7 @@ from shine_jax.model.config import ModelConfig
 from shine_jax.model.decoder import AXES_KEY, Decoder
 from shine_jax.model.lora import check_lora, logical_axes as lora_axes
 
+MODEL_JSON = "model.json"
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -91,6 +92,44 @@ class BaseModel:
     def set_params(self, params: dict) -> None:
         nnx.replace_by_pure_dict(self._state, params)
         nnx.update(self.decoder, self._state)
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> pathlib.Path:
+        """Our own format: ``model.json`` (architecture + original HF config), Orbax params, tokenizer files."""
+        import orbax.checkpoint as ocp
+
+        path = pathlib.Path(path).absolute()
+        hfconv.prepare_output_dir(path, overwrite)
+        tmp = path.parent / f".{path.name}.tmp"
+        if tmp.exists():
+            import shutil
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        (tmp / MODEL_JSON).write_text(json.dumps({"model": self.cfg.to_dict(), "hf_config": self.hf_config,
+                                                  "param_dtype": str(self.params()["embed"].dtype)}, indent=2))
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / "params", nnx.to_pure_dict(self._state))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        if path.exists():
+            import shutil
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, dtype: str | None = None, compute_dtype: str | None = None) -> "BaseModel":
+        import orbax.checkpoint as ocp
+
+        path = pathlib.Path(path).absolute()
+        if not (path / MODEL_JSON).is_file():
+            raise FileNotFoundError(f"{path} has no {MODEL_JSON}; it is not a shine_jax model folder")
+        meta = json.loads((path / MODEL_JSON).read_text())
+        cfg = ModelConfig.from_dict(meta["model"])
+        with ocp.StandardCheckpointer() as ckptr:
+            params = ckptr.restore(path / "params")
+        dtype = dtype or meta.get("param_dtype", "float32")
+        decoder = build_decoder(cfg, params, param_dtype=dtype, dtype=compute_dtype or dtype)
+        return cls(decoder, load_tokenizer_from(path / "tokenizer"), meta.get("hf_config"))
 
     def to_hf(self, out_dir: str | os.PathLike, overwrite: bool = False, tokenizer_dir=None) -> pathlib.Path:
         """Write an HF folder (config.json, safetensors, tokenizer files) that transformers loads."""

