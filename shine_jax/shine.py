@@ -1,0 +1,271 @@
+"""``Shine``: the public face of SHINE — a frozen base model plus the trained hypernetwork.
+
+``generate_lora`` turns evidence into a per-example LoRA in one forward pass; ``logits``/``ask`` answer with it,
+the document no longer in the prompt. Checkpoints: our own format (``save``/``load``) and the official PyTorch
+files (``from_official``/``to_official``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from shine_jax import sharding as shd
+from shine_jax.convert import official as off
+from shine_jax.model.base_model import BaseModel, lora_shardings, state_shardings
+from shine_jax.model.config import ModelConfig
+from shine_jax.model.hypernet import HyperConfig, Hypernetwork, causal_lm_loss, num_memory_tokens
+from shine_jax.model.m2p import M2PConfig
+
+SHINE_JSON = "shine.json"
+SPECIAL_TOKENS = ("<RECON>", "<COMP>", "<NOTHING>")
+
+
+def hyper_config_to_dict(h: HyperConfig) -> dict:
+    return dataclasses.asdict(h)
+
+
+def hyper_config_from_dict(d: dict) -> HyperConfig:
+    d = dict(d)
+    return HyperConfig(**{**d, "m2p": M2PConfig(**d.get("m2p", {}))})
+
+
+class Shine:
+    def __init__(self, base: BaseModel, hyper: Hypernetwork):
+        self.base = base
+        self.hyper = hyper
+        self.mesh = None
+        self._hgraph, self._hstate = nnx.split(hyper)
+
+    # -- properties --------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self.base.tokenizer
+
+    @property
+    def cfg(self) -> HyperConfig:
+        return self.hyper.cfg
+
+    @property
+    def num_memory_tokens(self) -> int:
+        return self.hyper.num_tokens
+
+    @classmethod
+    def create(cls, base: BaseModel, hyper_cfg: HyperConfig, seed: int = 0) -> "Shine":
+        """A fresh hypernetwork with the official initialisation on top of ``base``."""
+        return cls(base, Hypernetwork(base.cfg, hyper_cfg, nnx.Rngs(seed)))
+
+    def set_hyper_params(self, params: dict) -> None:
+        nnx.replace_by_pure_dict(self._hstate, jax.tree.map(jnp.asarray, params))
+        nnx.update(self.hyper, self._hstate)
+
+    def hyper_params(self) -> dict:
+        return jax.tree.map(np.asarray, nnx.to_pure_dict(self._hstate))
+
+    def shard(self, mesh) -> "Shine":
+        self.base.shard(mesh)
+        self.mesh = mesh
+        self._hstate = jax.device_put(self._hstate, state_shardings(self._hstate, mesh))
+        nnx.update(self.hyper, self._hstate)
+        return self
+
+    # -- the public contract -----------------------------------------------------------------------------
+    def memory_states(self, evidence_ids, evidence_mask=None) -> jax.Array:
+        ids, mask = self._evidence(evidence_ids, evidence_mask)
+        return _memory_states_fn(self.base._graphdef, self.base._state, self._hgraph, self._hstate, ids, mask)
+
+    def generate_lora(self, evidence_ids, evidence_mask=None) -> dict:
+        ids, mask = self._evidence(evidence_ids, evidence_mask)
+        return _generate_lora_fn(self.base._graphdef, self.base._state, self._hgraph, self._hstate, ids, mask,
+                                 self.mesh)
+
+    def logits(self, input_ids, attention_mask=None, lora=None, positions=None) -> jax.Array:
+        return self.base.logits(input_ids, attention_mask, lora=lora, positions=positions)
+
+    def loss(self, input_ids, attention_mask, labels, evidence_ids, evidence_mask) -> jax.Array:
+        """The training loss (HF causal-LM cross-entropy of the answer pass with the generated LoRA)."""
+        batch = {k: jnp.asarray(v) for k, v in dict(input_ids=input_ids, attention_mask=attention_mask,
+                                                     labels=labels, evidence_ids=evidence_ids,
+                                                     evidence_mask=evidence_mask).items()}
+        return _loss_fn(self.base._graphdef, self.base._state, self._hgraph, self._hstate, batch)[0]
+
+    def ask(self, document: str, question: str | Sequence[str], max_new_tokens: int = 64,
+            max_evidence_length: int | None = None) -> str | list[str]:
+        """Greedy answer(s) to question(s) about ``document`` from its generated LoRA (document not in prompt)."""
+        if not document.strip():
+            raise ValueError("the document is empty")
+        questions = [question] if isinstance(question, str) else list(question)
+        ev_ids, ev_mask = self.base.encode([document], max_evidence_length)
+        lora = self.generate_lora(ev_ids, ev_mask)
+        ids, mask = self.base.chat_prompt(questions)
+        lora = jax.tree.map(lambda x: jnp.repeat(x, len(questions), axis=1), lora)
+        answers = [a.strip() for a in self.base.decode(self.base.generate(ids, mask, max_new_tokens, lora=lora))]
+        return answers[0] if isinstance(question, str) else answers
+
+    def _evidence(self, ids, mask):
+        ids = np.asarray(ids)
+        if ids.ndim != 2:
+            raise ValueError(f"evidence_ids must be [batch, length], got shape {ids.shape}")
+        mask = np.ones_like(ids) if mask is None else np.asarray(mask)
+        if mask.shape != ids.shape:
+            raise ValueError(f"evidence_mask shape {mask.shape} != evidence_ids shape {ids.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.base.cfg.vocab_size):
+            raise ValueError(f"evidence token ids must lie in [0, {self.base.cfg.vocab_size})")
+        return self.base._put_batch(ids, mask)
+
+    # -- our format --------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> pathlib.Path:
+        """``shine.json`` + Orbax hypernetwork params + the base model (``base/``)."""
+        import orbax.checkpoint as ocp
+
+        path = pathlib.Path(path).absolute()
+        from shine_jax.convert.hf import prepare_output_dir
+        prepare_output_dir(path, overwrite)
+        path.mkdir(parents=True, exist_ok=True)
+        self.base.save(path / "base", overwrite=True)
+        if (path / "hyper").exists():
+            import shutil
+            shutil.rmtree(path / "hyper")
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(path / "hyper", nnx.to_pure_dict(self._hstate))
+        (path / SHINE_JSON).write_text(json.dumps({"hyper": hyper_config_to_dict(self.cfg)}, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Shine":
+        import orbax.checkpoint as ocp
+
+        path = pathlib.Path(path).absolute()
+        if not (path / SHINE_JSON).is_file():
+            raise FileNotFoundError(f"{path} has no {SHINE_JSON}; it is not a shine_jax SHINE folder")
+        hcfg = hyper_config_from_dict(json.loads((path / SHINE_JSON).read_text())["hyper"])
+        shine = cls.create(BaseModel.load(path / "base"), hcfg)
+        with ocp.StandardCheckpointer() as ckptr:
+            shine.set_hyper_params(ckptr.restore(path / "hyper"))
+        return shine
+
+    # -- official checkpoints ----------------------------------------------------------------------------
+    @classmethod
+    def from_official(cls, ckpt_dir: str | os.PathLike, hf_dir: str | os.PathLike, m2p_heads: int | None = None,
+                      scale: float = 1e-3, method: str = "rl", layer_transformer_first: bool = True,
+                      base: BaseModel | None = None) -> "Shine":
+        """Load an official checkpoint on top of the HF base model in ``hf_dir``.
+
+        Hyper-parameters not stored in the files (M2P heads, scale, reshape method) are arguments; the rest
+        (r, R, M, M2P depth and type) is read from the tensor shapes and checked against the base model.
+        """
+        raw = off.read_official(ckpt_dir)
+        base = base or BaseModel.from_hf(hf_dir)
+        if base.tokenizer is not None:
+            base = with_shine_tokens(base)
+        hcfg = infer_hyper_config(raw, base.cfg, m2p_heads, scale, method, layer_transformer_first)
+        shine = cls.create(base, hcfg)
+        shine.set_hyper_params(official_to_params(raw, base.cfg))
+        return shine
+
+    def to_official(self, out_dir: str | os.PathLike, global_step: int = 0, overwrite: bool = False) -> pathlib.Path:
+        p = self.hyper_params()
+        return off.write_official(out_dir, p["mem_tokens"], p["m2p"], p["metalora"], p.get("extra_metalora"),
+                                  self.base.cfg, global_step, overwrite)
+
+
+# --------------------------------------------------------------------------------------------- official glue
+def infer_hyper_config(raw: dict, cfg: ModelConfig, m2p_heads: int | None, scale: float, method: str,
+                       layer_transformer_first: bool) -> HyperConfig:
+    mem = raw["mem_tokens"]
+    where = "official checkpoint"
+    if mem.shape[1] != cfg.hidden_size:
+        raise off.OfficialCheckpointError(
+            f"{where}: mem_tokens is {tuple(mem.shape)} but the base model has hidden size {cfg.hidden_size} "
+            f"(expected (M, {cfg.hidden_size}))")
+    per_rank = cfg.lora_params_per_layer(1)
+    if (mem.shape[0] * cfg.hidden_size) % per_rank:
+        raise off.OfficialCheckpointError(
+            f"{where}: mem_tokens {tuple(mem.shape)} does not correspond to any LoRA rank of this base model "
+            f"(M*H must be a multiple of {per_rank})")
+    r = mem.shape[0] * cfg.hidden_size // per_rank
+    pe = raw["m2p"]["layer_pe"]
+    if pe.shape[0] != cfg.num_layers:
+        raise off.OfficialCheckpointError(
+            f"{where}: layer_pe is {tuple(pe.shape)} but the base model has {cfg.num_layers} layers "
+            f"(expected ({cfg.num_layers}, {cfg.hidden_size}))")
+    meta = off.metalora_to_stacked(raw["metalora"], cfg, "metalora.pth")
+    extra = off.metalora_to_stacked(raw["extra_metalora"], cfg, "ift_additional_metalora.pth") \
+        if raw["extra_metalora"] is not None else None
+    kind, depth = off.count_m2p_layers(raw["m2p"])
+    heads = m2p_heads or max(1, cfg.hidden_size // 128)  # official configs: M2P head dim 128
+    m2p = M2PConfig(type=kind, num_layers=depth, num_heads=heads, layer_transformer_first=layer_transformer_first)
+    hcfg = HyperConfig(lora_rank=r, metalora_rank=meta["q"]["A"].shape[-1],
+                       extra_metalora_rank=0 if extra is None else extra["q"]["A"].shape[-1],
+                       scale=scale, method=method, m2p=m2p)
+    num_memory_tokens(cfg, hcfg)
+    return hcfg
+
+
+def official_to_params(raw: dict, cfg: ModelConfig) -> dict:
+    params = {"mem_tokens": raw["mem_tokens"],
+              "metalora": off.metalora_to_stacked(raw["metalora"], cfg, "metalora.pth"),
+              "m2p": off.m2p_from_state_dict(raw["m2p"], off.count_m2p_layers(raw["m2p"])[1])}
+    if raw["extra_metalora"] is not None:
+        params["extra_metalora"] = off.metalora_to_stacked(raw["extra_metalora"], cfg, "ift_additional_metalora.pth")
+    return params
+
+
+def with_shine_tokens(base: BaseModel) -> BaseModel:
+    """Add SHINE's ``<RECON>``, ``<COMP>``, ``<NOTHING>`` tokens and resize the vocabulary to ``len(tokenizer)``
+    as the official trainer does (rows are copied; rows beyond the old vocabulary start at the mean embedding)."""
+    tok = base.tokenizer
+    tok.add_tokens(list(SPECIAL_TOKENS))
+    n = len(tok)
+    if n == base.cfg.vocab_size:
+        return base
+    params = base.params()
+
+    def resize(table, axis):
+        if n <= table.shape[axis]:
+            return np.take(table, np.arange(n), axis=axis)
+        extra = np.repeat(table.mean(axis=axis, keepdims=True), n - table.shape[axis], axis=axis)
+        return np.concatenate([table, extra], axis=axis)
+
+    params["embed"] = resize(params["embed"], 0)
+    if "lm_head" in params:
+        params["lm_head"] = resize(params["lm_head"], 1)
+    from shine_jax.model.base_model import build_decoder
+    cfg = dataclasses.replace(base.cfg, vocab_size=n)
+    hf = dict(base.hf_config or {}, vocab_size=n)
+    return BaseModel(build_decoder(cfg, params, param_dtype=str(params["embed"].dtype)), tok, hf)
+
+
+# ---------------------------------------------------------------------------------------------- jitted cores
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _memory_states_fn(dgraph, dstate, hgraph, hstate, ids, mask):
+    return nnx.merge(hgraph, hstate).memory_states(nnx.merge(dgraph, dstate), ids, mask)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 6))
+def _generate_lora_fn(dgraph, dstate, hgraph, hstate, ids, mask, mesh):
+    lora = nnx.merge(hgraph, hstate).generate_lora(nnx.merge(dgraph, dstate), ids, mask)
+    if mesh is not None:  # the per-example LoRA's batch axis shards with the data
+        lora = jax.lax.with_sharding_constraint(lora, lora_shardings(lora, mesh))
+    return lora
+
+
+def shine_loss(decoder, hyper: Hypernetwork, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """Evidence -> LoRA -> answer-pass loss, differentiable w.r.t. ``hyper``. Returns (loss, labelled tokens)."""
+    lora = hyper.generate_lora(decoder, batch["evidence_ids"], batch["evidence_mask"])
+    logits = decoder(batch["input_ids"], batch["attention_mask"], loras=(lora,))
+    return causal_lm_loss(logits, batch["labels"])
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _loss_fn(dgraph, dstate, hgraph, hstate, batch):
+    return shine_loss(nnx.merge(dgraph, dstate), nnx.merge(hgraph, hstate), batch)
