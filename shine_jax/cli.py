@@ -29,11 +29,17 @@ def cmd_convert(args) -> None:
         from shine_jax.convert.gguf import gguf_to_hf
 
         gguf_to_hf(args.src, args.out, overwrite=args.overwrite)
-    else:
-        from shine_jax.convert import official
+    elif args.direction == "official-to-jax":
+        from shine_jax.shine import Shine
 
-        getattr(official, args.direction.replace("-", "_"))(args, start)
-        return
+        if not args.hf:
+            raise ValueError("official-to-jax needs --hf BASE_MODEL_DIR (the base model is not in the checkpoint)")
+        Shine.from_official(args.src, args.hf, m2p_heads=args.m2p_heads, scale=args.scale,
+                            method=args.method).save(args.out, overwrite=args.overwrite)
+    else:  # jax-to-official
+        from shine_jax.shine import Shine
+
+        Shine.load(args.src).to_official(args.out, overwrite=args.overwrite)
     print(f"wrote {args.out} ({args.direction}, {time.time() - start:.1f}s)")
 
 
@@ -79,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src", help="source: HF folder, shine_jax folder, .gguf file or official checkpoint dir")
     c.add_argument("out", help="output folder")
     c.add_argument("--hf", help="base model HF folder (official-to-jax)")
+    c.add_argument("--m2p-heads", type=int, help="official-to-jax: M2P attention heads (default H/128)")
+    c.add_argument("--scale", type=float, default=1e-3, help="official-to-jax: LoRA scale (default 0.001)")
+    c.add_argument("--method", default="rl", choices=["rl", "rr", "lr", "ll"], help="official-to-jax: reshape")
     c.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     c.set_defaults(func=cmd_convert)
 

@@ -40,3 +40,8 @@ def test_mesh_shape_errors():
 @pytest.mark.multidevice
 def test_sharded_decoder_equals_single_device():
     assert "OK" in run_multidevice("tests.multidevice.decoder_sharded")
+
+
+@pytest.mark.multidevice
+def test_sharded_shine_equals_single_device():
+    assert "OK" in run_multidevice("tests.multidevice.shine_sharded")
