@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--top-p", type=float, default=1.0)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_chat)
+
+    d = sub.add_parser("demo", help="the embedded default job (today: SmolLM2 answers through our JAX decoder)")
+    d.add_argument("--model", default=None)
+    d.add_argument("--question", default="What is the capital of France?")
+    d.add_argument("--max-new-tokens", type=int, default=32)
+    d.set_defaults(func=cmd_chat, temperature=0.0, top_p=1.0, seed=0)
     return p
 
 
