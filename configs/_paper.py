@@ -1,0 +1,30 @@
+"""Shared settings of the paper-scale configs (SHINE_SPEC §1, §7): r=8, Meta LoRA 128, M2P 4 layers (head dim
+128, FFN 2H), scale 0.001, method rl, lr 5e-5 / 3e-5 / 1e-5 per stage with linear warmup then decay, effective
+batch 32, context / conversation lengths 1150 / 2380, bf16 compute with float32 master weights, remat."""
+
+from shine_jax.train.config import base_config
+
+STAGE_SETTINGS = {  # steps are per stage; warmup as the official scripts (200-400)
+    "pretrain": dict(lr=5e-5, warmup=400, steps=20000),
+    "ift_mqa": dict(lr=3e-5, warmup=200, steps=6000),
+    "ift_1qa": dict(lr=1e-5, warmup=200, steps=3000),
+}
+
+
+def paper_config(name: str, hf_dir: str, hidden: int, stage: str | None):
+    c = base_config()
+    c.name = name
+    c.stage = stage or "pretrain"
+    if c.stage not in STAGE_SETTINGS:
+        raise ValueError(f"{name} has stages {', '.join(STAGE_SETTINGS)} (no base_pretrain: the base is pretrained)")
+    c.model.source, c.model.hf_dir = "hf", hf_dir
+    c.model.compute_dtype, c.model.remat = "bfloat16", True
+    c.shine.lora_rank, c.shine.metalora_rank, c.shine.scale = 8, 128, 1e-3
+    c.shine.m2p_layers, c.shine.m2p_heads, c.shine.m2p_ffn_mult = 4, hidden // 128, 2
+    c.data.context_length, c.data.conversation_length = 1150, 2380
+    c.batch_size, c.grad_accum = 32, 4
+    c.mesh = (1, -1, 1)
+    c.checkpoint_every, c.keep_checkpoints, c.log_every, c.eval_every = 1000, 3, 20, 1000
+    s = STAGE_SETTINGS[c.stage]
+    c.steps, c.optim.lr, c.optim.warmup_steps = s["steps"], s["lr"], s["warmup"]
+    return c

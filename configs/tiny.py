@@ -1,0 +1,32 @@
+"""tiny: a 4-layer d=128 LLaMA-family base trained from scratch on the bundled corpus, then SHINE; CPU, minutes.
+
+Usage: shine-jax train --config configs/tiny.py:STAGE --workdir W   (STAGE: base_pretrain, pretrain, ift_mqa, ift_1qa)
+"""
+
+from shine_jax.train.config import base_config
+
+
+def get_config(arg=None):
+    c = base_config()
+    c.name = "tiny"
+    c.stage = arg or "pretrain"
+    c.model.source = "scratch"
+    c.model.family = "llama"
+    c.model.hidden_size, c.model.intermediate_size = 128, 256
+    c.model.num_layers, c.model.num_heads, c.model.num_kv_heads, c.model.head_dim = 4, 4, 4, 32
+    c.shine.lora_rank, c.shine.metalora_rank = 4, 8  # M = 17 r = 68 memory tokens
+    c.shine.m2p_layers, c.shine.m2p_heads = 2, 4
+    c.shine.scale = 1e-2  # the CPU prototype learned fastest at 0.01 (0.001 is the paper's value)
+    c.data.num_people, c.data.train_docs, c.data.eval_docs = 10000, 20000, 256
+    c.data.context_length, c.data.conversation_length, c.data.lm_length = 320, 160, 384
+    c.log_every, c.eval_every, c.eval_batches = 10, 100, 4
+    c.checkpoint_every = 100
+    stage = {
+        "base_pretrain": dict(steps=1500, batch_size=32, lr=3e-3, warmup=100),
+        "pretrain": dict(steps=300, batch_size=16, lr=1e-3, warmup=30),
+        "ift_mqa": dict(steps=600, batch_size=16, lr=1e-3, warmup=30),
+        "ift_1qa": dict(steps=200, batch_size=16, lr=5e-4, warmup=20),
+    }[c.stage]
+    c.steps, c.batch_size = stage["steps"], stage["batch_size"]
+    c.optim.lr, c.optim.warmup_steps = stage["lr"], stage["warmup"]
+    return c

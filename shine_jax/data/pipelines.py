@@ -1,0 +1,186 @@
+"""Grain pipelines for every training stage (SHINE_SPEC §7-§8).
+
+Each stage maps document-QA records to fixed-length, left-padded int32 arrays:
+
+* ``base_pretrain`` (tiny only): language modelling on bios and chat-formatted QA, with and without the document
+  in the prompt, so the from-scratch base can read, answer and answer in context (the ``icl`` baseline).
+* ``pretrain``: SHINE's RECON / COMP objectives. Several texts are packed into one evidence (joined by
+  ``<|endoftext|>``); RECON asks ``<RECON>`` -> the evidence text, COMP keeps a 70-90 % word prefix as evidence
+  and asks ``<COMP>`` -> the full text (the official collator's choice).
+* ``ift_mqa`` / ``ift_1qa``: the document is the evidence (optionally padded with distractor bios); the
+  conversation holds all of its QA turns (multi-QA) or one (single-QA). Labels cover only the answer tokens,
+  the closing end-of-turn token and what follows it up to the next turn (official ``mask_label``).
+
+Randomness is a function of (seed, example index) through Grain's ``random_map``, and the iterator state goes into
+checkpoints, so a resumed run sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+IGNORE = -100
+SEP = "<|endoftext|>"
+
+
+# ----------------------------------------------------------------------------------------------- tokenising
+def left_pad(ids: Sequence[int], length: int, pad_id: int, labels: Sequence[int] | None = None):
+    ids = list(ids)[:length]
+    n = len(ids)
+    out = {"ids": np.full(length, pad_id, np.int32), "mask": np.zeros(length, np.int32)}
+    out["ids"][length - n:] = ids
+    out["mask"][length - n:] = 1
+    if labels is not None:
+        out["labels"] = np.full(length, IGNORE, np.int32)
+        out["labels"][length - n:] = list(labels)[:length]
+    return out
+
+
+def encode_text(tok, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def chat_turns(tok, turns: Sequence[tuple[str, str]], system: str | None = None) -> tuple[list[int], list[int]]:
+    """Token ids and labels of a chat with ``turns`` = [(user, assistant), ...] in the tokenizer's template.
+
+    An assistant span is labelled from the end of its generation prompt up to the start of the next user turn
+    (answer, end-of-turn token, newline), found from the rendered prefixes and the tokenizer's offsets.
+    """
+    messages = [{"role": "system", "content": system}] if system else []
+    spans = []
+    for user, answer in turns:
+        messages.append({"role": "user", "content": user})
+        start = len(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        messages.append({"role": "assistant", "content": answer})
+        full = tok.apply_chat_template(messages, tokenize=False)
+        spans.append((start, len(full)))
+    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    labels = [IGNORE] * len(ids)
+    for i, (a, _) in enumerate(enc["offset_mapping"]):
+        if any(s <= a < e for s, e in spans):
+            labels[i] = ids[i]
+    return ids, labels
+
+
+def generation_prompt(tok, user: str) -> list[int]:
+    text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    return encode_text(tok, text)
+
+
+def icl_user_text(context: str, question: str) -> str:
+    """How the in-context baseline (and the base model's pretraining) puts a document before a question."""
+    return f"{context}\n\nQuestion: {question}"
+
+
+# ----------------------------------------------------------------------------------------------- examples
+def shine_example(tok, evidence: str, turns, lengths: tuple[int, int]) -> dict[str, np.ndarray]:
+    ctx_len, conv_len = lengths
+    ev = left_pad(encode_text(tok, evidence), ctx_len, tok.pad_token_id)
+    ids, labels = chat_turns(tok, turns)
+    conv = left_pad(ids, conv_len, tok.pad_token_id, labels)
+    return {"evidence_ids": ev["ids"], "evidence_mask": ev["mask"], "input_ids": conv["ids"],
+            "attention_mask": conv["mask"], "labels": conv["labels"]}
+
+
+def qa_turns(record: dict) -> list[tuple[str, str]]:
+    return [(qa["question"], qa["answers"][0]) for qa in record["qa"]]
+
+
+def split_words(text: str, keep: float) -> str:
+    words = text.split()
+    k = min(max(1, round(len(words) * keep)), max(1, len(words) - 1))
+    return " ".join(words[:k])
+
+
+def pretrain_example(texts: Sequence[str], rng: np.random.Generator, tok, data_cfg) -> dict[str, np.ndarray]:
+    text = SEP.join(texts) if len(texts) > 1 else texts[0]
+    if rng.random() < data_cfg.comp_fraction:
+        keep = rng.uniform(data_cfg.comp_keep_min, data_cfg.comp_keep_max)
+        evidence, prompt = split_words(text, keep), "<COMP>"
+    else:
+        evidence, prompt = text, "<RECON>"
+    return shine_example(tok, evidence, [(prompt, text)], (data_cfg.context_length, data_cfg.conversation_length))
+
+
+def pack_groups(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Greedy consecutive grouping of texts whose token lengths (+1 separator each) fit ``budget``."""
+    groups, cur, used = [], [], 0
+    for i, n in enumerate(lengths):
+        if cur and used + n + 1 > budget:
+            groups.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += n + 1
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def lm_example(record: dict, rng: np.random.Generator, tok, length: int) -> dict[str, np.ndarray]:
+    """Base-model pretraining text: 15 % bio, 15 % QA without the bio, 70 % bio-in-prompt QA (chat format)."""
+    turns = qa_turns(record)
+    order = rng.permutation(len(turns))
+    turns = [turns[i] for i in order[: rng.integers(1, min(4, len(turns)) + 1)]]
+    u = rng.random()
+    if u < 0.15:
+        ids = encode_text(tok, record["context"]) + [tok.eos_token_id]
+    elif u < 0.30:
+        ids, _ = chat_turns(tok, turns)
+    else:
+        first = [(icl_user_text(record["context"], turns[0][0]), turns[0][1])]
+        ids, _ = chat_turns(tok, first + turns[1:])
+    out = left_pad(ids[-length:], length, tok.pad_token_id, ids[-length:])
+    return {"input_ids": out["ids"], "attention_mask": out["mask"], "labels": out["labels"]}
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+def stage_dataset(stage: str, records: Sequence[dict], tok, data_cfg, seed: int, *, distractor_pool=None,
+                  shard_index: int = 0, shard_count: int = 1, repeat: bool = True) -> grain.MapDataset:
+    """A shuffled (per epoch), per-host-sharded MapDataset of single examples for ``stage``."""
+    ds = grain.MapDataset.source(list(records))
+    if stage == "pretrain":
+        texts = [r["context"] for r in records]
+        order = np.random.default_rng(seed).permutation(len(texts))
+        texts = [texts[i] for i in order]
+        if data_cfg.pack_texts:
+            lengths = [len(encode_text(tok, t)) for t in texts]
+            groups = pack_groups(lengths, data_cfg.context_length)
+        else:
+            groups = [[i] for i in range(len(texts))]
+        ds = grain.MapDataset.source([[texts[i] for i in g] for g in groups])
+        fn = functools.partial(_pretrain_map, tok=tok, data_cfg=data_cfg)
+    elif stage == "base_pretrain":
+        fn = functools.partial(_lm_map, tok=tok, length=data_cfg.lm_length)
+    elif stage in ("ift_mqa", "ift_1qa"):
+        if stage == "ift_1qa":
+            from shine_jax.data.corpus import to_single_qa
+            ds = grain.MapDataset.source(to_single_qa(list(records)))
+        fn = functools.partial(_ift_map, tok=tok, data_cfg=data_cfg, pool=distractor_pool)
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+    ds = ds[shard_index::shard_count].shuffle(seed=seed)
+    if repeat:
+        ds = ds.repeat(None)  # reseeds the shuffle each epoch
+    return ds.random_map(fn, seed=seed + 1)
+
+
+def _pretrain_map(texts, rng, *, tok, data_cfg):
+    return pretrain_example(texts, rng, tok, data_cfg)
+
+
+def _lm_map(record, rng, *, tok, length):
+    return lm_example(record, rng, tok, length)
+
+
+def _ift_map(record, rng, *, tok, data_cfg, pool):
+    context = record["context"]
+    if data_cfg.distractors and pool:
+        from shine_jax.data.corpus import add_distractors
+        import random
+        context = add_distractors(record, pool, data_cfg.distractors, random.Random(int(rng.integers(2**31))))["context"]
+    return shine_example(tok, context, qa_turns(record), (data_cfg.context_length, data_cfg.conversation_length))

@@ -1,0 +1,201 @@
+"""Training configuration: one schema (``base_config``), config files that override it, validation.
+
+Config files live in ``configs/`` and define ``get_config(arg)`` (big_vision style): ``arg`` is what follows the
+colon in ``--config configs/tiny.py:pretrain``. Every file starts from ``base_config()``, so an unknown field, in a
+file or on the command line (``--config.optim.lr=1e-4``), fails at start with a message naming it.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import math
+import pathlib
+from typing import Any
+
+import ml_collections
+
+STAGES = ("base_pretrain", "pretrain", "ift_mqa", "ift_1qa")
+PREVIOUS_STAGE = {"pretrain": None, "ift_mqa": "pretrain", "ift_1qa": "ift_mqa"}
+MODEL_SOURCES = ("scratch", "hf", "smollm2")
+
+
+class ConfigError(ValueError):
+    """A configuration field that is unknown or inconsistent: the message names it."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "unnamed"
+    c.stage = "pretrain"
+    c.seed = 0
+    c.steps = 100  # optimizer steps of this stage
+    c.batch_size = 8  # examples per optimizer step (the effective batch)
+    c.grad_accum = 1  # micro-batches per optimizer step
+    c.checkpoint_every = 50
+    c.keep_checkpoints = 2
+    c.log_every = 10
+    c.eval_every = 50
+    c.eval_batches = 4
+    c.mesh = (1, -1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
+    c.init_from = ""  # checkpoint dir of the previous stage; "" = the previous stage in this workdir
+
+    c.model = ml_collections.ConfigDict()
+    c.model.source = "scratch"  # scratch (tiny, trained by base_pretrain) | hf (hf_dir) | smollm2 (built offline)
+    c.model.hf_dir = ""
+    c.model.family = "llama"  # scratch only
+    c.model.vocab_size = 0  # scratch: 0 = the tokenizer's size
+    c.model.hidden_size = 128
+    c.model.intermediate_size = 256
+    c.model.num_layers = 4
+    c.model.num_heads = 4
+    c.model.num_kv_heads = 4
+    c.model.head_dim = 32
+    c.model.rope_theta = 10000.0
+    c.model.tie_word_embeddings = True
+    c.model.param_dtype = "float32"
+    c.model.compute_dtype = "float32"  # bfloat16: bf16 compute, float32 master weights
+    c.model.remat = False
+
+    c.shine = ml_collections.ConfigDict()
+    c.shine.lora_rank = 4
+    c.shine.metalora_rank = 8
+    c.shine.extra_metalora_rank = 0  # ift stages: train an additional Meta LoRA, freeze the loaded one
+    c.shine.scale = 1e-3
+    c.shine.method = "rl"
+    c.shine.m2p_type = "transformer"
+    c.shine.m2p_layers = 2
+    c.shine.m2p_heads = 4
+    c.shine.m2p_ffn_mult = 2
+    c.shine.layer_transformer_first = True
+    c.shine.train_mem_tokens = True  # the official DDP trainer never updates them (see README)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dir = ""  # where the bundled corpus and tokenizer are prepared ("" = <workdir>/data)
+    c.data.builder_config = "mqa"
+    c.data.num_people = 10000
+    c.data.train_docs = 20000
+    c.data.eval_docs = 500
+    c.data.jsonl_train = ""  # user data instead of the bundled corpus (DESIGN.md JSON Lines)
+    c.data.jsonl_eval = ""
+    c.data.tokenizer_vocab = 2048  # tiny tokenizer (scratch models)
+    c.data.context_length = 256
+    c.data.conversation_length = 128
+    c.data.comp_fraction = 0.5  # pretrain: share of COMP (vs RECON) examples
+    c.data.comp_keep_min = 0.7  # COMP keeps this..max share of the words as evidence
+    c.data.comp_keep_max = 0.9
+    c.data.pack_texts = True  # pretrain: several texts per evidence, joined by <|endoftext|>
+    c.data.distractors = 0  # ift: distractor bios added to each context
+    c.data.lm_length = 256  # base_pretrain sequence length
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 20
+    c.optim.weight_decay = 0.01
+    c.optim.clip_norm = 1.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    return c
+
+
+def load_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """``path/to/file.py[:arg]`` -> validated ConfigDict, with ``field=value`` / ``a.b=value`` overrides."""
+    path, _, arg = spec.partition(":")
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"shine_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} defines no get_config(arg)")
+    cfg = module.get_config(arg or None)
+    check_known_fields(cfg)
+    for item in overrides:
+        apply_override(cfg, item)
+    validate(cfg)
+    return cfg
+
+
+def check_known_fields(cfg: ml_collections.ConfigDict, schema=None, prefix: str = "") -> None:
+    schema = schema if schema is not None else base_config()
+    for key in cfg.keys():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            raise ConfigError(f"unknown config field {name!r}")
+        if isinstance(schema[key], ml_collections.ConfigDict):
+            check_known_fields(cfg[key], schema[key], f"{name}.")
+
+
+def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
+    """``a.b=value``: the value is parsed as a Python literal (falling back to a string) and must be a known field."""
+    key, sep, raw = item.partition("=")
+    key = key.strip().removeprefix("--").removeprefix("config.")
+    if not sep:
+        raise ConfigError(f"override {item!r} must look like field=value")
+    *parents, leaf = key.split(".")
+    node = cfg
+    for i, part in enumerate(parents):
+        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+            raise ConfigError(f"unknown config field {'.'.join(parents[:i + 1])!r}")
+        node = node[part]
+    if leaf not in node:
+        raise ConfigError(f"unknown config field {key!r}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    old = node[leaf]
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(old, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if old is not None and type(value) is not type(old):
+        raise ConfigError(f"config field {key!r} expects {type(old).__name__}, got {raw!r}")
+    node[leaf] = value
+
+
+def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    def need(cond: bool, field: str, msg: str):
+        if not cond:
+            raise ConfigError(f"config field {field!r}: {msg}")
+
+    need(c.stage in STAGES, "stage", f"{c.stage!r} is not one of {', '.join(STAGES)}")
+    need(c.model.source in MODEL_SOURCES, "model.source", f"{c.model.source!r} is not one of {', '.join(MODEL_SOURCES)}")
+    need(c.stage != "base_pretrain" or c.model.source == "scratch", "stage",
+         "base_pretrain trains a base model from scratch; it needs model.source='scratch'")
+    need(c.model.source != "hf" or bool(c.model.hf_dir), "model.hf_dir", "model.source='hf' needs model.hf_dir")
+    for f in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every",
+              "eval_every"):
+        need(c[f] >= 1, f, f"must be >= 1, got {c[f]}")
+    need(c.batch_size % c.grad_accum == 0, "grad_accum", f"{c.grad_accum} does not divide batch_size {c.batch_size}")
+    need(len(c.mesh) == 3, "mesh", f"needs 3 entries (data, fsdp, tensor), got {c.mesh}")
+    if num_devices is not None:
+        known = math.prod(m for m in c.mesh if m != -1)
+        need(num_devices % known == 0 and (-1 in c.mesh or known == num_devices), "mesh",
+             f"{tuple(c.mesh)} does not match {num_devices} devices")
+    need(0.0 <= c.data.comp_fraction <= 1.0, "data.comp_fraction", "must lie in [0, 1]")
+    need(0.0 < c.data.comp_keep_min <= c.data.comp_keep_max < 1.0, "data.comp_keep_min",
+         "need 0 < comp_keep_min <= comp_keep_max < 1")
+    need(c.shine.m2p_type in ("transformer", "linear", "lineargate"), "shine.m2p_type", f"{c.shine.m2p_type!r}")
+    need(c.shine.method in ("rl", "rr", "lr", "ll"), "shine.method", f"{c.shine.method!r}")
+    need(c.shine.scale > 0, "shine.scale", "must be positive")
+    need(c.optim.lr > 0, "optim.lr", "must be positive")
+    need(0 <= c.optim.warmup_steps <= c.steps, "optim.warmup_steps", f"must lie in [0, steps={c.steps}]")
+    need(c.model.compute_dtype in ("float32", "bfloat16"), "model.compute_dtype", "float32 or bfloat16")
+    need(c.model.param_dtype == "float32", "model.param_dtype", "master weights are float32")
+    if c.model.source == "scratch":
+        need(c.model.hidden_size % c.shine.m2p_heads == 0, "shine.m2p_heads",
+             f"{c.shine.m2p_heads} does not divide hidden_size {c.model.hidden_size}")
+        need(c.model.num_heads % c.model.num_kv_heads == 0, "model.num_kv_heads", "must divide num_heads")
+        lora_numel = c.shine.lora_rank * (
+            7 * c.model.hidden_size + 2 * c.model.num_heads * c.model.head_dim
+            + 2 * c.model.num_kv_heads * c.model.head_dim + 3 * c.model.intermediate_size)
+        need(lora_numel % c.model.hidden_size == 0, "shine.lora_rank",
+             f"rank {c.shine.lora_rank} makes the memory-token count {lora_numel}/{c.model.hidden_size} "
+             "non-integer")
+
+
+def to_dict(c: ml_collections.ConfigDict) -> dict[str, Any]:
+    return c.to_dict()

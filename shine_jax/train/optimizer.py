@@ -1,0 +1,63 @@
+"""AdamW with the official parameter groups, warmup + linear decay, per-group gradient clipping.
+
+Groups (SHINE_SPEC §7): ``decay`` = M2P weights and position embeddings (weight decay), ``no_decay`` = M2P biases
+and LayerNorm parameters, ``meta`` = the Meta LoRA (weight decay) and — our addition — the memory tokens, which
+the official multi-GPU trainer leaves out of every group. ``frozen`` parameters get zero updates. Each group is
+clipped to ``clip_norm`` separately, as the official loop calls ``clip_grad_norm_`` once per group.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+GROUPS = ("decay", "no_decay", "meta", "frozen")
+
+
+def warmup_linear_decay(lr: float, warmup: int, total: int) -> Callable[[jax.Array], jax.Array]:
+    """``get_linear_schedule_with_warmup``: 0 -> lr over ``warmup`` steps, then linearly to 0 at ``total``."""
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        up = step / max(warmup, 1)
+        down = jnp.maximum(0.0, (total - step) / max(total - warmup, 1))
+        return lr * jnp.where(step < warmup, up, down)
+    return schedule
+
+
+def _path_names(path) -> list[str]:
+    return [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+
+
+def hypernet_group(names: list[str], train_mem_tokens: bool = True, freeze_metalora: bool = False) -> str:
+    if names[0] == "mem_tokens":
+        return "meta" if train_mem_tokens else "frozen"
+    if names[0] == "metalora":
+        return "frozen" if freeze_metalora else "meta"
+    if names[0] == "extra_metalora":
+        return "meta"
+    leaf = names[-1]
+    return "no_decay" if ("bias" in leaf or "norm" in leaf) else "decay"
+
+
+def decoder_group(names: list[str]) -> str:
+    return "no_decay" if "norm" in names[-1] else "decay"
+
+
+def param_labels(params: Any, group_fn: Callable[[list[str]], str]) -> Any:
+    return jax.tree_util.tree_map_with_path(lambda p, _: group_fn(_path_names(p)), params)
+
+
+def make_optimizer(optim_cfg, total_steps: int, labels: Any) -> optax.GradientTransformation:
+    schedule = warmup_linear_decay(optim_cfg.lr, optim_cfg.warmup_steps, total_steps)
+
+    def adamw(wd):
+        return optax.chain(optax.clip_by_global_norm(optim_cfg.clip_norm),
+                           optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
+                                       weight_decay=wd))
+
+    transforms = {"decay": adamw(optim_cfg.weight_decay), "no_decay": adamw(0.0),
+                  "meta": adamw(optim_cfg.weight_decay), "frozen": optax.set_to_zero()}
+    return optax.multi_transform(transforms, labels)
