@@ -74,6 +74,17 @@ def cmd_chat(args) -> None:
           f"{base.cfg.num_params() / 1e6:.1f}M parameters)")
 
 
+# ------------------------------------------------------------------------------------------------ train
+def cmd_train(args, overrides: list[str]) -> None:
+    from shine_jax.train.config import load_config
+    from shine_jax.train.loop import run_stage
+
+    cfg = load_config(args.config, overrides)
+    summary = run_stage(cfg, args.workdir, progress=not args.no_progress)
+    print(f"stage {summary['stage']} done: {summary['steps']} steps in {summary['wall_s']:.0f}s, "
+          f"val_loss {summary.get('val_loss', float('nan')):.4f}; result in {args.workdir}/{summary['stage']}/final")
+
+
 # ------------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shine-jax", description=__doc__)
@@ -105,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_chat)
 
+    t = sub.add_parser("train", help="train one stage: --config configs/X.py[:STAGE] --workdir W [--config.f=v ...]")
+    t.add_argument("--config", required=True)
+    t.add_argument("--workdir", required=True)
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train, takes_overrides=True)
+
     d = sub.add_parser("demo", help="the embedded default job (today: SmolLM2 answers through our JAX decoder)")
     d.add_argument("--model", default=None)
     d.add_argument("--question", default="What is the capital of France?")
@@ -114,9 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = [a for a in argv if a.startswith("--config.")]
+    args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    if overrides and not getattr(args, "takes_overrides", False):
+        print(f"error: {overrides[0]} only applies to `shine-jax train`", file=sys.stderr)
+        return 2
     try:
-        args.func(args)
+        if getattr(args, "takes_overrides", False):
+            args.func(args, overrides)
+        else:
+            args.func(args)
     except USER_ERRORS as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)

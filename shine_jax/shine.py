@@ -127,17 +127,21 @@ class Shine:
         """``shine.json`` + Orbax hypernetwork params + the base model (``base/``)."""
         import orbax.checkpoint as ocp
 
-        path = pathlib.Path(path).absolute()
+        import shutil
+
         from shine_jax.convert.hf import prepare_output_dir
+
+        path = pathlib.Path(path).absolute()
         prepare_output_dir(path, overwrite)
-        path.mkdir(parents=True, exist_ok=True)
-        self.base.save(path / "base", overwrite=True)
-        if (path / "hyper").exists():
-            import shutil
-            shutil.rmtree(path / "hyper")
+        tmp = path.parent / f".{path.name}.tmp"  # assembled aside, renamed into place when complete
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.base.save(tmp / "base")
         with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(path / "hyper", nnx.to_pure_dict(self._hstate))
-        (path / SHINE_JSON).write_text(json.dumps({"hyper": hyper_config_to_dict(self.cfg)}, indent=2))
+            ckptr.save(tmp / "hyper", nnx.to_pure_dict(self._hstate))
+        (tmp / SHINE_JSON).write_text(json.dumps({"hyper": hyper_config_to_dict(self.cfg)}, indent=2))
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
         return path
 
     @classmethod

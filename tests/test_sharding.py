@@ -45,3 +45,8 @@ def test_sharded_decoder_equals_single_device():
 @pytest.mark.multidevice
 def test_sharded_shine_equals_single_device():
     assert "OK" in run_multidevice("tests.multidevice.shine_sharded")
+
+
+@pytest.mark.multidevice
+def test_sharded_train_step_equals_single_device():
+    assert "OK" in run_multidevice("tests.multidevice.train_step_sharded")

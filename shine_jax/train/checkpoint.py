@@ -1,0 +1,85 @@
+"""Orbax checkpoints of a training stage: train state + Grain iterator state + metadata, atomic and resumable.
+
+``CheckpointManager`` writes each step into a temporary directory and renames it when complete, so a process
+killed mid-save leaves the previous checkpoint as the latest. Saving is asynchronous (the step loop goes on while
+the arrays are written); a state with non-finite values is refused, never saved.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class StageCheckpointer:
+    def __init__(self, directory: pathlib.Path, keep: int, async_save: bool = True):
+        self.directory = pathlib.Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=async_save)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "data", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, iterator, meta: dict) -> bool:
+        if not all_finite(state):
+            return False
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(iterator),
+            meta=ocp.args.JsonSave(meta)))
+        return True
+
+    def read_meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore(self, step: int, abstract_state: Any, iterator) -> tuple[Any, dict]:
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(iterator),
+            meta=ocp.args.JsonRestore()))
+        return out["state"], out["meta"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def all_finite(tree: Any) -> bool:
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+    return bool(jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves]))) if leaves else True
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with the live shardings) for a restore into the same placement."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None)),
+                        tree)
+
+
+def model_signature(tree: Any) -> dict[str, list[int]]:
+    """Parameter paths and shapes: a workdir checkpoint of another model is refused by comparing these."""
+    return {jax.tree_util.keystr(p): list(np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def describe_mismatch(saved: dict, current: dict) -> str:
+    for k in sorted(set(saved) | set(current)):
+        if saved.get(k) != current.get(k):
+            return f"{k}: checkpoint {saved.get(k)} vs this config {current.get(k)}"
+    return ""
+
+
+def dump_json(path: pathlib.Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    tmp.replace(path)

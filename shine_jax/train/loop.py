@@ -1,0 +1,320 @@
+"""One training stage end to end: data, model, sharded jitted steps, checkpoints with exact resume, metrics.
+
+``run_stage(cfg, workdir)`` trains ``cfg.stage`` in ``workdir/<stage>/`` and leaves the result in
+``workdir/<stage>/final`` (a BaseModel folder for ``base_pretrain``, a Shine folder otherwise), from which the
+next stage starts. Running the same command again after a crash resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import shutil
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from shine_jax import sharding as shd
+from shine_jax.data import pipelines
+from shine_jax.model.base_model import BaseModel, state_shardings
+from shine_jax.model.config import ModelConfig
+from shine_jax.model.hypernet import HyperConfig, Hypernetwork, causal_lm_loss
+from shine_jax.model.m2p import M2PConfig
+from shine_jax.shine import Shine, shine_loss, with_shine_tokens
+from shine_jax.train import checkpoint as ckpt
+from shine_jax.train import flops as flops_lib
+from shine_jax.train import optimizer as optim
+from shine_jax.train.config import PREVIOUS_STAGE, ConfigError, validate
+from shine_jax.train.metrics import MetricsLog, Throughput, TrainMetrics
+from shine_jax.train.step import init_state, make_eval_step, make_train_step
+
+KILL_ENV = "SHINE_JAX_KILL_AFTER_STEP"  # tests: SIGKILL the process right after this step (crash simulation)
+
+
+# ---------------------------------------------------------------------------------------------------- setup
+def data_dir_of(cfg, workdir: pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(cfg.data.dir) if cfg.data.dir else workdir / "data"
+
+
+def load_records(cfg, workdir: pathlib.Path, split: str) -> list[dict]:
+    """Document-QA records of a split: the user's JSONL, or the bundled corpus through its tfds builder."""
+    from shine_jax.data import corpus
+
+    user = cfg.data.jsonl_train if split == "train" else cfg.data.jsonl_eval
+    if user:
+        return corpus.read_jsonl(user)
+    from shine_jax.data import tfds_builder
+
+    ds = tfds_builder.load_split(data_dir_of(cfg, workdir) / "tfds", split, config=cfg.data.builder_config,
+                                 **corpus_overrides(cfg))
+    records = [ds[i] for i in range(len(ds))]
+    if not records:
+        raise ConfigError(f"the {split} corpus is empty")
+    return records
+
+
+def corpus_overrides(cfg) -> dict:
+    return {"num_people": cfg.data.num_people,
+            "docs_per_split": {"train": cfg.data.train_docs, "validation": cfg.data.eval_docs,
+                               "test": cfg.data.eval_docs}}
+
+
+def scratch_model_config(cfg, vocab_size: int) -> ModelConfig:
+    m = cfg.model
+    return ModelConfig(family=m.family, vocab_size=m.vocab_size or vocab_size, hidden_size=m.hidden_size,
+                       intermediate_size=m.intermediate_size, num_layers=m.num_layers, num_heads=m.num_heads,
+                       num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, rope_theta=m.rope_theta,
+                       rms_norm_eps=1e-6, tie_word_embeddings=m.tie_word_embeddings)
+
+
+def load_base(cfg, workdir: pathlib.Path) -> BaseModel:
+    m = cfg.model
+    if m.source == "scratch":
+        if cfg.stage == "base_pretrain":
+            from shine_jax.data.tokenizer import tiny_tokenizer
+
+            tok = tiny_tokenizer(data_dir_of(cfg, workdir) / "tokenizer", vocab_size=cfg.data.tokenizer_vocab)
+            return BaseModel.random(scratch_model_config(cfg, len(tok)), seed=cfg.seed, tokenizer=tok)
+        final = workdir / "base_pretrain" / "final"
+        if not final.is_dir():
+            raise ConfigError(f"stage {cfg.stage!r} of a scratch model needs {final}; run stage base_pretrain first")
+        base = BaseModel.load(final, compute_dtype=m.compute_dtype)
+    else:
+        if m.source == "smollm2":
+            from shine_jax.convert.gguf import materialize_smollm2
+
+            hf_dir = materialize_smollm2(pathlib.Path("artifacts") / "smollm2-135m-instruct")
+        else:
+            hf_dir = m.hf_dir
+        base = with_shine_tokens(BaseModel.from_hf(hf_dir, compute_dtype=m.compute_dtype))
+    base.decoder.remat = m.remat
+    return base
+
+
+def hyper_config(cfg) -> HyperConfig:
+    s = cfg.shine
+    extra = s.extra_metalora_rank if cfg.stage in ("ift_mqa", "ift_1qa") else 0
+    return HyperConfig(lora_rank=s.lora_rank, metalora_rank=s.metalora_rank, extra_metalora_rank=extra,
+                       scale=s.scale, method=s.method,
+                       m2p=M2PConfig(type=s.m2p_type, num_layers=s.m2p_layers, num_heads=s.m2p_heads,
+                                     ffn_mult=s.m2p_ffn_mult, layer_transformer_first=s.layer_transformer_first))
+
+
+def previous_final(cfg, workdir: pathlib.Path) -> pathlib.Path | None:
+    if cfg.init_from:
+        return pathlib.Path(cfg.init_from)
+    prev = PREVIOUS_STAGE.get(cfg.stage)
+    if prev is None:
+        return None
+    path = workdir / prev / "final"
+    if not path.is_dir():
+        raise ConfigError(f"stage {cfg.stage!r} starts from {path}; run stage {prev!r} first (or set init_from)")
+    return path
+
+
+@dataclasses.dataclass
+class Task:
+    """What a stage trains: params (pure dict), the frozen state, the loss, the groups, how to save the result."""
+    params: Any
+    frozen: Any
+    loss_fn: Any
+    labels: Any
+    param_shardings: Any
+    finalize: Any  # (params, out_dir) -> None
+    step_flops: float
+
+
+def lm_task(cfg, base: BaseModel, mesh) -> Task:
+    graphdef = base._graphdef
+    shardings = nnx.to_pure_dict(state_shardings(base._state, mesh))
+
+    def loss_fn(params, frozen, batch):
+        decoder = nnx.merge(graphdef, params)
+        return causal_lm_loss(decoder(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+
+    def finalize(params, out_dir):
+        base.set_params(jax.tree.map(np.asarray, params))
+        base.save(out_dir, overwrite=True)
+
+    flops = flops_lib.lm_step_flops(base.cfg, cfg.batch_size, cfg.data.lm_length)
+    return Task(nnx.to_pure_dict(base._state), None, loss_fn,
+                optim.param_labels(nnx.to_pure_dict(base._state), optim.decoder_group), shardings, finalize, flops)
+
+
+def shine_task(cfg, base: BaseModel, mesh, workdir: pathlib.Path) -> Task:
+    hcfg = hyper_config(cfg)
+    shine = Shine.create(base, hcfg, seed=cfg.seed)
+    prev = previous_final(cfg, workdir)
+    if prev is not None:
+        loaded = Shine.load(prev)
+        if loaded.base.cfg != base.cfg:
+            raise ConfigError(f"init_from {prev} was trained on another base model ({loaded.base.cfg.hidden_size=})")
+        params = shine.hyper_params()
+        old = loaded.hyper_params()
+        for key in ("mem_tokens", "metalora", "m2p"):
+            params[key] = old[key]
+        shine.set_hyper_params(params)
+    hgraph = shine._hgraph
+    dgraph = base._graphdef
+    shardings = nnx.to_pure_dict(state_shardings(shine._hstate, mesh))
+
+    def loss_fn(params, frozen, batch):
+        return shine_loss(nnx.merge(dgraph, frozen), nnx.merge(hgraph, params), batch)
+
+    def finalize(params, out_dir):
+        shine.set_hyper_params(jax.tree.map(np.asarray, params))
+        shine.save(out_dir, overwrite=True)
+
+    freeze_meta = hcfg.extra_metalora_rank > 0
+    group = lambda names: optim.hypernet_group(names, cfg.shine.train_mem_tokens, freeze_meta)  # noqa: E731
+    params = nnx.to_pure_dict(shine._hstate)
+    conv = cfg.data.conversation_length
+    flops = flops_lib.shine_step_flops(base.cfg, cfg.batch_size, cfg.data.context_length, conv,
+                                       shine.num_memory_tokens, hcfg.m2p.num_layers, hcfg.m2p.ffn_mult,
+                                       hcfg.lora_rank)
+    return Task(params, base._state, loss_fn, optim.param_labels(params, group), shardings, finalize, flops)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def batched_iterator(ds, per_host_batch: int):
+    return iter(ds.batch(per_host_batch, drop_remainder=True).to_iter_dataset())
+
+
+def to_global(batch: dict, cfg, mesh) -> dict:
+    """Host batch ``[b, ...]`` -> global arrays ``[grad_accum, micro, ...]`` sharded over data x fsdp."""
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        v = v.reshape(cfg.grad_accum, v.shape[0] // cfg.grad_accum, *v.shape[1:])
+        global_shape = (v.shape[0], v.shape[1] * jax.process_count(), *v.shape[2:])
+        spec = shd.logical_to_spec((None, "batch") + (None,) * (v.ndim - 2), global_shape, mesh)
+        out[k] = jax.make_array_from_process_local_data(NamedSharding(mesh, spec), v, global_shape)
+    return out
+
+
+def count_tokens(batch: dict) -> int:
+    masks = [batch[k] for k in ("evidence_mask", "attention_mask") if k in batch]
+    return int(sum(np.asarray(m).sum() for m in masks))
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def run_stage(cfg, workdir: str | os.PathLike, progress: bool = True) -> dict:
+    validate(cfg, jax.device_count())
+    workdir = pathlib.Path(workdir).absolute()
+    stage_dir = workdir / cfg.stage
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    mesh = shd.make_mesh(cfg.mesh)
+    if cfg.batch_size % jax.process_count():
+        raise ConfigError(f"config field 'batch_size': {cfg.batch_size} is not divisible by {jax.process_count()} hosts")
+
+    base = load_base(cfg, workdir)
+    base.shard(mesh)
+    task = lm_task(cfg, base, mesh) if cfg.stage == "base_pretrain" else shine_task(cfg, base, mesh, workdir)
+    tok = base.tokenizer
+
+    train_records = load_records(cfg, workdir, "train")
+    eval_records = load_records(cfg, workdir, "validation")
+    pool = [r["context"] for r in train_records] if cfg.data.distractors else None
+    shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
+    train_ds = pipelines.stage_dataset(cfg.stage, train_records, tok, cfg.data, cfg.seed, distractor_pool=pool,
+                                       **shard)
+    eval_ds = pipelines.stage_dataset(cfg.stage, eval_records, tok, cfg.data, cfg.seed + 1000,
+                                      distractor_pool=[r["context"] for r in eval_records] if pool else None,
+                                      repeat=False, **shard)
+    per_host = cfg.batch_size // jax.process_count()
+    train_it = batched_iterator(train_ds, per_host)
+
+    tx = optim.make_optimizer(cfg.optim, cfg.steps, task.labels)
+    params = jax.device_put(task.params, task.param_shardings)
+    state = jax.jit(lambda p: init_state(p, tx))(params)
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    frozen_sh = None if task.frozen is None else jax.tree.map(lambda x: x.sharding, task.frozen)
+    step_fn = jax.jit(make_train_step(task.loss_fn, tx), in_shardings=(state_sh, frozen_sh, None),
+                      out_shardings=(state_sh, None), donate_argnums=(0,))
+    eval_fn = jax.jit(make_eval_step(task.loss_fn))
+
+    checkpointer = ckpt.StageCheckpointer(stage_dir / "checkpoints", cfg.keep_checkpoints)
+    signature = ckpt.model_signature(task.params)
+    start = 0
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        meta = checkpointer.read_meta(latest)
+        mismatch = ckpt.describe_mismatch(meta["signature"], signature)
+        if mismatch or meta.get("stage") != cfg.stage:
+            raise ConfigError(f"{stage_dir / 'checkpoints'} holds a checkpoint of a different model ({mismatch or meta.get('stage')}); "
+                              "use another workdir")
+        state, _ = checkpointer.restore(latest, ckpt.abstract_like(state), train_it)
+        start = latest
+    log = MetricsLog(stage_dir, resume_step=start)
+    meta = {"stage": cfg.stage, "signature": signature, "config": cfg.to_dict()}
+
+    kill_after = int(os.environ.get(KILL_ENV, "-1"))
+    bar = _progress(cfg, start, progress)
+    window, throughput = None, Throughput()
+    last_eval = {}
+    step = start
+    for step in range(start + 1, cfg.steps + 1):
+        host_batch = next(train_it)
+        state, m = step_fn(state, task.frozen, to_global(host_batch, cfg, mesh))
+        throughput.add(count_tokens(host_batch) * jax.process_count())
+        window = TrainMetrics.single_from_model_output(**{k: m[k] for k in ("loss", "grad_norm")}) \
+            if window is None else window.merge(TrainMetrics.single_from_model_output(
+                **{k: m[k] for k in ("loss", "grad_norm")}))
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            tok_s, steps_s = throughput.rates()
+            scalars = {k: float(v) for k, v in window.compute().items()}
+            scalars.update(lr=float(optim.warmup_linear_decay(cfg.optim.lr, cfg.optim.warmup_steps, cfg.steps)(step - 1)),
+                           tokens_per_s=tok_s, model_flops_per_s=task.step_flops * steps_s,
+                           skipped_steps=int(state["skipped"]))
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                last_eval = evaluate(eval_fn, state["params"], task.frozen, eval_ds, cfg, mesh)
+                scalars.update(last_eval)
+            log.write(step, scalars)
+            window = None
+            if bar is not None:
+                bar.set_postfix(loss=f"{scalars['loss']:.3f}", **({"val": f"{last_eval['val_loss']:.3f}"} if last_eval else {}))
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            checkpointer.save(step, state, train_it, meta)
+        if bar is not None:
+            bar.update(1)
+        if step == kill_after:
+            checkpointer.wait()
+            os.kill(os.getpid(), 9)
+    checkpointer.close()
+    log.close()
+    if bar is not None:
+        bar.close()
+    task.finalize(state["params"], stage_dir / "final")
+    summary = {"stage": cfg.stage, "steps": cfg.steps, "resumed_from": start, "wall_s": time.time() - t_start,
+               "skipped_steps": int(state["skipped"]), **last_eval}
+    ckpt.dump_json(stage_dir / "summary.json", summary)
+    return summary
+
+
+def evaluate(eval_fn, params, frozen, eval_ds, cfg, mesh) -> dict:
+    it = batched_iterator(eval_ds, cfg.batch_size // jax.process_count())
+    total, count = 0.0, 0
+    for _ in range(cfg.eval_batches):
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        t, n = eval_fn(params, frozen, to_global(batch, cfg, mesh))
+        total, count = total + float(t), count + int(n)
+    loss = total / max(count, 1)
+    return {"val_loss": loss, "val_ppl": float(np.exp(min(loss, 50.0)))}
+
+
+def _progress(cfg, start: int, enabled: bool):
+    if not enabled or jax.process_index() != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, desc=f"{cfg.name}:{cfg.stage}", unit="step", dynamic_ncols=True)

@@ -1,0 +1,53 @@
+"""Config validation: unknown or inconsistent fields fail at start with a message naming the field."""
+
+import pytest
+
+from shine_jax import cli
+from shine_jax.train.config import ConfigError, load_config, validate
+from tests.conftest import REPO
+
+TINY = f"{REPO}/configs/tiny.py"
+
+
+@pytest.mark.parametrize("name", ["tiny", "smollm2_135m", "qwen3_0p6b", "qwen3_1p7b", "qwen3_8b"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(f"{REPO}/configs/{name}.py:pretrain")
+    assert cfg.stage == "pretrain" and cfg.steps > 0 and cfg.batch_size > 0
+
+
+def test_paper_configs_carry_the_paper_settings():
+    cfg = load_config(f"{REPO}/configs/qwen3_8b.py:ift_mqa")
+    assert (cfg.shine.lora_rank, cfg.shine.metalora_rank, cfg.shine.m2p_layers, cfg.shine.m2p_heads) == (8, 128, 4, 32)
+    assert (cfg.data.context_length, cfg.data.conversation_length, cfg.batch_size) == (1150, 2380, 32)
+    assert cfg.optim.lr == 3e-5 and cfg.model.compute_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.learning_rate=1", "unknown config field 'optim.learning_rate'"),
+    ("nonsense=1", "unknown config field 'nonsense'"),
+    ("model.foo.bar=1", "unknown config field 'model.foo'"),
+    ("grad_accum=3", "'grad_accum': 3 does not divide batch_size"),
+    ("stage='finetune'", "'stage'"),
+    ("model.intermediate_size=250", "'shine.lora_rank': rank 4 makes the memory-token count"),
+    ("steps='many'", "'steps' expects int"),
+    ("optim.warmup_steps=100000", "'optim.warmup_steps'"),
+])
+def test_bad_fields_are_named(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(f"{TINY}:pretrain", [override])
+
+
+def test_inconsistent_stage_and_source():
+    with pytest.raises(ConfigError, match="'stage'.*base_pretrain"):
+        load_config(f"{REPO}/configs/smollm2_135m.py:pretrain", ["stage='base_pretrain'"])
+    cfg = load_config(f"{TINY}:pretrain")
+    with pytest.raises(ConfigError, match="'mesh'"):
+        validate(cfg, num_devices=3) if cfg.update({"mesh": (2, 1, 1)}) is None else None
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
+    assert cli.main(["train", "--config", f"{TINY}:pretrain", "--workdir", str(tmp_path), "--config.bogus=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "error: unknown config field 'bogus'"
+    assert cli.main(["train", "--config", f"{tmp_path}/none.py", "--workdir", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
