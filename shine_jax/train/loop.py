@@ -81,7 +81,8 @@ def load_base(cfg, workdir: pathlib.Path) -> BaseModel:
 
             tok = tiny_tokenizer(data_dir_of(cfg, workdir) / "tokenizer", vocab_size=cfg.data.tokenizer_vocab)
             return BaseModel.random(scratch_model_config(cfg, len(tok)), seed=cfg.seed, tokenizer=tok)
-        final = workdir / "base_pretrain" / "final"
+        prev = previous_final(cfg, workdir)
+        final = prev / "base" if prev is not None and (prev / "base").is_dir() else workdir / "base_pretrain" / "final"
         if not final.is_dir():
             raise ConfigError(f"stage {cfg.stage!r} of a scratch model needs {final}; run stage base_pretrain first")
         base = BaseModel.load(final, compute_dtype=m.compute_dtype)
@@ -255,6 +256,9 @@ def run_stage(cfg, workdir: str | os.PathLike, progress: bool = True) -> dict:
     log = MetricsLog(stage_dir, resume_step=start)
     meta = {"stage": cfg.stage, "signature": signature, "config": cfg.to_dict()}
 
+    initial_eval = evaluate(eval_fn, state["params"], task.frozen, eval_ds, cfg, mesh) if start == 0 else {}
+    if initial_eval:
+        log.write(0, initial_eval)
     kill_after = int(os.environ.get(KILL_ENV, "-1"))
     bar = _progress(cfg, start, progress)
     window, throughput = None, Throughput()
@@ -276,6 +280,7 @@ def run_stage(cfg, workdir: str | os.PathLike, progress: bool = True) -> dict:
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 last_eval = evaluate(eval_fn, state["params"], task.frozen, eval_ds, cfg, mesh)
                 scalars.update(last_eval)
+                throughput.rates()  # evaluation time does not count as training throughput
             log.write(step, scalars)
             window = None
             if bar is not None:
@@ -293,7 +298,8 @@ def run_stage(cfg, workdir: str | os.PathLike, progress: bool = True) -> dict:
         bar.close()
     task.finalize(state["params"], stage_dir / "final")
     summary = {"stage": cfg.stage, "steps": cfg.steps, "resumed_from": start, "wall_s": time.time() - t_start,
-               "skipped_steps": int(state["skipped"]), **last_eval}
+               "skipped_steps": int(state["skipped"]), **last_eval,
+               **{f"initial_{k}": v for k, v in initial_eval.items()}}
     ckpt.dump_json(stage_dir / "summary.json", summary)
     return summary
 

@@ -22,7 +22,7 @@ def init_state(params: Any, tx: optax.GradientTransformation) -> dict:
 
 
 def _global_norm(tree) -> jax.Array:
-    return optax.global_norm(tree)
+    return optax.tree.norm(tree)
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation):

@@ -1,0 +1,227 @@
+"""Small byte-level BPE tokenizers for the bundled corpus, in the token conventions SHINE trains with.
+
+SHINE's base models are Qwen3 (byte-level BPE, ChatML). For CPU-sized experiments on the synthetic biographies
+a pretrained 150k-token vocabulary is far too large, so :func:`train_bpe_tokenizer` trains a few-thousand-token
+byte-level BPE with HF ``tokenizers`` and wraps it as a ``transformers.PreTrainedTokenizerFast`` that behaves
+like SHINE's Qwen tokenizer:
+
+* special tokens, ids 0..5 in this order: ``<|endoftext|>`` (pad, unk), ``<|im_start|>`` (bos: never added
+  automatically), ``<|im_end|>`` (eos), and SHINE's ``<RECON>``, ``<COMP>``, ``<NOTHING>``; each is one id and
+  is never split or merged with neighbouring text;
+* nothing is added around encoded text (no post-processor), ``padding_side="left"``;
+* a ChatML chat template with no system prompt that renders exactly SHINE's training format::
+
+      <|im_start|>user\\n{question}<|im_end|>\\n<|im_start|>assistant\\n{answer}<|im_end|>\\n
+
+  and appends ``<|im_start|>assistant\\n`` with ``add_generation_prompt=True``.
+
+Pre-tokenization is GPT-2's byte-level scheme (as in Qwen): a word carries the space in front of it, so
+``" Verena"`` and ``"Verena"`` are different tokens. Inside running text a name is always preceded by a space
+(also at a sentence start, after ``". "``) and tokenizes identically everywhere; only at the very start of a text
+or right after a newline (a paragraph start, or the first word of a chat turn, e.g. the answer right after
+``assistant\\n``) does it get the space-less variant. :func:`tiny_tokenizer` therefore trains on the chat-rendered
+QA turns as well as on the contexts, so both variants of every value are learnt.
+
+``decode(encode(text)) == text`` holds for any text (byte-level, no normalizer, no cleanup of spaces).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+__all__ = [
+    "SPECIAL_TOKENS", "PAD_TOKEN", "BOS_TOKEN", "EOS_TOKEN", "SHINE_TOKENS", "CHAT_TEMPLATE", "MIN_VOCAB_SIZE",
+    "train_bpe_tokenizer", "tiny_tokenizer", "tiny_tokenizer_dir", "corpus_training_texts", "render_qa_turn",
+]
+
+PAD_TOKEN = "<|endoftext|>"
+BOS_TOKEN = "<|im_start|>"
+EOS_TOKEN = "<|im_end|>"
+SHINE_TOKENS = ("<RECON>", "<COMP>", "<NOTHING>")
+SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, *SHINE_TOKENS)  # ids 0..5 in this order
+MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256  # the special tokens and the 256 byte tokens
+
+# ChatML without a default system prompt (a system message, if given, is rendered like any other turn). The '\n'
+# inside the Jinja string literals are Jinja escapes; whitespace control keeps the template itself from emitting
+# anything else.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- endif -%}"
+)
+
+_META_FILE = "shine_tokenizer.json"  # what a cached tiny tokenizer was trained from
+_TRAINER_REVISION = 2  # bump when the training recipe below changes, so cached tokenizers are retrained
+
+
+def render_qa_turn(question: str, answer: str) -> str:
+    """One QA exchange in SHINE's training format (what the chat template renders for a user/assistant pair)."""
+    return f"{BOS_TOKEN}user\n{question}{EOS_TOKEN}\n{BOS_TOKEN}assistant\n{answer}{EOS_TOKEN}\n"
+
+
+_SPECIAL_RE = re.compile("|".join(re.escape(token) for token in SPECIAL_TOKENS))
+
+
+def _without_special_tokens(texts: Iterable[str]) -> Iterator[str]:
+    """The pieces of ``texts`` between special tokens.
+
+    ``Tokenizer.train_from_iterator`` does not split special tokens out of the training text (it would learn
+    merges such as ``?<|``), while encoding does split them first and pre-tokenizes each piece on its own; feeding
+    the pieces separately makes training see exactly what encoding will see.
+    """
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"texts must be strings, got {type(text).__name__}")
+        for piece in _SPECIAL_RE.split(text):
+            if piece:
+                yield piece
+
+
+def _bpe_tokenizer(texts: Iterable[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())  # no unk: every byte has a token
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),  # ids 0..5, excluded from the merge statistics
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, so nothing is ever unknown
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_without_special_tokens(texts), trainer=trainer)
+    return tokenizer
+
+
+def _wrap(tokenizer):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=PAD_TOKEN,
+        unk_token=PAD_TOKEN,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        extra_special_tokens=list(SHINE_TOKENS),
+        padding_side="left",
+        truncation_side="right",
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,  # keeps decode(encode(text)) == text
+    )
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike[str]
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on ``texts``, save it to ``out_dir`` and return it (as loaded back).
+
+    ``vocab_size`` counts everything: the 6 special tokens (ids 0..5), the 256 byte tokens and the merges (fewer
+    if ``texts`` do not support that many merges with frequency >= 2). The result is deterministic for the same
+    texts in the same order. ``out_dir`` gets ``tokenizer.json``, ``tokenizer_config.json`` and
+    ``chat_template.jinja``; ``transformers.AutoTokenizer.from_pretrained(out_dir)`` loads it offline.
+    """
+    from transformers import AutoTokenizer
+
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(
+            f"vocab_size must be an int >= {MIN_VOCAB_SIZE} (6 special + 256 byte tokens), got {vocab_size!r}"
+        )
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be an iterable of strings, not a single string")
+    tokenizer = _wrap(_bpe_tokenizer(texts, vocab_size))
+    os.makedirs(out_dir, exist_ok=True)
+    tokenizer.save_pretrained(os.fspath(out_dir))
+    return AutoTokenizer.from_pretrained(os.fspath(out_dir))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A tokenizer for the bundled corpus
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def corpus_training_texts(records: Sequence[Mapping]) -> Iterator[str]:
+    """Contexts and chat-rendered QA turns (every answer) of ``records``: what the model will actually read."""
+    for record in records:
+        yield record["context"]
+        for item in record["qa"]:
+            for answer in item["answers"]:
+                yield render_qa_turn(item["question"], answer)
+
+
+def _corpus_fingerprint() -> str:
+    from shine_jax.data import corpus
+
+    with open(corpus.__file__, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def _is_cached(out_dir: str, meta: Mapping) -> bool:
+    meta_path = os.path.join(out_dir, _META_FILE)
+    if not (os.path.isfile(meta_path) and os.path.isfile(os.path.join(out_dir, "tokenizer.json"))):
+        return False
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            return json.load(f) == dict(meta)
+    except (OSError, ValueError):
+        return False
+
+
+def tiny_tokenizer_dir(cache_dir: str | os.PathLike[str], vocab_size: int = 2048, seed: int = 0) -> str:
+    """Where :func:`tiny_tokenizer` keeps the tokenizer for these settings under ``cache_dir``."""
+    return os.path.join(os.fspath(cache_dir), f"shine_bios_bpe{vocab_size}_seed{seed}")
+
+
+def tiny_tokenizer(
+    cache_dir: str | os.PathLike[str], vocab_size: int = 2048, seed: int = 0, num_docs: int = 4000
+) -> PreTrainedTokenizerFast:
+    """A BPE tokenizer trained on the bundled corpus's train split, cached under ``cache_dir`` (see
+    :func:`tiny_tokenizer_dir`) and reused when present.
+
+    Training text: the first ``num_docs`` train documents of ``corpus.build_corpus(seed)`` (the same documents as
+    the first ``num_docs`` of the tfds ``mqa`` train split), their contexts and their chat-rendered QA turns, so
+    the chat words and the space-less answer variants are covered. Test people and test-only phrasings are never
+    seen. A cache built from different settings or a different ``corpus.py`` is retrained.
+    """
+    from transformers import AutoTokenizer
+
+    from shine_jax.data import corpus
+
+    out_dir = tiny_tokenizer_dir(cache_dir, vocab_size, seed)
+    meta = {
+        "vocab_size": vocab_size, "seed": seed, "num_docs": num_docs, "split": "train",
+        "corpus_fingerprint": _corpus_fingerprint(), "trainer_revision": _TRAINER_REVISION,
+    }
+    if _is_cached(out_dir, meta):
+        return AutoTokenizer.from_pretrained(out_dir)
+    records = corpus.build_corpus(seed, docs_per_split={"train": num_docs, "validation": 0, "test": 0})["train"]
+    # Train into a scratch directory and move it into place, so an interrupted run leaves no half-written cache.
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    try:
+        train_bpe_tokenizer(corpus_training_texts(records), vocab_size, scratch)
+        with open(os.path.join(scratch, _META_FILE), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2)
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)
+        try:
+            os.replace(scratch, out_dir)
+        except OSError:
+            if not _is_cached(out_dir, meta):  # fine if a concurrent process just put the same tokenizer there
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return AutoTokenizer.from_pretrained(out_dir)
