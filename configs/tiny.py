@@ -18,15 +18,16 @@ def get_config(arg=None):
     c.shine.m2p_layers, c.shine.m2p_heads = 2, 4
     c.shine.scale = 1e-2  # the CPU prototype learned fastest at 0.01 (0.001 is the paper's value)
     c.data.num_people, c.data.train_docs, c.data.eval_docs = 10000, 20000, 256
-    c.data.context_length, c.data.conversation_length, c.data.lm_length = 320, 160, 384
     c.log_every, c.eval_every, c.eval_batches = 10, 100, 4
     c.checkpoint_every = 100
+    # (steps, batch, lr, warmup, evidence length, conversation length); a RECON answer is the whole evidence
     stage = {
-        "base_pretrain": dict(steps=1500, batch_size=32, lr=3e-3, warmup=100),
-        "pretrain": dict(steps=300, batch_size=16, lr=1e-3, warmup=30),
-        "ift_mqa": dict(steps=600, batch_size=16, lr=1e-3, warmup=30),
-        "ift_1qa": dict(steps=200, batch_size=16, lr=5e-4, warmup=20),
+        "base_pretrain": (600, 16, 3e-3, 50, 256, 256),
+        "pretrain": (200, 8, 1e-3, 20, 256, 272),
+        "ift_mqa": (400, 8, 1e-3, 20, 320, 160),
+        "ift_1qa": (150, 16, 5e-4, 15, 320, 32),
     }[c.stage]
-    c.steps, c.batch_size = stage["steps"], stage["batch_size"]
-    c.optim.lr, c.optim.warmup_steps = stage["lr"], stage["warmup"]
+    c.steps, c.batch_size, c.optim.lr, c.optim.warmup_steps = stage[:4]
+    c.data.context_length, c.data.conversation_length = stage[4:]
+    c.data.lm_length = 256
     return c

@@ -39,11 +39,16 @@ def hyper_config_from_dict(d: dict) -> HyperConfig:
     return HyperConfig(**{**d, "m2p": M2PConfig(**d.get("m2p", {}))})
 
 
+STAGE_ORDER = ("ift_1qa", "ift_mqa", "pretrain")  # Shine.load(workdir) takes the most trained stage
+DEFAULT_EVIDENCE_LENGTH = 1150  # the paper's context length
+
+
 class Shine:
-    def __init__(self, base: BaseModel, hyper: Hypernetwork):
+    def __init__(self, base: BaseModel, hyper: Hypernetwork, max_evidence_length: int | None = None):
         self.base = base
         self.hyper = hyper
         self.mesh = None
+        self.max_evidence_length = max_evidence_length or DEFAULT_EVIDENCE_LENGTH
         self._hgraph, self._hstate = nnx.split(hyper)
 
     # -- properties --------------------------------------------------------------------------------------
@@ -60,9 +65,10 @@ class Shine:
         return self.hyper.num_tokens
 
     @classmethod
-    def create(cls, base: BaseModel, hyper_cfg: HyperConfig, seed: int = 0) -> "Shine":
+    def create(cls, base: BaseModel, hyper_cfg: HyperConfig, seed: int = 0,
+               max_evidence_length: int | None = None) -> "Shine":
         """A fresh hypernetwork with the official initialisation on top of ``base``."""
-        return cls(base, Hypernetwork(base.cfg, hyper_cfg, nnx.Rngs(seed)))
+        return cls(base, Hypernetwork(base.cfg, hyper_cfg, nnx.Rngs(seed)), max_evidence_length)
 
     def set_hyper_params(self, params: dict) -> None:
         nnx.replace_by_pure_dict(self._hstate, jax.tree.map(jnp.asarray, params))
@@ -104,12 +110,30 @@ class Shine:
         if not document.strip():
             raise ValueError("the document is empty")
         questions = [question] if isinstance(question, str) else list(question)
-        ev_ids, ev_mask = self.base.encode([document], max_evidence_length)
+        limit = max_evidence_length or self.max_evidence_length
+        n = len(self.base.tokenizer(document, add_special_tokens=False)["input_ids"])
+        if n > limit:
+            import warnings
+            warnings.warn(f"the document has {n} tokens, more than the maximum {limit}; truncated", stacklevel=2)
+        ev_ids, ev_mask = self.base.encode([document], limit)
         lora = self.generate_lora(ev_ids, ev_mask)
         ids, mask = self.base.chat_prompt(questions)
         lora = jax.tree.map(lambda x: jnp.repeat(x, len(questions), axis=1), lora)
         answers = [a.strip() for a in self.base.decode(self.base.generate(ids, mask, max_new_tokens, lora=lora))]
         return answers[0] if isinstance(question, str) else answers
+
+    def export_peft(self, lora: dict, out_dir: str | os.PathLike, index: int = 0, overwrite: bool = False,
+                    base_name: str | None = None) -> pathlib.Path:
+        """Example ``index`` of a generated LoRA as a PEFT adapter folder (see ``convert/peft.py``)."""
+        from shine_jax.convert.peft import write_peft_adapter
+
+        name = base_name if base_name is not None else str((self.hf_source or ""))
+        return write_peft_adapter(self.base.cfg, lora, out_dir, index, name, overwrite)
+
+    @property
+    def hf_source(self) -> str | None:
+        tok = self.base.tokenizer
+        return getattr(tok, "name_or_path", None) if tok is not None else None
 
     def _evidence(self, ids, mask):
         ids = np.asarray(ids)
@@ -139,7 +163,8 @@ class Shine:
         self.base.save(tmp / "base")
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "hyper", nnx.to_pure_dict(self._hstate))
-        (tmp / SHINE_JSON).write_text(json.dumps({"hyper": hyper_config_to_dict(self.cfg)}, indent=2))
+        (tmp / SHINE_JSON).write_text(json.dumps({"hyper": hyper_config_to_dict(self.cfg),
+                                                  "max_evidence_length": self.max_evidence_length}, indent=2))
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
         return path
@@ -148,11 +173,10 @@ class Shine:
     def load(cls, path: str | os.PathLike) -> "Shine":
         import orbax.checkpoint as ocp
 
-        path = pathlib.Path(path).absolute()
-        if not (path / SHINE_JSON).is_file():
-            raise FileNotFoundError(f"{path} has no {SHINE_JSON}; it is not a shine_jax SHINE folder")
-        hcfg = hyper_config_from_dict(json.loads((path / SHINE_JSON).read_text())["hyper"])
-        shine = cls.create(BaseModel.load(path / "base"), hcfg)
+        path = resolve_shine_dir(path)
+        meta = json.loads((path / SHINE_JSON).read_text())
+        hcfg = hyper_config_from_dict(meta["hyper"])
+        shine = cls.create(BaseModel.load(path / "base"), hcfg, max_evidence_length=meta.get("max_evidence_length"))
         with ocp.StandardCheckpointer() as ckptr:
             shine.set_hyper_params(ckptr.restore(path / "hyper"))
         return shine
@@ -180,6 +204,17 @@ class Shine:
         p = self.hyper_params()
         return off.write_official(out_dir, p["mem_tokens"], p["m2p"], p["metalora"], p.get("extra_metalora"),
                                   self.base.cfg, global_step, overwrite)
+
+
+def resolve_shine_dir(path: str | os.PathLike) -> pathlib.Path:
+    """A SHINE folder, or a training workdir (then its most trained stage's ``final``)."""
+    path = pathlib.Path(path).absolute()
+    if (path / SHINE_JSON).is_file():
+        return path
+    for stage in STAGE_ORDER:
+        if (path / stage / "final" / SHINE_JSON).is_file():
+            return path / stage / "final"
+    raise FileNotFoundError(f"{path} holds no trained SHINE ({SHINE_JSON}, or <stage>/final/{SHINE_JSON} of a workdir)")
 
 
 # --------------------------------------------------------------------------------------------- official glue

@@ -150,7 +150,7 @@ def lm_task(cfg, base: BaseModel, mesh) -> Task:
 
 def shine_task(cfg, base: BaseModel, mesh, workdir: pathlib.Path) -> Task:
     hcfg = hyper_config(cfg)
-    shine = Shine.create(base, hcfg, seed=cfg.seed)
+    shine = Shine.create(base, hcfg, seed=cfg.seed, max_evidence_length=cfg.data.context_length)
     prev = previous_final(cfg, workdir)
     if prev is not None:
         loaded = Shine.load(prev)

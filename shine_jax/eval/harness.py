@@ -1,0 +1,130 @@
+"""Evaluate memory methods on document-QA records: multi-turn conversations, batched generation, timing.
+
+Each document's questions are asked in order as one conversation (the model's own earlier answers stay in the
+history), turn by turn across a batch of documents. Per method we report F1 / EM (SQuAD-normalised, max over gold
+answers), F1 per turn, the amortised per-document cost of building the memory (LoRA generation, test-time
+training) and the generation time per question.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+
+from shine_jax.eval.methods import EvalSettings, Method, make_methods
+from shine_jax.eval.metrics import best_em, best_f1
+
+PAD_MULTIPLE = 32  # prompt lengths are padded to a multiple of this so compiled shapes are reused
+
+
+class BadRecord(ValueError):
+    pass
+
+
+def check_records(shine, records: Sequence[dict], max_doc_tokens: int, on_long: str, skip_bad: bool) -> list[dict]:
+    """Drop (with a warning) or refuse empty documents; truncate (with a warning) or refuse long ones."""
+    kept = []
+    for n, rec in enumerate(records):
+        name = rec.get("id", f"record {n + 1}")
+        problem = None
+        if not rec["context"].strip():
+            problem = f"document {name} is empty"
+        elif not rec["qa"]:
+            problem = f"document {name} has no questions"
+        else:
+            length = len(shine.base.tokenizer(rec["context"], add_special_tokens=False)["input_ids"])
+            if length > max_doc_tokens:
+                msg = f"document {name} has {length} tokens, more than the maximum {max_doc_tokens}"
+                if on_long == "refuse":
+                    problem = msg + " (use --on-long truncate to keep its first tokens)"
+                else:
+                    warnings.warn(msg + "; truncated to the first tokens", stacklevel=2)
+        if problem:
+            if not skip_bad:
+                raise BadRecord(problem)
+            warnings.warn(problem + "; skipped", stacklevel=2)
+            continue
+        kept.append(rec)
+    return kept
+
+
+def chat_batch(tok, histories: list[list[dict]], rows_to: int):
+    """Left-padded ids/mask for chat histories (each ending with a user turn); rows padded to ``rows_to``."""
+    texts = [tok.apply_chat_template(h, tokenize=False, add_generation_prompt=True) for h in histories]
+    enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    length = -(-max(len(e) for e in enc) // PAD_MULTIPLE) * PAD_MULTIPLE
+    ids = np.full((rows_to, length), tok.pad_token_id, np.int32)
+    mask = np.zeros((rows_to, length), np.int32)
+    for r, e in enumerate(enc):
+        ids[r, length - len(e):] = e
+        mask[r, length - len(e):] = 1
+    mask[len(enc):, -1] = 1  # padding rows: one dummy token so they are well defined
+    return ids, mask
+
+
+def run_method(shine, method: Method, records: list[dict], settings: EvalSettings, progress=None) -> dict:
+    tok = shine.base.tokenizer
+    f1s, ems, per_turn = [], [], {}
+    prep_s = gen_s = 0.0
+    predictions = []
+    for start in range(0, len(records), settings.batch_size):
+        docs = records[start:start + settings.batch_size]
+        t = time.perf_counter()
+        memory = method.prepare(shine, [d["context"] for d in docs])
+        prep_s += time.perf_counter() - t
+        histories = [[] for _ in docs]
+        answers = [[] for _ in docs]
+        for turn in range(max(len(d["qa"]) for d in docs)):
+            rows = np.array([i for i, d in enumerate(docs) if turn < len(d["qa"])])
+            for i in rows:
+                q = docs[i]["qa"][turn]["question"]
+                text = method.first_user_text(docs[i]["context"], q) if turn == 0 else q
+                histories[i].append({"role": "user", "content": text})
+            ids, mask = chat_batch(tok, [histories[i] for i in rows], settings.batch_size)
+            full_rows = np.concatenate([rows, np.zeros(settings.batch_size - len(rows), int)])
+            lora = method.lora_for_rows(memory, full_rows)
+            t = time.perf_counter()
+            new = shine.base.generate(ids, mask, settings.max_new_tokens, lora=lora)
+            gen_s += time.perf_counter() - t
+            texts = [s.strip() for s in shine.base.decode(new[: len(rows)])]
+            for i, pred in zip(rows, texts):
+                gold = docs[i]["qa"][turn]["answers"]
+                f, e = best_f1(pred, gold), best_em(pred, gold)
+                f1s.append(f)
+                ems.append(e)
+                per_turn.setdefault(turn, []).append(f)
+                histories[i].append({"role": "assistant", "content": pred})
+                answers[i].append(pred)
+        predictions += [{"id": d.get("id"), "answers": a} for d, a in zip(docs, answers)]
+        if progress is not None:
+            progress.update(len(docs))
+    n_q = len(f1s)
+    return {
+        "f1": float(np.mean(f1s)), "em": float(np.mean(ems)), "questions": n_q, "documents": len(records),
+        "per_turn_f1": [float(np.mean(per_turn[t])) for t in sorted(per_turn)],
+        "doc_cost_s": prep_s / len(records), "gen_s_per_question": gen_s / n_q,
+        "predictions": predictions,
+    }
+
+
+def evaluate(shine, records: Sequence[dict], method_names: Sequence[str], settings: EvalSettings | None = None,
+             on_long: str = "truncate", skip_bad: bool = False, show_progress: bool = True) -> dict:
+    settings = settings or EvalSettings()
+    max_doc = settings.max_doc_tokens or shine.max_evidence_length
+    records = check_records(shine, records, max_doc, on_long, skip_bad)
+    if not records:
+        raise BadRecord("no document left to evaluate")
+    results: dict[str, Any] = {"settings": dataclasses.asdict(settings), "max_doc_tokens": max_doc, "methods": {}}
+    for method in make_methods(method_names, settings, max_doc):
+        bar = None
+        if show_progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(records), desc=f"eval {method.name}", unit="doc", dynamic_ncols=True)
+        results["methods"][method.name] = run_method(shine, method, records, settings, bar)
+        if bar is not None:
+            bar.close()
+    return results

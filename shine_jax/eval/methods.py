@@ -1,0 +1,147 @@
+"""The memory methods compared on the same base model and the same questions.
+
+Every method turns a batch of documents into a *memory* once (``prepare``; its time is the amortised per-document
+cost of SHINE's Table 1), then answers questions with it (``prompt`` decides what goes before the question,
+``lora`` what adapter each row uses):
+
+* ``none``  — the question alone;
+* ``icl``   — the document in the prompt (in context);
+* ``sft``   — test-time training: a rank-8 LoRA trained on the document's text with next-token loss for
+  ``sft_epochs`` epochs (one epoch = one pass over the document), all documents of a batch trained at once as a
+  per-example LoRA (rows never interact: per-row losses are summed and Adam is element-wise);
+* ``shine`` — one generated LoRA per document, reused for all of its questions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from shine_jax.data.pipelines import icl_user_text
+from shine_jax.model.hypernet import causal_lm_loss
+from shine_jax.model.lora import lora_shapes
+
+METHODS = ("none", "icl", "sft", "shine")
+
+
+@dataclasses.dataclass
+class EvalSettings:
+    batch_size: int = 32  # documents per batch
+    max_new_tokens: int = 24
+    sft_epochs: int = 20
+    sft_lr: float = 1e-3
+    sft_rank: int = 8
+    max_doc_tokens: int = 0  # 0: the SHINE run's evidence length
+    seed: int = 0
+
+
+class Method:
+    name = "base"
+
+    def prepare(self, shine, docs: Sequence[str]) -> Any:
+        return None
+
+    def first_user_text(self, context: str, question: str) -> str:
+        return question
+
+    def lora_for_rows(self, memory, rows: np.ndarray):
+        return None
+
+
+class NoMemory(Method):
+    name = "none"
+
+
+class InContext(Method):
+    name = "icl"
+
+    def first_user_text(self, context: str, question: str) -> str:
+        return icl_user_text(context, question)
+
+
+class GeneratedLoRA(Method):
+    name = "shine"
+
+    def __init__(self, max_doc_tokens: int):
+        self.max_doc_tokens = max_doc_tokens
+
+    def prepare(self, shine, docs):
+        ids, mask = shine.base.encode(docs, self.max_doc_tokens)
+        lora = shine.generate_lora(ids, mask)
+        return jax.block_until_ready(lora)
+
+    def lora_for_rows(self, memory, rows):
+        return select_rows(memory, rows)
+
+
+class TestTimeTraining(Method):
+    name = "sft"
+
+    def __init__(self, settings: EvalSettings, max_doc_tokens: int):
+        self.s, self.max_doc_tokens = settings, max_doc_tokens
+
+    def prepare(self, shine, docs):
+        base = shine.base
+        ids, mask = base.encode(docs, self.max_doc_tokens)
+        lora = init_sft_lora(base.cfg, self.s.sft_rank, len(docs), jax.random.key(self.s.seed))
+        tx = optax.adam(self.s.sft_lr)
+        out = _train_sft(base._graphdef, base._state, lora, tx.init(lora), jnp.asarray(ids), jnp.asarray(mask),
+                         self.s.sft_epochs, self.s.sft_lr)
+        return jax.block_until_ready(out)
+
+    def lora_for_rows(self, memory, rows):
+        return select_rows(memory, rows)
+
+
+def make_methods(names: Sequence[str], settings: EvalSettings, max_doc_tokens: int) -> list[Method]:
+    table = {"none": lambda: NoMemory(), "icl": lambda: InContext(),
+             "sft": lambda: TestTimeTraining(settings, max_doc_tokens),
+             "shine": lambda: GeneratedLoRA(max_doc_tokens)}
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    return [table[n]() for n in names]
+
+
+def select_rows(lora, rows: np.ndarray):
+    """The per-example LoRA of the given document rows (LoRA batch axis 1)."""
+    idx = jnp.asarray(rows)
+    return jax.tree.map(lambda x: jnp.take(x, idx, axis=1), lora)
+
+
+def init_sft_lora(cfg, rank: int, batch: int, key) -> dict:
+    """PEFT's init (A ~ U(+-1/sqrt(in)), B = 0), one adapter per document."""
+    shapes = lora_shapes(cfg, rank, batch)
+    keys = jax.random.split(key, len(shapes))
+    return {m: {"A": jax.random.uniform(k, s["A"], jnp.float32, -1, 1) / math.sqrt(s["A"][2]),
+                "B": jnp.zeros(s["B"], jnp.float32)} for (m, s), k in zip(shapes.items(), keys)}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _train_sft(graphdef, state, lora, opt_state, ids, mask, epochs, lr):
+    from flax import nnx
+
+    decoder = nnx.merge(graphdef, state)
+    tx = optax.adam(lr)
+    labels = jnp.where(mask.astype(bool), ids, -100)
+
+    def row_losses(lora):
+        logits = decoder(ids, mask, loras=(lora,))
+        per_row = jax.vmap(lambda lg, lb: causal_lm_loss(lg[None], lb[None])[0])(logits, labels)
+        return per_row.sum()  # rows are independent: each adapter only sees its own loss
+
+    def step(carry, _):
+        lora, opt_state = carry
+        grads = jax.grad(row_losses)(lora)
+        updates, opt_state = tx.update(grads, opt_state, lora)
+        return (optax.apply_updates(lora, updates), opt_state), None
+
+    (lora, _), _ = jax.lax.scan(step, (lora, opt_state), None, length=epochs)
+    return lora

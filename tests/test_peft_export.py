@@ -1,0 +1,78 @@
+"""Generated LoRA -> PEFT adapter folder, verified in PyTorch with transformers + peft."""
+
+import json
+import logging
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from shine_jax.model.base_model import BaseModel
+from shine_jax.model.hypernet import HyperConfig
+from shine_jax.model.m2p import M2PConfig
+from shine_jax.shine import Shine
+from tests.conftest import left_padded_batch, make_hf_model, max_rel_err
+
+
+def peft_logits(hf_dir, adapter_dir, ids, mask):
+    import peft
+    import transformers
+
+    base = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = peft.PeftModel.from_pretrained(base, adapter_dir).eval()
+    key_warnings = [str(w.message) for w in caught if "key" in str(w.message).lower()]
+    assert not key_warnings, key_warnings  # PEFT warns about missing/unexpected adapter keys: a failure here
+    pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+                     position_ids=torch.tensor(pos)).logits.numpy()
+
+
+def check_export(shine, hf_dir, tmp_path, evidence, queries):
+    lora = shine.generate_lora(*evidence)
+    ids, mask = queries
+    ours = np.asarray(shine.logits(ids, mask, lora))
+    no_lora = np.asarray(shine.logits(ids, mask))
+    assert np.max(np.abs(ours - no_lora)) > 1e-4, "the LoRA must visibly change the logits for this test to mean anything"
+    for index in (0, 1):
+        out = shine.export_peft(lora, tmp_path / f"adapter{index}", index=index)
+        cfg = json.loads((out / "adapter_config.json").read_text())
+        assert cfg["peft_type"] == "LORA" and cfg["lora_alpha"] == cfg["r"] == shine.cfg.lora_rank
+        ref = peft_logits(hf_dir, out, ids[index:index + 1], mask[index:index + 1])
+        err = max_rel_err(ours[index:index + 1], ref, mask[index:index + 1].astype(bool))
+        assert err <= 1e-4, f"example {index}: {err:.2e}"
+
+
+def test_qwen3_fixture_adapter_matches_peft(fixtures_dir, tmp_path):
+    shine = Shine.from_official(fixtures_dir / "checkpoint-epoch-1", fixtures_dir / "base_model", m2p_heads=4)
+    ref = np.load(fixtures_dir / "reference.npz")
+    check_export(shine, fixtures_dir / "base_model", tmp_path,
+                 (ref["evidence_ids"], ref["evidence_attention_mask"]),
+                 (ref["input_ids"], ref["input_attention_mask"]))
+
+
+def test_llama_adapter_matches_peft(tmp_path):
+    hf_dir, _ = make_hf_model(tmp_path, "llama", tie=True)
+    base = BaseModel.from_hf(hf_dir)
+    hcfg = HyperConfig(lora_rank=4, metalora_rank=4, scale=0.05, m2p=M2PConfig(num_layers=2, num_heads=4))
+    shine = Shine.create(base, hcfg, seed=1)
+    ev = left_padded_batch(base.cfg.vocab_size, [12, 7], 12, seed=1)
+    q = left_padded_batch(base.cfg.vocab_size, [9, 5], 9, seed=2)
+    check_export(shine, hf_dir, tmp_path, ev, q)
+
+
+def test_bad_export_requests(fixtures_dir, tmp_path):
+    shine = Shine.from_official(fixtures_dir / "checkpoint-epoch-1", fixtures_dir / "base_model", m2p_heads=4)
+    ref = np.load(fixtures_dir / "reference.npz")
+    lora = shine.generate_lora(ref["evidence_ids"], ref["evidence_attention_mask"])
+    with pytest.raises(ValueError, match="index 5 is outside the LoRA batch of 2"):
+        shine.export_peft(lora, tmp_path / "a", index=5)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        shine.export_peft(lora, tmp_path / "full")
+    shine.export_peft(lora, tmp_path / "full", overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
