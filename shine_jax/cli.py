@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pathlib
 import sys
@@ -13,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 DEFAULT_SMOLLM2_DIR = pathlib.Path("artifacts") / "smollm2-135m-instruct"
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
 
 # ------------------------------------------------------------------------------------------------ convert
@@ -85,6 +86,93 @@ def cmd_train(args, overrides: list[str]) -> None:
           f"val_loss {summary.get('val_loss', float('nan')):.4f}; result in {args.workdir}/{summary['stage']}/final")
 
 
+# ------------------------------------------------------------------------------------------------ eval & use
+@contextlib.contextmanager
+def warnings_to_stderr():
+    """Our warnings (skipped lines, truncated documents) as one ``warning:`` line each on stderr."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            yield
+        finally:
+            package = str(pathlib.Path(__file__).parent)
+            for w in caught:
+                if issubclass(w.category, UserWarning) and (w.filename or "").startswith(package):
+                    print(f"warning: {w.message}", file=sys.stderr)
+
+
+def read_document(path: str) -> str:
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"document {path} does not exist")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"document {path} is not UTF-8 text (byte {e.start})") from None
+    if not text.strip():
+        raise ValueError(f"document {path} is empty")
+    return text
+
+
+def cmd_eval(args) -> None:
+    with warnings_to_stderr():
+        _eval(args)
+
+
+def _eval(args) -> None:
+    from shine_jax.data.corpus import read_jsonl
+    from shine_jax.eval.harness import evaluate
+    from shine_jax.eval.methods import EvalSettings
+    from shine_jax.eval.report import markdown_table, write_results
+    from shine_jax.shine import Shine
+
+    records = read_jsonl(args.data, skip_bad_lines=args.skip_bad_lines)
+    if args.limit:
+        records = records[: args.limit]
+    shine = Shine.load(args.workdir)
+    settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                            sft_epochs=args.sft_epochs, sft_lr=args.sft_lr, max_doc_tokens=args.max_doc_tokens)
+    results = evaluate(shine, records, [m.strip() for m in args.methods.split(",") if m.strip()], settings,
+                       on_long=args.on_long, skip_bad=args.skip_bad_lines, show_progress=not args.no_progress)
+    results["data"] = str(args.data)
+    files = write_results(results, args.out)
+    print(markdown_table(results), end="")
+    print(f"results: {files['json']}  table: {files['markdown']}  plot: {files['png']}")
+
+
+def cmd_ask(args) -> None:
+    from shine_jax.shine import Shine
+
+    shine = Shine.load(args.workdir)
+    with warnings_to_stderr():
+        print(shine.ask(read_document(args.doc), args.question, max_new_tokens=args.max_new_tokens))
+
+
+def cmd_internalize(args) -> None:
+    from shine_jax.data.corpus import read_jsonl
+    from shine_jax.shine import Shine
+
+    shine = Shine.load(args.workdir)
+    if args.jsonl:
+        docs = [(r.get("id") or f"doc{n:05d}", r["context"]) for n, r in enumerate(read_jsonl(args.jsonl))]
+    else:
+        docs = [(pathlib.Path(d).stem, read_document(d)) for d in args.doc]
+    if not docs:
+        raise ValueError("nothing to internalize: pass --doc FILE (repeatable) or --jsonl FILE")
+    out = pathlib.Path(args.out)
+    single = len(docs) == 1 and not args.jsonl
+    for start in range(0, len(docs), args.batch_size):
+        chunk = docs[start:start + args.batch_size]
+        ids, mask = shine.base.encode([text for _, text in chunk], shine.max_evidence_length)
+        lora = shine.generate_lora(ids, mask)
+        for i, (name, _) in enumerate(chunk):
+            target = out if single else out / name
+            shine.export_peft(lora, target, index=i, overwrite=args.overwrite)
+            print(f"adapter for {name}: {target}")
+
+
 # ------------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shine-jax", description=__doc__)
@@ -121,6 +209,38 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workdir", required=True)
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train, takes_overrides=True)
+
+    e = sub.add_parser("eval", help="evaluate memory methods on document-QA JSON Lines")
+    e.add_argument("--workdir", required=True, help="a trained SHINE run (workdir or SHINE folder)")
+    e.add_argument("--data", required=True, help="JSON Lines: {id, context, qa: [{question, answers}]}")
+    e.add_argument("--methods", default="none,icl,sft,shine")
+    e.add_argument("--out", default="results.json")
+    e.add_argument("--limit", type=int, default=0, help="evaluate only the first N documents")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--max-new-tokens", type=int, default=24)
+    e.add_argument("--sft-epochs", type=int, default=20)
+    e.add_argument("--sft-lr", type=float, default=1e-3)
+    e.add_argument("--max-doc-tokens", type=int, default=0, help="0: the SHINE run's evidence length")
+    e.add_argument("--on-long", choices=["truncate", "refuse"], default="truncate")
+    e.add_argument("--skip-bad-lines", action="store_true", help="warn about and skip bad lines/documents")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    a = sub.add_parser("ask", help="answer a question about a document from its generated LoRA")
+    a.add_argument("--workdir", required=True)
+    a.add_argument("--doc", required=True)
+    a.add_argument("--question", required=True)
+    a.add_argument("--max-new-tokens", type=int, default=32)
+    a.set_defaults(func=cmd_ask)
+
+    i = sub.add_parser("internalize", help="document(s) -> PEFT LoRA adapter folder(s)")
+    i.add_argument("--workdir", required=True)
+    i.add_argument("--doc", action="append", default=[], help="a UTF-8 text file (repeatable)")
+    i.add_argument("--jsonl", help="documents from JSON Lines (one adapter per record, named by id)")
+    i.add_argument("--out", required=True)
+    i.add_argument("--batch-size", type=int, default=16)
+    i.add_argument("--overwrite", action="store_true")
+    i.set_defaults(func=cmd_internalize)
 
     d = sub.add_parser("demo", help="the embedded default job (today: SmolLM2 answers through our JAX decoder)")
     d.add_argument("--model", default=None)

@@ -14,22 +14,8 @@ from shine_jax.train.metrics import read_metrics
 from tests.conftest import REPO
 from tests.train_utils import small_config
 
-STAGES = ("base_pretrain", "pretrain", "ift_mqa", "ift_1qa")
-STEPS = {"base_pretrain": 30, "pretrain": 20, "ift_mqa": 20, "ift_1qa": 20}
+from tests.conftest import STAGES, STEPS
 RESUME = ["steps=10", "checkpoint_every=4", "optim.warmup_steps=2", "log_every=1", "eval_every=100"]
-FAST = ["optim.lr=0.005", "log_every=5", "eval_every=100", "eval_batches=2"]
-
-
-@pytest.fixture(scope="session")
-def trained_workdir(tmp_path_factory):
-    """All four stages of a small tiny model, once per session (also used by the evaluation tests)."""
-    wd = tmp_path_factory.mktemp("tiny_run")
-    for stage in STAGES:
-        # ift_1qa starts from the pretrain result here (init_from), so that its own improvement is measurable in
-        # 20 steps; the resume test below runs the chained ift_mqa -> ift_1qa path.
-        extra = [f"init_from='{wd / 'pretrain' / 'final'}'"] if stage == "ift_1qa" else []
-        run_stage(small_config(stage, STEPS[stage], FAST + extra, data_dir=wd / "data"), wd, progress=False)
-    return wd
 
 
 @pytest.mark.slow

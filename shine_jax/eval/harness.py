@@ -18,7 +18,7 @@ import numpy as np
 from shine_jax.eval.methods import EvalSettings, Method, make_methods
 from shine_jax.eval.metrics import best_em, best_f1
 
-PAD_MULTIPLE = 32  # prompt lengths are padded to a multiple of this so compiled shapes are reused
+PAD_MULTIPLE = 64  # prompt lengths are padded to a multiple of this so compiled shapes are reused
 
 
 class BadRecord(ValueError):

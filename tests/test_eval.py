@@ -1,0 +1,94 @@
+"""The evaluation harness on a small trained run: every method runs, results files are well formed, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from shine_jax import cli
+from shine_jax.data.corpus import write_jsonl
+from shine_jax.data.tfds_builder import load_split
+
+METHODS = ("none", "icl", "sft", "shine")
+
+
+@pytest.fixture(scope="module")
+def test_records(trained_workdir):
+    from tests.train_utils import small_config
+    from shine_jax.train.loop import corpus_overrides
+
+    cfg = small_config("ift_mqa")
+    ds = load_split(trained_workdir / "data" / "tfds", "test", config="mqa", **corpus_overrides(cfg))
+    records = [ds[i] for i in range(6)]
+    return [dict(r, qa=r["qa"][:2]) for r in records]  # two turns each keep the compiled shapes few
+
+
+@pytest.mark.slow
+def test_eval_writes_results_for_every_method(trained_workdir, test_records, tmp_path, capsys):
+    data = tmp_path / "test.jsonl"
+    write_jsonl(test_records, data)
+    out = tmp_path / "res" / "results.json"
+    assert cli.main(["eval", "--workdir", str(trained_workdir), "--data", str(data), "--out", str(out),
+                     "--batch-size", "4", "--max-new-tokens", "6", "--sft-epochs", "2", "--no-progress"]) == 0
+    res = json.loads(out.read_text())
+    n_q = sum(len(r["qa"]) for r in test_records)
+    assert list(res["methods"]) == list(METHODS)
+    for name, r in res["methods"].items():
+        assert 0.0 <= r["em"] <= r["f1"] <= 1.0, name
+        assert r["questions"] == n_q and r["documents"] == len(test_records)
+        assert len(r["per_turn_f1"]) == max(len(x["qa"]) for x in test_records)
+        assert r["gen_s_per_question"] > 0
+        assert len(r["predictions"]) == len(test_records)
+    assert res["methods"]["shine"]["doc_cost_s"] > 0 and res["methods"]["sft"]["doc_cost_s"] > 0
+    table = (tmp_path / "res" / "results.md").read_text()
+    assert table.count("\n") == 2 + len(METHODS) and "| shine |" in table
+    png = (tmp_path / "res" / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| icl |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bad_documents_are_reported_and_skipped(trained_workdir, test_records, tmp_path, capsys):
+    good = test_records[0]
+    lines = [json.dumps(good), "{not json", json.dumps({"id": "noqa", "context": "x"}),
+             json.dumps({"id": "empty", "context": "  ", "qa": good["qa"]}),
+             json.dumps({"id": "long", "context": good["context"] * 30, "qa": good["qa"][:1]})]
+    data = tmp_path / "bad.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    base = ["eval", "--workdir", str(trained_workdir), "--data", str(data), "--methods", "none",
+            "--batch-size", "2", "--max-new-tokens", "2", "--max-doc-tokens", "512", "--no-progress",
+            "--out", str(tmp_path / "r.json")]
+    assert cli.main(base) == 2
+    assert "line 2" in capsys.readouterr().err
+    assert cli.main(base + ["--skip-bad-lines", "--on-long", "refuse"]) == 0
+    err = capsys.readouterr().err
+    assert "line 2" in err and "line 3" in err and "document empty is empty" in err
+    assert "document long has" in err and "more than the maximum" in err
+    assert json.loads((tmp_path / "r.json").read_text())["methods"]["none"]["documents"] == 1
+    assert cli.main(base + ["--skip-bad-lines"]) == 0  # truncation (the default) keeps the long document
+    assert "truncated" in capsys.readouterr().err
+    assert json.loads((tmp_path / "r.json").read_text())["methods"]["none"]["documents"] == 2
+    latin = tmp_path / "latin1.jsonl"
+    latin.write_bytes(json.dumps(good).encode().replace(b"}", b', "x": "\xe9"}', 1) + b"\n")
+    assert cli.main(base[:4] + [str(latin)] + base[5:]) == 2
+    assert "UTF-8" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ask_and_internalize(trained_workdir, test_records, tmp_path, capsys):
+    doc = tmp_path / "doc.txt"
+    doc.write_text(test_records[0]["context"])
+    assert cli.main(["ask", "--workdir", str(trained_workdir), "--doc", str(doc), "--question",
+                     test_records[0]["qa"][0]["question"], "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip() != ""
+    data = tmp_path / "docs.jsonl"
+    write_jsonl(test_records[:3], data)
+    assert cli.main(["internalize", "--workdir", str(trained_workdir), "--jsonl", str(data),
+                     "--out", str(tmp_path / "adapters")]) == 0
+    made = sorted(p.name for p in (tmp_path / "adapters").iterdir())
+    assert made == sorted(r["id"] for r in test_records[:3])
+    assert (tmp_path / "adapters" / made[0] / "adapter_model.safetensors").is_file()
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    assert cli.main(["ask", "--workdir", str(trained_workdir), "--doc", str(empty), "--question", "q"]) == 2
+    assert "is empty" in capsys.readouterr().err
