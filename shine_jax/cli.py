@@ -173,6 +173,51 @@ def cmd_internalize(args) -> None:
             print(f"adapter for {name}: {target}")
 
 
+# ------------------------------------------------------------------------------------------------ demo
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def cmd_demo(args) -> None:
+    """The embedded default: bundled data -> tiny base -> SHINE stages -> the four methods on the test split."""
+    from shine_jax.data.corpus import write_jsonl
+    from shine_jax.data.tfds_builder import load_split
+    from shine_jax.eval.harness import evaluate
+    from shine_jax.eval.methods import EvalSettings
+    from shine_jax.eval.report import markdown_table, write_results
+    from shine_jax.shine import Shine
+    from shine_jax.train.config import load_config
+    from shine_jax.train.loop import corpus_overrides, run_stage
+
+    workdir = pathlib.Path(args.workdir)
+    t0 = time.time()
+    timings = {}
+    for stage in ("base_pretrain", "pretrain", "ift_mqa", "ift_1qa"):
+        cfg = load_config(f"{CONFIGS / 'tiny.py'}:{stage}", args.config_overrides)
+        if (workdir / stage / "final").is_dir():
+            print(f"[demo] {stage}: already trained in {workdir / stage / 'final'}")
+            continue
+        print(f"[demo] training stage {stage} ({cfg.steps} steps)")
+        timings[stage] = run_stage(cfg, workdir, progress=not args.no_progress)["wall_s"]
+    cfg = load_config(f"{CONFIGS / 'tiny.py'}:ift_1qa", args.config_overrides)
+    test = load_split(workdir / "data" / "tfds", "test", config=cfg.data.builder_config, **corpus_overrides(cfg))
+    records = [test[i] for i in range(min(args.docs, len(test)))]
+    write_jsonl(records, workdir / "eval" / "test.jsonl")
+    shine = Shine.load(workdir)
+    settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=16, sft_epochs=args.sft_epochs)
+    print(f"[demo] evaluating none, icl, sft, shine on {len(records)} test documents "
+          f"({sum(len(r['qa']) for r in records)} questions about people never seen in training)")
+    t_eval = time.time()
+    results = evaluate(shine, records, ["none", "icl", "sft", "shine"], settings, show_progress=not args.no_progress)
+    results.update(data="bundled test split", train_wall_s=timings, eval_wall_s=time.time() - t_eval,
+                   total_wall_s=time.time() - t0)
+    files = write_results(results, workdir / "eval" / "results.json")
+    print(markdown_table(results), end="")
+    m = results["methods"]
+    print(f"SHINE F1 = {m['shine']['f1'] / max(m['none']['f1'], 1e-9):.1f}x none, "
+          f"{m['shine']['f1'] / max(m['icl']['f1'], 1e-9):.2f}x icl; total {results['total_wall_s'] / 60:.1f} min")
+    print(f"results: {files['json']}  table: {files['markdown']}  plot: {files['png']}")
+
+
 # ------------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shine-jax", description=__doc__)
@@ -242,11 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--overwrite", action="store_true")
     i.set_defaults(func=cmd_internalize)
 
-    d = sub.add_parser("demo", help="the embedded default job (today: SmolLM2 answers through our JAX decoder)")
-    d.add_argument("--model", default=None)
-    d.add_argument("--question", default="What is the capital of France?")
-    d.add_argument("--max-new-tokens", type=int, default=32)
-    d.set_defaults(func=cmd_chat, temperature=0.0, top_p=1.0, seed=0)
+    d = sub.add_parser("demo", help="the embedded default: train the tiny SHINE on CPU and evaluate 4 methods")
+    d.add_argument("--workdir", default="workdirs/demo")
+    d.add_argument("--docs", type=int, default=64, help="test documents to evaluate")
+    d.add_argument("--batch-size", type=int, default=32)
+    d.add_argument("--sft-epochs", type=int, default=20)
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=cmd_demo, takes_overrides=True)
     return p
 
 
@@ -258,7 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {overrides[0]} only applies to `shine-jax train`", file=sys.stderr)
         return 2
     try:
-        if getattr(args, "takes_overrides", False):
+        if args.func is cmd_demo:
+            args.config_overrides = overrides
+            args.func(args)
+        elif getattr(args, "takes_overrides", False):
             args.func(args, overrides)
         else:
             args.func(args)

@@ -76,3 +76,27 @@ def test_bad_export_requests(fixtures_dir, tmp_path):
         shine.export_peft(lora, tmp_path / "full")
     shine.export_peft(lora, tmp_path / "full", overwrite=True)
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+@pytest.mark.slow
+def test_tiny_base_exports_to_transformers(trained_workdir, tmp_path):
+    """The from-scratch tiny base (our BPE tokenizer included) as an HF folder transformers loads offline."""
+    import transformers
+
+    from shine_jax import cli
+
+    out = tmp_path / "tiny_hf"
+    assert cli.main(["convert", "jax-to-hf", str(trained_workdir / "base_pretrain" / "final"), str(out)]) == 0
+    ours = BaseModel.load(trained_workdir / "base_pretrain" / "final")
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    text = "Verena Holloway was born on March 4, 1961."
+    assert tok(text)["input_ids"] == ours.tokenizer(text)["input_ids"]
+    chat = [{"role": "user", "content": "Where does Verena Holloway live?"}]
+    assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True).endswith("<|im_start|>assistant\n")
+    ids, mask = ours.encode([text, "Where does Verena Holloway live?"])
+    pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+                 position_ids=torch.tensor(pos)).logits.numpy()
+    assert max_rel_err(np.asarray(ours.logits(ids, mask)), ref, mask.astype(bool)) <= 1e-5
