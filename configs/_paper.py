@@ -11,13 +11,13 @@ STAGE_SETTINGS = {  # steps are per stage; warmup as the official scripts (200-4
 }
 
 
-def paper_config(name: str, hf_dir: str, hidden: int, stage: str | None):
+def paper_config(name: str, hf_dir: str, hidden: int, stage: str | None, preset: str = ""):
     c = base_config()
     c.name = name
     c.stage = stage or "pretrain"
     if c.stage not in STAGE_SETTINGS:
         raise ValueError(f"{name} has stages {', '.join(STAGE_SETTINGS)} (no base_pretrain: the base is pretrained)")
-    c.model.source, c.model.hf_dir = "hf", hf_dir
+    c.model.source, c.model.hf_dir, c.model.preset = "hf", hf_dir, preset
     c.model.compute_dtype, c.model.remat = "bfloat16", True
     c.shine.lora_rank, c.shine.metalora_rank, c.shine.scale = 8, 128, 1e-3
     c.shine.m2p_layers, c.shine.m2p_heads, c.shine.m2p_ffn_mult = 4, hidden // 128, 2

@@ -9,4 +9,4 @@ from _paper import paper_config  # noqa: E402
 
 
 def get_config(arg=None):
-    return paper_config("qwen3_1p7b", os.environ.get("SHINE_JAX_HF_DIR", "checkpoints/Qwen3-1.7B"), hidden=2048, stage=arg)
+    return paper_config("qwen3_1p7b", os.environ.get("SHINE_JAX_HF_DIR", "checkpoints/Qwen3-1.7B"), hidden=2048, stage=arg, preset="qwen3-1.7b")

@@ -9,4 +9,4 @@ from _paper import paper_config  # noqa: E402
 
 
 def get_config(arg=None):
-    return paper_config("qwen3_8b", os.environ.get("SHINE_JAX_HF_DIR", "checkpoints/Qwen3-8B"), hidden=4096, stage=arg)
+    return paper_config("qwen3_8b", os.environ.get("SHINE_JAX_HF_DIR", "checkpoints/Qwen3-8B"), hidden=4096, stage=arg, preset="qwen3-8b")

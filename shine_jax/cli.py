@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 DEFAULT_SMOLLM2_DIR = pathlib.Path("artifacts") / "smollm2-135m-instruct"
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ConnectionError)
 
 
 # ------------------------------------------------------------------------------------------------ convert
@@ -77,6 +77,9 @@ def cmd_chat(args) -> None:
 
 # ------------------------------------------------------------------------------------------------ train
 def cmd_train(args, overrides: list[str]) -> None:
+    from shine_jax import distributed
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed_auto)
     from shine_jax.train.config import load_config
     from shine_jax.train.loop import run_stage
 
@@ -173,6 +176,31 @@ def cmd_internalize(args) -> None:
             print(f"adapter for {name}: {target}")
 
 
+# ------------------------------------------------------------------------------------------------ plan
+def cmd_plan(args, overrides: list[str]) -> None:
+    if "jax" in sys.modules:  # the fake device count must be set before JAX starts
+        import jax
+        if jax.device_count() != args.devices:
+            raise ValueError(f"plan needs a fresh process to create {args.devices} devices (JAX already started)")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={args.devices}")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import json
+
+    from shine_jax.plan import format_report, parse_bytes, plan
+    from shine_jax.train.config import load_config
+
+    try:
+        mesh = tuple(int(x) for x in args.mesh.split(","))
+    except ValueError:
+        raise ValueError(f"--mesh must be three integers data,fsdp,tensor (e.g. 1,8,8), got {args.mesh!r}") from None
+    cfg = load_config(args.config, overrides)
+    report = plan(cfg, mesh, parse_bytes(args.hbm) if args.hbm else None)
+    print(format_report(report))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(report, indent=2))
+
+
 # ------------------------------------------------------------------------------------------------ demo
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -253,7 +281,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True)
     t.add_argument("--workdir", required=True)
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--coordinator", help="multi-host: host:port of process 0 (or SHINE_JAX_COORDINATOR)")
+    t.add_argument("--num-processes", type=int, help="multi-host: number of processes (or SHINE_JAX_NUM_PROCESSES)")
+    t.add_argument("--process-id", type=int, help="multi-host: this process (or SHINE_JAX_PROCESS_ID)")
+    t.add_argument("--distributed-auto", action="store_true",
+                   help="call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)")
     t.set_defaults(func=cmd_train, takes_overrides=True)
+
+    pl = sub.add_parser("plan", help="compile one train step for N (fake) devices; print memory, FLOPs, params")
+    pl.add_argument("--config", required=True)
+    pl.add_argument("--devices", type=int, default=8)
+    pl.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor (-1: the remaining devices)")
+    pl.add_argument("--hbm", help="per-device memory to check against, e.g. 16GiB")
+    pl.add_argument("--json", help="also write the report as JSON")
+    pl.set_defaults(func=cmd_plan, takes_overrides=True)
 
     e = sub.add_parser("eval", help="evaluate memory methods on document-QA JSON Lines")
     e.add_argument("--workdir", required=True, help="a trained SHINE run (workdir or SHINE folder)")

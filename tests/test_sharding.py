@@ -50,3 +50,47 @@ def test_sharded_shine_equals_single_device():
 @pytest.mark.multidevice
 def test_sharded_train_step_equals_single_device():
     assert "OK" in run_multidevice("tests.multidevice.train_step_sharded")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.multidevice
+def test_two_processes_equal_one_process():
+    """2 processes x 2 CPU devices (jax.distributed on localhost, gloo collectives, data sharded by process)
+    give the same loss and parameters after two training steps as 1 process x 4 devices."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    module = "tests.multidevice.multihost_step"
+    port = str(_free_port())
+    workers = [subprocess.Popen([sys.executable, "-m", module, "worker", port, str(i)], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    single = subprocess.run([sys.executable, "-m", module, "single"], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=600)
+    outs = [w.communicate(timeout=600) for w in workers]
+    assert single.returncode == 0, single.stderr[-3000:]
+    for w, (out, err) in zip(workers, outs):
+        assert w.returncode == 0, err[-3000:]
+
+    def result(text):
+        loss, checksum = next(l for l in text.splitlines() if l.startswith("RESULT")).split()[1:]
+        return float(loss), float(checksum)
+
+    ref = result(single.stdout)
+    for out, _ in outs:
+        loss, checksum = result(out)
+        assert loss == pytest.approx(ref[0], rel=1e-5) and checksum == pytest.approx(ref[1], rel=1e-5)
+
+
+def test_unreachable_coordinator_times_out_with_a_clear_message():
+    code = ("from shine_jax import distributed\n"
+            "try:\n    distributed.initialize('localhost:1', 2, 1, timeout_s=3)\n"
+            "except ConnectionError as e:\n    print('CAUGHT', e)\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert "CAUGHT could not join the job at coordinator localhost:1 within 3s" in proc.stdout, proc.stderr[-2000:]

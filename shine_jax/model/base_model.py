@@ -47,8 +47,9 @@ def build_decoder(cfg: ModelConfig, params: dict | None = None, *, seed: int = 0
 def state_shardings(state: nnx.State, mesh) -> Any:
     """NamedSharding for every Variable of ``state`` from its ``logical_axes`` metadata."""
     def one(var):
-        axes = var.get_metadata().get(AXES_KEY) or (None,) * var[...].ndim
-        return var.replace(shd.named_sharding(mesh, axes, var[...].shape))
+        value = var.get_value()  # an array, or a ShapeDtypeStruct for abstract (planning) state
+        axes = var.get_metadata().get(AXES_KEY) or (None,) * len(value.shape)
+        return var.replace(shd.named_sharding(mesh, axes, value.shape))
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 

@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.source = "scratch"  # scratch (tiny, trained by base_pretrain) | hf (hf_dir) | smollm2 (built offline)
     c.model.hf_dir = ""
+    c.model.preset = ""  # architecture name in shine_jax/model/presets.py (planning without weights)
     c.model.family = "llama"  # scratch only
     c.model.vocab_size = 0  # scratch: 0 = the tokenizer's size
     c.model.hidden_size = 128

@@ -1,0 +1,139 @@
+"""Compile-only planning: lower and compile one training step for N devices without running it.
+
+Reports per-device memory (XLA ``memory_analysis``), FLOPs per step (XLA ``cost_analysis`` and our analytic count)
+and parameter counts, and flags a point that does not fit a given HBM size. Nothing is materialised: parameters
+are ``ShapeDtypeStruct``s with shardings, so Qwen3-8B on 64 devices plans on a laptop (fake CPU devices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from shine_jax import sharding as shd
+from shine_jax.model.base_model import as_dtype, state_shardings
+from shine_jax.model.config import ModelConfig
+from shine_jax.model.decoder import Decoder
+from shine_jax.model.hypernet import Hypernetwork, num_memory_tokens
+from shine_jax.model.presets import PRESETS
+from shine_jax.train import flops as flops_lib
+from shine_jax.train import optimizer as optim
+from shine_jax.train.config import ConfigError
+from shine_jax.train.step import init_state, make_train_step
+
+_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 1e3, "mb": 1e6, "gb": 1e9,
+          "tb": 1e12}
+
+
+def parse_bytes(text: str) -> int:
+    m = re.fullmatch(r"\s*([\d.]+)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"cannot read the size {text!r}; write e.g. 16GiB, 80GB or 1.5e10")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.2f} {unit}"
+        n /= 1024
+
+
+def model_config_of(cfg) -> ModelConfig:
+    if cfg.model.preset:
+        if cfg.model.preset not in PRESETS:
+            raise ConfigError(f"config field 'model.preset': {cfg.model.preset!r} is not one of {', '.join(PRESETS)}")
+        return PRESETS[cfg.model.preset]
+    if cfg.model.source == "scratch":
+        from shine_jax.train.loop import scratch_model_config
+        return scratch_model_config(cfg, cfg.model.vocab_size or cfg.data.tokenizer_vocab)
+    from shine_jax.convert.hf import read_hf_config
+    return read_hf_config(cfg.model.hf_dir)[0]
+
+
+def _abstract(module_fn, mesh):
+    module = nnx.eval_shape(module_fn)
+    graphdef, state = nnx.split(module)
+    shardings = nnx.to_pure_dict(state_shardings(state, mesh))
+    shapes = nnx.to_pure_dict(state)
+    abstract = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), shapes, shardings)
+    return graphdef, abstract
+
+
+def plan(cfg, mesh_shape, hbm_bytes: int | None = None) -> dict:
+    from shine_jax.shine import shine_loss
+    from shine_jax.train.loop import hyper_config
+
+    mesh = shd.make_mesh(mesh_shape)
+    mcfg = model_config_of(cfg)
+    hcfg = hyper_config(cfg)
+    m = num_memory_tokens(mcfg, hcfg)
+    dtype = as_dtype(cfg.model.compute_dtype)
+    dgraph, frozen = _abstract(lambda: Decoder(mcfg, nnx.Rngs(0), dtype=dtype, remat=cfg.model.remat), mesh)
+    hgraph, params = _abstract(lambda: Hypernetwork(mcfg, hcfg, nnx.Rngs(0)), mesh)
+
+    def loss_fn(p, f, batch):
+        return shine_loss(nnx.merge(dgraph, f), nnx.merge(hgraph, p), batch)
+
+    labels = optim.param_labels(params, lambda names: optim.hypernet_group(names))
+    tx = optim.make_optimizer(cfg.optim, cfg.steps, labels)
+    init = jax.jit(lambda p: init_state(p, tx)).lower(params).compile()
+    state_shapes = jax.eval_shape(lambda p: init_state(p, tx), params)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state_shapes,
+                         init.output_shardings)
+    micro = cfg.batch_size // cfg.grad_accum
+    tc, tq = cfg.data.context_length, cfg.data.conversation_length
+
+    def arr(length, dt=jnp.int32):
+        shape = (cfg.grad_accum, micro, length)
+        spec = shd.logical_to_spec((None, "batch", None), shape, mesh)
+        return jax.ShapeDtypeStruct(shape, dt, sharding=NamedSharding(mesh, spec))
+
+    batch = {"evidence_ids": arr(tc), "evidence_mask": arr(tc), "input_ids": arr(tq), "attention_mask": arr(tq),
+             "labels": arr(tq)}
+    step = jax.jit(make_train_step(loss_fn, tx), donate_argnums=(0,))
+    compiled = step.lower(state, frozen, batch).compile()
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    per_device = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                  - mem.alias_size_in_bytes)
+    count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))  # noqa: E731
+    report = {
+        "config": cfg.name, "stage": cfg.stage, "devices": mesh.size, "mesh": dict(mesh.shape),
+        "params": {"base": count(frozen), "m2p": count(params["m2p"]), "meta_lora": count(params["metalora"]),
+                   "memory_tokens": count(params["mem_tokens"]),
+                   "generated_lora": mcfg.num_layers * mcfg.lora_params_per_layer(hcfg.lora_rank)},
+        "memory_tokens_M": m,
+        "per_device_bytes": {"arguments": mem.argument_size_in_bytes, "outputs": mem.output_size_in_bytes,
+                             "temporaries": mem.temp_size_in_bytes, "aliased": mem.alias_size_in_bytes,
+                             "total": per_device},
+        "xla_flops_per_device": float(cost.get("flops", float("nan"))) if cost else float("nan"),
+        "analytic_flops_per_step": flops_lib.shine_step_flops(mcfg, cfg.batch_size, tc, tq, m, hcfg.m2p.num_layers,
+                                                               hcfg.m2p.ffn_mult, hcfg.lora_rank),
+    }
+    if hbm_bytes:
+        report["hbm_bytes"] = hbm_bytes
+        report["fits"] = per_device <= hbm_bytes
+    return report
+
+
+def format_report(r: dict) -> str:
+    p = r["params"]
+    lines = [f"plan {r['config']}:{r['stage']} on {r['devices']} devices, mesh {r['mesh']}",
+             f"  parameters: base {p['base'] / 1e6:.1f}M (frozen), M2P {p['m2p'] / 1e6:.2f}M, Meta LoRA "
+             f"{p['meta_lora'] / 1e6:.2f}M, memory tokens {p['memory_tokens'] / 1e6:.3f}M (M={r['memory_tokens_M']}), "
+             f"one generated LoRA {p['generated_lora'] / 1e6:.2f}M",
+             "  per-device memory: " + ", ".join(f"{k} {human(v)}" for k, v in r["per_device_bytes"].items()),
+             f"  FLOPs per step: {r['analytic_flops_per_step']:.3e} (analytic, all devices), "
+             f"{r['xla_flops_per_device']:.3e} (XLA cost analysis, per device; loop bodies counted once)"]
+    if "fits" in r:
+        lines.append(f"  HBM {human(r['hbm_bytes'])}: " + ("fits" if r["fits"] else
+                     f"DOES NOT FIT (needs {human(r['per_device_bytes']['total'])} per device)"))
+    return "\n".join(lines)
