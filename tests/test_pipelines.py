@@ -1,0 +1,104 @@
+"""The Grain stage pipelines: labels only on answers, RECON/COMP, packing, distractors, determinism, sharding."""
+
+import numpy as np
+import pytest
+
+from shine_jax.data import corpus, pipelines
+from shine_jax.data.tokenizer import tiny_tokenizer
+from tests.train_utils import small_config
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return tiny_tokenizer(tmp_path_factory.mktemp("tok"), vocab_size=512, num_docs=300)
+
+
+@pytest.fixture(scope="module")
+def records():
+    return corpus.build_corpus(0, num_people=300, docs_per_split={"train": 40, "validation": 0, "test": 0})["train"]
+
+
+def visible(tok, ids, mask):
+    return tok.decode([int(i) for i, m in zip(ids, mask) if m])
+
+
+def test_chat_labels_cover_only_answers(tok):
+    ids, labels = pipelines.chat_turns(tok, [("Where was Ada born?", "Dunmere"), ("Her job?", "florist")])
+    labelled = tok.decode([i for i, l in zip(ids, labels) if l != -100])
+    assert labelled == "Dunmere<|im_end|>\nflorist<|im_end|>\n"
+    assert tok.decode(ids) == ("<|im_start|>user\nWhere was Ada born?<|im_end|>\n<|im_start|>assistant\nDunmere"
+                               "<|im_end|>\n<|im_start|>user\nHer job?<|im_end|>\n<|im_start|>assistant\nflorist"
+                               "<|im_end|>\n")
+
+
+def test_ift_examples(tok, records):
+    cfg = small_config("ift_mqa", extra=["data.context_length=400", "data.conversation_length=400"]).data
+    ds = pipelines.stage_dataset("ift_mqa", records, tok, cfg, seed=0, repeat=False)
+    ex = ds[0]
+    rec = next(r for r in records if visible(tok, ex["evidence_ids"], ex["evidence_mask"]) == r["context"])
+    answers = [t for t in tok.decode([i for i in ex["labels"] if i != -100]).split("<|im_end|>\n") if t]
+    gold = [qa["answers"][0] for qa in rec["qa"]]
+    assert len(answers) >= 5 and answers == gold[: len(answers)]  # a long conversation is cut at its end
+    assert ex["input_ids"].shape == (400,) and ex["evidence_ids"].shape == (400,)
+    assert ex["evidence_mask"][0] == 0 and ex["evidence_mask"][-1] == 1  # left padded
+    single = pipelines.stage_dataset("ift_1qa", records, tok, cfg, seed=0, repeat=False)
+    assert len(single) == sum(len(r["qa"]) for r in records)
+    assert visible(tok, single[0]["labels"], single[0]["labels"] != -100).count("<|im_end|>") == 1
+
+
+def test_distractors_lengthen_the_evidence_only(tok, records):
+    cfg = small_config("ift_mqa", extra=["data.context_length=900", "data.conversation_length=400",
+                                         "data.distractors=2"]).data
+    pool = [r["context"] for r in records]
+    with_d = pipelines.stage_dataset("ift_mqa", records, tok, cfg, 0, distractor_pool=pool, repeat=False)[3]
+    plain_cfg = small_config("ift_mqa", extra=["data.context_length=900", "data.conversation_length=400"]).data
+    plain = pipelines.stage_dataset("ift_mqa", records, tok, plain_cfg, 0, repeat=False)[3]
+    assert with_d["evidence_mask"].sum() > plain["evidence_mask"].sum()
+    np.testing.assert_array_equal(with_d["labels"], plain["labels"])
+
+
+def test_pretrain_recon_and_comp(tok, records):
+    cfg = small_config("pretrain", extra=["data.context_length=600", "data.conversation_length=700"]).data
+    ds = pipelines.stage_dataset("pretrain", records, tok, cfg, seed=3, repeat=False)
+    kinds = {"<RECON>": 0, "<COMP>": 0}
+    for i in range(len(ds)):
+        ex = ds[i]
+        evidence = visible(tok, ex["evidence_ids"], ex["evidence_mask"])
+        conv = tok.decode(ex["input_ids"][ex["attention_mask"] == 1].tolist())
+        answer = tok.decode([t for t in ex["labels"] if t != -100]).removesuffix("<|im_end|>\n")
+        kind = "<RECON>" if "<RECON>" in conv else "<COMP>"
+        kinds[kind] += 1
+        truncated = bool(ex["evidence_mask"].all())  # a text longer than the evidence length is cut, as officially
+        # COMP splits on whitespace and re-joins with single spaces (the official split_text), so compare words
+        evidence, answer = " ".join(evidence.split()), " ".join(answer.split())
+        assert answer.startswith(evidence)
+        if kind == "<RECON>" and not truncated:
+            assert answer == evidence
+        elif not truncated:  # COMP: the evidence is a 70-90 % word prefix of the answer (the full text)
+            assert 0.65 <= len(evidence.split()) / len(answer.split()) <= 0.95
+    assert kinds["<RECON>"] > 0 and kinds["<COMP>"] > 0
+    packed = [visible(tok, ds[i]["evidence_ids"], ds[i]["evidence_mask"]).count("<|endoftext|>") for i in range(len(ds))]
+    assert max(packed) >= 1  # several texts joined into one evidence
+
+
+def test_pack_groups():
+    assert pipelines.pack_groups([50, 40, 100, 10, 10], 100) == [[0, 1], [2], [3, 4]]
+
+
+def test_determinism_and_process_sharding(tok, records):
+    cfg = small_config("base_pretrain").data
+    a = pipelines.stage_dataset("base_pretrain", records, tok, cfg, seed=1)
+    b = pipelines.stage_dataset("base_pretrain", records, tok, cfg, seed=1)
+    c = pipelines.stage_dataset("base_pretrain", records, tok, cfg, seed=2)
+    for i in range(5):
+        np.testing.assert_array_equal(a[i]["input_ids"], b[i]["input_ids"])
+    assert any(not np.array_equal(a[i]["input_ids"], c[i]["input_ids"]) for i in range(5))
+    # two hosts see disjoint halves of the records
+    h0 = pipelines.stage_dataset("ift_mqa", records, tok, small_config("ift_mqa").data, 0, shard_index=0,
+                                 shard_count=2, repeat=False)
+    h1 = pipelines.stage_dataset("ift_mqa", records, tok, small_config("ift_mqa").data, 0, shard_index=1,
+                                 shard_count=2, repeat=False)
+    assert len(h0) + len(h1) == len(records)
+    e0 = {visible(tok, h0[i]["evidence_ids"], h0[i]["evidence_mask"]) for i in range(len(h0))}
+    e1 = {visible(tok, h1[i]["evidence_ids"], h1[i]["evidence_mask"]) for i in range(len(h1))}
+    assert not e0 & e1
