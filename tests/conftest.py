@@ -77,16 +77,25 @@ FAST = ["optim.lr=0.005", "log_every=5", "eval_every=100", "eval_batches=2"]
 
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory):
-    """All four stages of a small tiny model, once per session (also used by the evaluation tests)."""
+    """All four stages of a small tiny model, built once per test run even with several xdist workers (the
+    first worker builds it under a file lock in the directory the workers share; the others reuse it)."""
+    from filelock import FileLock
+
     from shine_jax.train.loop import run_stage
     from tests.train_utils import small_config
 
-    wd = tmp_path_factory.mktemp("tiny_run")
-    for stage in STAGES:
-        # ift_1qa starts from the pretrain result here (init_from), so that its own improvement is measurable in
-        # 20 steps; the resume test below runs the chained ift_mqa -> ift_1qa path.
-        extra = [f"init_from='{wd / 'pretrain' / 'final'}'"] if stage == "ift_1qa" else []
-        run_stage(small_config(stage, STEPS[stage], FAST + extra, data_dir=wd / "data"), wd, progress=False)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    wd = shared / "tiny_run"
+    with FileLock(str(shared / "tiny_run.lock")):
+        if not (wd / "complete").exists():
+            for stage in STAGES:
+                # ift_1qa starts from the pretrain result here (init_from), so that its own improvement is
+                # measurable in 20 steps; test_train's resume test runs the chained ift_mqa -> ift_1qa path.
+                extra = [f"init_from='{wd / 'pretrain' / 'final'}'"] if stage == "ift_1qa" else []
+                run_stage(small_config(stage, STEPS[stage], FAST + extra, data_dir=wd / "data"), wd, progress=False)
+            (wd / "complete").touch()
     return wd
 
 
