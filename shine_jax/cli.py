@@ -235,7 +235,9 @@ def cmd_demo(args) -> None:
     print(f"[demo] evaluating none, icl, sft, shine on {len(records)} test documents "
           f"({sum(len(r['qa']) for r in records)} questions about people never seen in training)")
     t_eval = time.time()
-    results = evaluate(shine, records, ["none", "icl", "sft", "shine"], settings, show_progress=not args.no_progress)
+    with warnings_to_stderr():
+        results = evaluate(shine, records, ["none", "icl", "sft", "shine"], settings,
+                           show_progress=not args.no_progress)
     results.update(data="bundled test split", train_wall_s=timings, eval_wall_s=time.time() - t_eval,
                    total_wall_s=time.time() - t0)
     files = write_results(results, workdir / "eval" / "results.json")
@@ -330,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the embedded default: train the tiny SHINE on CPU and evaluate 4 methods")
     d.add_argument("--workdir", default="workdirs/demo")
-    d.add_argument("--docs", type=int, default=64, help="test documents to evaluate")
+    d.add_argument("--docs", type=int, default=32, help="test documents to evaluate")
     d.add_argument("--batch-size", type=int, default=32)
     d.add_argument("--sft-epochs", type=int, default=20)
     d.add_argument("--no-progress", action="store_true")
