@@ -151,7 +151,7 @@ def lm_task(cfg, base: BaseModel, mesh) -> Task:
 def shine_task(cfg, base: BaseModel, mesh, workdir: pathlib.Path) -> Task:
     hcfg = hyper_config(cfg)
     shine = Shine.create(base, hcfg, seed=cfg.seed, max_evidence_length=cfg.data.context_length)
-    prev = previous_final(cfg, workdir)
+    prev = previous_final(cfg, workdir) if workdir is not None else None  # None: a fresh hypernetwork
     if prev is not None:
         loaded = Shine.load(prev)
         if loaded.base.cfg != base.cfg:
