@@ -25,7 +25,7 @@ from shine_jax.model.presets import PRESETS
 from shine_jax.train import flops as flops_lib
 from shine_jax.train import optimizer as optim
 from shine_jax.train.config import ConfigError
-from shine_jax.train.step import init_state, make_train_step
+from shine_jax.train.step import init_state, make_train_step, train_state_shardings
 
 _UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 1e3, "mb": 1e6, "gb": 1e9,
           "tb": 1e12}
@@ -83,10 +83,9 @@ def plan(cfg, mesh_shape, hbm_bytes: int | None = None) -> dict:
 
     labels = optim.param_labels(params, lambda names: optim.hypernet_group(names))
     tx = optim.make_optimizer(cfg.optim, cfg.steps, labels)
-    init = jax.jit(lambda p: init_state(p, tx)).lower(params).compile()
+    shardings = train_state_shardings(tx, params, jax.tree.map(lambda a: a.sharding, params), mesh)
     state_shapes = jax.eval_shape(lambda p: init_state(p, tx), params)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state_shapes,
-                         init.output_shardings)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state_shapes, shardings)
     micro = cfg.batch_size // cfg.grad_accum
     tc, tq = cfg.data.context_length, cfg.data.conversation_length
 
@@ -98,7 +97,8 @@ def plan(cfg, mesh_shape, hbm_bytes: int | None = None) -> dict:
     batch = {"evidence_ids": arr(tc), "evidence_mask": arr(tc), "input_ids": arr(tq), "attention_mask": arr(tq),
              "labels": arr(tq)}
     step = jax.jit(make_train_step(loss_fn, tx), donate_argnums=(0,))
-    compiled = step.lower(state, frozen, batch).compile()
+    with jax.set_mesh(mesh):  # activations are pinned to the batch sharding inside the mesh context
+        compiled = step.lower(state, frozen, batch).compile()
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

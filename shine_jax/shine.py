@@ -151,23 +151,15 @@ class Shine:
         """``shine.json`` + Orbax hypernetwork params + the base model (``base/``)."""
         import orbax.checkpoint as ocp
 
-        import shutil
+        from shine_jax.fileutil import atomic_dir
 
-        from shine_jax.convert.hf import prepare_output_dir
-
-        path = pathlib.Path(path).absolute()
-        prepare_output_dir(path, overwrite)
-        tmp = path.parent / f".{path.name}.tmp"  # assembled aside, renamed into place when complete
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.base.save(tmp / "base")
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(tmp / "hyper", nnx.to_pure_dict(self._hstate))
-        (tmp / SHINE_JSON).write_text(json.dumps({"hyper": hyper_config_to_dict(self.cfg),
-                                                  "max_evidence_length": self.max_evidence_length}, indent=2))
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-        return path
+        with atomic_dir(path, overwrite) as tmp:
+            self.base.save(tmp / "base")
+            with ocp.StandardCheckpointer() as ckptr:
+                ckptr.save(tmp / "hyper", nnx.to_pure_dict(self._hstate))
+            (tmp / SHINE_JSON).write_text(json.dumps({"hyper": hyper_config_to_dict(self.cfg),
+                                                      "max_evidence_length": self.max_evidence_length}, indent=2))
+        return pathlib.Path(path).absolute()
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Shine":

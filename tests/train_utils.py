@@ -17,3 +17,35 @@ def small_config(stage: str, steps: int = 20, extra=(), data_dir=None):
     if data_dir is not None:
         overrides.append(f"data.dir='{data_dir}'")
     return load_config(f"{REPO}/configs/tiny.py:{stage}", overrides + list(extra))
+
+
+def shine_step_setup(cfg, mesh, vocab: int = 96):
+    """A random tiny-family base + fresh hypernetwork placed on ``mesh``: (task, state, jitted train step)."""
+    import jax
+
+    from shine_jax.model.base_model import BaseModel
+    from shine_jax.train import loop, optimizer as optim
+    from shine_jax.train.step import init_state, make_train_step
+
+    base = BaseModel.random(loop.scratch_model_config(cfg, vocab), seed=0)
+    base.shard(mesh)
+    task = loop.shine_task(cfg, base, mesh, workdir=None)
+    tx = optim.make_optimizer(cfg.optim, cfg.steps, task.labels)
+    state = jax.jit(lambda p: init_state(p, tx))(jax.device_put(task.params, task.param_shardings))
+    sh = jax.tree.map(lambda x: x.sharding, state)
+    step = jax.jit(make_train_step(task.loss_fn, tx), in_shardings=(sh, None, None), out_shardings=(sh, None))
+    return task, state, step
+
+
+def random_shine_batch(cfg, batch: int, vocab: int = 96, seed: int = 0) -> dict:
+    """Host batch of random ids with some evidence padding and labels on the second half of each conversation."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    tc, tq = cfg.data.context_length, cfg.data.conversation_length
+    out = {"evidence_ids": rng.integers(1, vocab, (batch, tc)), "evidence_mask": np.ones((batch, tc), np.int32),
+           "input_ids": rng.integers(1, vocab, (batch, tq)), "attention_mask": np.ones((batch, tq), np.int32),
+           "labels": rng.integers(1, vocab, (batch, tq))}
+    out["evidence_mask"][:, :10] = 0
+    out["labels"][:, : tq // 2] = -100
+    return out

@@ -11,12 +11,12 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from shine_jax.fileutil import atomic_dir
 from shine_jax.model.config import SUPPORTED_FAMILIES, ModelConfig
 
 CONFIG_FILE = "config.json"
@@ -231,10 +231,7 @@ def write_hf_folder(out_dir: str | os.PathLike, hf_config: dict[str, Any], tenso
 
     The folder is assembled in a temporary sibling and renamed into place, so nothing half-written remains.
     """
-    out_dir = pathlib.Path(out_dir)
-    prepare_output_dir(out_dir, overwrite)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, overwrite) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
         shards = _split_shards(tensors, max_shard_bytes)
         if len(shards) == 1:
@@ -250,13 +247,7 @@ def write_hf_folder(out_dir: str | os.PathLike, hf_config: dict[str, Any], tenso
                 {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
         if tokenizer_dir is not None:
             copy_tokenizer_files(tokenizer_dir, tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return pathlib.Path(out_dir)
 
 
 def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
@@ -267,14 +258,6 @@ def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> list
             shutil.copy2(src / name, dst / name)
             copied.append(name)
     return copied
-
-
-def prepare_output_dir(out_dir: pathlib.Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite (overwrite=True) to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _split_shards(tensors: dict[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:

@@ -12,12 +12,11 @@ import json
 import os
 import pathlib
 import re
-import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
 
+from shine_jax.fileutil import atomic_dir
 from shine_jax.model.config import ModelConfig
 
 MEM_TOKENS, M2P_FILE, METALORA, EXTRA_METALORA = ("mem_tokens.pt", "metanetwork.pth", "metalora.pth",
@@ -121,26 +120,15 @@ def write_official(out_dir: str | os.PathLike, mem_tokens: np.ndarray, m2p: dict
                    overwrite: bool = False) -> pathlib.Path:
     import torch
 
-    from shine_jax.convert.hf import prepare_output_dir
-
-    out_dir = pathlib.Path(out_dir)
-    prepare_output_dir(out_dir, overwrite)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     t = lambda a: torch.tensor(np.asarray(a, np.float32))  # noqa: E731
-    try:
+    with atomic_dir(out_dir, overwrite) as tmp:
         torch.save(torch.nn.Parameter(t(mem_tokens)), tmp / MEM_TOKENS)
         torch.save(m2p_to_state_dict(m2p, t), tmp / M2P_FILE)
         torch.save(stacked_to_metalora(metalora, cfg, t), tmp / METALORA)
         if extra_metalora is not None:
             torch.save(stacked_to_metalora(extra_metalora, cfg, t), tmp / EXTRA_METALORA)
         (tmp / "trainer_state.json").write_text(json.dumps({"global_step": global_step}, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return pathlib.Path(out_dir)
 
 
 def m2p_to_state_dict(m2p: dict, t) -> collections.OrderedDict:

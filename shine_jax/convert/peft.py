@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 
 import numpy as np
 from safetensors.numpy import save_file
 
-from shine_jax.convert.hf import prepare_output_dir
+from shine_jax.fileutil import atomic_dir
 from shine_jax.model.config import ModelConfig
 
 HF_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
@@ -57,17 +55,7 @@ def write_peft_adapter(cfg: ModelConfig, lora: dict, out_dir: str | os.PathLike,
                        base_name: str = "", overwrite: bool = False) -> pathlib.Path:
     tensors = peft_tensors(cfg, lora, index)
     rank = next(iter(lora.values()))["A"].shape[-1]
-    out_dir = pathlib.Path(out_dir)
-    prepare_output_dir(out_dir, overwrite)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, overwrite) as tmp:
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         (tmp / "adapter_config.json").write_text(json.dumps(adapter_config(cfg, rank, lora, base_name), indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    os.chmod(out_dir, 0o755)
-    return out_dir
+    return pathlib.Path(out_dir)

@@ -98,24 +98,16 @@ class BaseModel:
         """Our own format: ``model.json`` (architecture + original HF config), Orbax params, tokenizer files."""
         import orbax.checkpoint as ocp
 
-        path = pathlib.Path(path).absolute()
-        hfconv.prepare_output_dir(path, overwrite)
-        tmp = path.parent / f".{path.name}.tmp"
-        if tmp.exists():
-            import shutil
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        (tmp / MODEL_JSON).write_text(json.dumps({"model": self.cfg.to_dict(), "hf_config": self.hf_config,
-                                                  "param_dtype": str(self.params()["embed"].dtype)}, indent=2))
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(tmp / "params", nnx.to_pure_dict(self._state))
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        if path.exists():
-            import shutil
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        return path
+        from shine_jax.fileutil import atomic_dir
+
+        with atomic_dir(path, overwrite) as tmp:
+            (tmp / MODEL_JSON).write_text(json.dumps({"model": self.cfg.to_dict(), "hf_config": self.hf_config,
+                                                      "param_dtype": str(self.params()["embed"].dtype)}, indent=2))
+            with ocp.StandardCheckpointer() as ckptr:
+                ckptr.save(tmp / "params", nnx.to_pure_dict(self._state))
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        return pathlib.Path(path).absolute()
 
     @classmethod
     def load(cls, path: str | os.PathLike, dtype: str | None = None, compute_dtype: str | None = None) -> "BaseModel":

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from shine_jax import sharding as shd
 from shine_jax.model import layers as L
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.lora import apply_loras
@@ -141,7 +142,9 @@ class Decoder(nnx.Module):
 
         def body(carry, xs):
             w, layer_loras, kv = xs
+            carry = shd.constrain(carry, ("batch", "length", None))
             out, kv = layer_forward(cfg, w, carry, cos, sin, mask, layer_loras, kv, write_index, self.dtype)
+            out = shd.constrain(out, ("batch", "length", None))
             collected = out[:, t - collect_last_n:] if collect_last_n else None
             return out, (collected, kv)
 

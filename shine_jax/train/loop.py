@@ -32,7 +32,7 @@ from shine_jax.train import flops as flops_lib
 from shine_jax.train import optimizer as optim
 from shine_jax.train.config import PREVIOUS_STAGE, ConfigError, validate
 from shine_jax.train.metrics import MetricsLog, Throughput, TrainMetrics
-from shine_jax.train.step import init_state, make_eval_step, make_train_step
+from shine_jax.train.step import init_state, make_eval_step, make_train_step, train_state_shardings
 
 KILL_ENV = "SHINE_JAX_KILL_AFTER_STEP"  # tests: SIGKILL the process right after this step (crash simulation)
 
@@ -212,6 +212,11 @@ def run_stage(cfg, workdir: str | os.PathLike, progress: bool = True) -> dict:
     stage_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     mesh = shd.make_mesh(cfg.mesh)
+    with jax.set_mesh(mesh):  # activations are pinned to the batch sharding inside the mesh context
+        return _run_stage(cfg, workdir, stage_dir, mesh, t_start, progress)
+
+
+def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_start: float, progress: bool) -> dict:
     if cfg.batch_size % jax.process_count():
         raise ConfigError(f"config field 'batch_size': {cfg.batch_size} is not divisible by {jax.process_count()} hosts")
 
@@ -234,8 +239,8 @@ def run_stage(cfg, workdir: str | os.PathLike, progress: bool = True) -> dict:
 
     tx = optim.make_optimizer(cfg.optim, cfg.steps, task.labels)
     params = jax.device_put(task.params, task.param_shardings)
-    state = jax.jit(lambda p: init_state(p, tx))(params)
-    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    state_sh = train_state_shardings(tx, params, task.param_shardings, mesh)
+    state = jax.jit(lambda p: init_state(p, tx), out_shardings=state_sh)(params)
     frozen_sh = None if task.frozen is None else jax.tree.map(lambda x: x.sharding, task.frozen)
     step_fn = jax.jit(make_train_step(task.loss_fn, tx), in_shardings=(state_sh, frozen_sh, None),
                       out_shardings=(state_sh, None), donate_argnums=(0,))

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 LossFn = Callable[[Any, Any, dict], tuple[jax.Array, jax.Array]]
@@ -19,6 +20,33 @@ LossFn = Callable[[Any, Any, dict], tuple[jax.Array, jax.Array]]
 def init_state(params: Any, tx: optax.GradientTransformation) -> dict:
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
             "skipped": jnp.zeros((), jnp.int32)}
+
+
+def train_state_shardings(tx: optax.GradientTransformation, params: Any, param_shardings: Any, mesh) -> dict:
+    """Shardings of the whole train state: an optimizer leaf that mirrors a parameter (Adam's moments: same
+    trailing key path, same shape) takes that parameter's sharding, so FSDP also shards the optimizer state;
+    counters are replicated. Left to itself, XLA may replicate the zero-initialised moments on every device."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    by_path = {tuple(_key(k) for k in path): (np.shape(x), sh) for (path, x), sh in
+               zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(param_shardings))}
+
+    def pick(path, leaf):
+        keys = []
+        for k in reversed(path):  # the trailing dict/sequence keys are the parameter's own path
+            if not isinstance(k, (jax.tree_util.DictKey, jax.tree_util.SequenceKey)):
+                break
+            keys.insert(0, _key(k))
+        shape, sh = by_path.get(tuple(keys), (None, None))
+        return sh if sh is not None and tuple(shape) == tuple(leaf.shape) else replicated
+
+    opt = jax.tree_util.tree_map_with_path(pick, jax.eval_shape(tx.init, params))
+    return {"params": param_shardings, "opt_state": opt, "step": replicated, "skipped": replicated}
+
+
+def _key(k) -> str:
+    return str(getattr(k, "key", getattr(k, "idx", k)))
 
 
 def _global_norm(tree) -> jax.Array:

@@ -21,27 +21,14 @@ def main():
     if mode == "worker":
         distributed.initialize(f"localhost:{sys.argv[2]}", 2, int(sys.argv[3]), timeout_s=60)
     from shine_jax import sharding as shd
-    from shine_jax.model.base_model import BaseModel
-    from shine_jax.train import loop, optimizer as optim
-    from shine_jax.train.step import init_state, make_train_step
-    from tests.train_utils import small_config
+    from shine_jax.train import loop
+    from tests.train_utils import random_shine_batch, shine_step_setup, small_config
 
     assert jax.device_count() == 4, jax.devices()
     cfg = small_config("pretrain", 10, ["batch_size=8", "grad_accum=2", "optim.warmup_steps=0"])
     mesh = shd.make_mesh((1, -1, 1))
-    base = BaseModel.random(loop.scratch_model_config(cfg, 96), seed=0)
-    base.shard(mesh)
-    task = loop.shine_task(cfg, base, mesh, workdir=None)
-    tx = optim.make_optimizer(cfg.optim, cfg.steps, task.labels)
-    state = jax.jit(lambda p: init_state(p, tx))(jax.device_put(task.params, task.param_shardings))
-    sh = jax.tree.map(lambda x: x.sharding, state)
-    step = jax.jit(make_train_step(task.loss_fn, tx), in_shardings=(sh, None, None), out_shardings=(sh, None))
-
-    rng = np.random.default_rng(0)
-    b, tc, tq = 8, cfg.data.context_length, cfg.data.conversation_length
-    batch = {"evidence_ids": rng.integers(1, 96, (b, tc)), "evidence_mask": np.ones((b, tc), np.int32),
-             "input_ids": rng.integers(1, 96, (b, tq)), "attention_mask": np.ones((b, tq), np.int32),
-             "labels": rng.integers(1, 96, (b, tq))}
+    task, state, step = shine_step_setup(cfg, mesh)
+    batch = random_shine_batch(cfg, 8)
     # the global batch is [grad_accum=2, micro=4]; process p holds micro rows p*2..p*2+1 of every accumulation step
     n, p = jax.process_count(), jax.process_index()
     local = {k: v.reshape(2, 4, -1)[:, p * (4 // n):(p + 1) * (4 // n)].reshape(-1, v.shape[-1])

@@ -14,23 +14,20 @@ import jax
 import numpy as np
 
 from shine_jax import sharding as shd
-from shine_jax.model.base_model import BaseModel
-from shine_jax.train import loop, optimizer as optim
-from shine_jax.train.step import init_state, make_train_step
-from tests.train_utils import small_config
+from shine_jax.train import loop
+from tests.train_utils import random_shine_batch, shine_step_setup, small_config
 
 
 def run(cfg, mesh, batch):
-    base = BaseModel.random(loop.scratch_model_config(cfg, 96), seed=0)
-    base.shard(mesh)
-    task = loop.shine_task(cfg, base, mesh, workdir=None)
-    tx = optim.make_optimizer(cfg.optim, cfg.steps, task.labels)
-    state = jax.jit(lambda p: init_state(p, tx))(jax.device_put(task.params, task.param_shardings))
-    sh = jax.tree.map(lambda x: x.sharding, state)
+    with jax.set_mesh(mesh):  # as the trainer runs: activations pinned to the batch sharding
+        return _run(cfg, mesh, batch)
+
+
+def _run(cfg, mesh, batch):
+    task, state, step = shine_step_setup(cfg, mesh)
     gbatch = loop.to_global(batch, cfg, mesh)
     first_micro = jax.tree.map(lambda x: x[0], gbatch)
     grads = jax.jit(jax.grad(lambda p: task.loss_fn(p, task.frozen, first_micro)[0]))(state["params"])
-    step = jax.jit(make_train_step(task.loss_fn, tx), in_shardings=(sh, None, None), out_shardings=(sh, None))
     state, m1 = step(state, task.frozen, gbatch)
     state, m2 = step(state, task.frozen, gbatch)
     return jax.tree.map(np.asarray, grads), float(m1["loss"]), float(m2["loss"])
@@ -39,13 +36,7 @@ def run(cfg, mesh, batch):
 def main():
     assert jax.device_count() == 8
     cfg = small_config("pretrain", steps=10, extra=["batch_size=8", "grad_accum=2", "optim.warmup_steps=0"])
-    rng = np.random.default_rng(0)
-    b, tc, tq = 8, cfg.data.context_length, cfg.data.conversation_length
-    batch = {"evidence_ids": rng.integers(1, 96, (b, tc)), "evidence_mask": np.ones((b, tc), np.int32),
-             "input_ids": rng.integers(1, 96, (b, tq)), "attention_mask": np.ones((b, tq), np.int32),
-             "labels": rng.integers(1, 96, (b, tq))}
-    batch["evidence_mask"][:, :10] = 0
-    batch["labels"][:, : tq // 2] = -100
+    batch = random_shine_batch(cfg, 8)
     g1, a1, b1 = run(cfg, shd.make_mesh((1, 1, 1), jax.devices()[:1]), batch)
     g8, a8, b8 = run(cfg, shd.make_mesh((2, 2, 2)), batch)
     scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(g1))
