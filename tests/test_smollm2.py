@@ -45,3 +45,16 @@ def test_logits_match_transformers_on_the_real_model(smollm2, smollm2_dir):
                  position_ids=torch.tensor(pos)).logits.numpy()
     err = max_rel_err(np.asarray(smollm2.logits(ids, mask)), ref, mask.astype(bool))
     assert err <= 1e-5, err
+
+
+@pytest.mark.slow
+def test_answer_only_labels_with_a_real_chat_template(smollm2_dir):
+    """SmolLM2's ChatML template (with its default system prompt): labels cover only the assistant answers."""
+    from shine_jax.data.pipelines import chat_turns
+    from shine_jax.model.base_model import load_tokenizer_from
+
+    tok = load_tokenizer_from(smollm2_dir)
+    ids, labels = chat_turns(tok, [("Where was Ada born?", "Dunmere"), ("And her job?", "florist")])
+    labelled = tok.decode([i for i, l in zip(ids, labels) if l != -100])
+    assert labelled == "Dunmere<|im_end|>\nflorist<|im_end|>\n"
+    assert "You are a helpful AI assistant" in tok.decode(ids)
