@@ -76,7 +76,7 @@ def main():
     sft_s = timed(lambda: sft.prepare(shine, docs), 1) / 16
 
     print(f"config {args.config}: batch {cfg.batch_size}, evidence {tc}, conversation {tq}, devices {jax.device_count()}")
-    print(f"| measurement | value |\n|---|---:|")
+    print("| measurement | value |\n|---|---:|")
     print(f"| float32 matmul peak (2048^3) | {peak / 1e9:.1f} GFLOP/s |")
     print(f"| SHINE train step | {step_s * 1e3:.0f} ms, {achieved / 1e9:.1f} GFLOP/s (model FLOPs) |")
     print(f"| train step / matmul peak (MFU) | {achieved / peak:.2f} |")

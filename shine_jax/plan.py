@@ -7,7 +7,6 @@ are ``ShapeDtypeStruct``s with shardings, so Qwen3-8B on 64 devices plans on a l
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 

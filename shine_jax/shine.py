@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shine_jax import sharding as shd
 from shine_jax.convert import official as off
 from shine_jax.model.base_model import BaseModel, lora_shardings, state_shardings
 from shine_jax.model.config import ModelConfig

@@ -5,7 +5,6 @@ import pytest
 
 from shine_jax.model.base_model import BaseModel
 from shine_jax.model.config import ModelConfig
-from shine_jax.model.decoder import Decoder
 from shine_jax.model.base_model import sample_token
 from tests.conftest import left_padded_batch
 from tests.test_lora import random_lora

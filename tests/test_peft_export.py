@@ -1,7 +1,6 @@
 """Generated LoRA -> PEFT adapter folder, verified in PyTorch with transformers + peft."""
 
 import json
-import logging
 import warnings
 
 import numpy as np

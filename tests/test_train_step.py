@@ -93,7 +93,6 @@ def test_bf16_compute_and_remat_match_float32():
     from shine_jax.sharding import make_mesh
     from tests.train_utils import small_config
 
-    rng = np.random.default_rng(0)
     losses = {}
     for name, extra in (("f32", []), ("remat", ["model.remat=True"]), ("bf16", ["model.compute_dtype='bfloat16'"])):
         cfg = small_config("pretrain", 4, extra)

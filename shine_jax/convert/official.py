@@ -101,7 +101,7 @@ def m2p_from_state_dict(sd: dict, num_layers: int) -> dict:
                              for ours, (key, t) in ENCODER_MAP.items()} for i in range(num_layers)}
     else:
         out["weights"] = {i: sd[f"linear_layers.{i}.weight"].T for i in range(num_layers)}
-        if f"linear_layers.0.bias" in sd:
+        if "linear_layers.0.bias" in sd:
             out["biases"] = {i: sd[f"linear_layers.{i}.bias"] for i in range(num_layers)}
     return out
 

@@ -18,7 +18,7 @@ checkpoints, so a resumed run sees exactly the batches an uninterrupted run woul
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
 import grain
 import numpy as np

@@ -184,7 +184,6 @@ class Decoder(nnx.Module):
     def extend(self, cache: dict, input_ids: jax.Array, attention_mask: jax.Array,
                loras: Sequence[dict] = ()) -> tuple[jax.Array, dict]:
         """Append a chunk (prompt prefill or one new token per row) to the cache; returns its last logits."""
-        t = input_ids.shape[1]
         mask = attention_mask.astype(bool)
         valid = jax.lax.dynamic_update_slice(cache["valid"], mask, (0, cache["index"]))
         positions = cache["next_pos"][:, None] + jnp.cumsum(mask, axis=1) - 1

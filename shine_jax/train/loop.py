@@ -10,21 +10,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import shutil
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from shine_jax import sharding as shd
 from shine_jax.data import pipelines
 from shine_jax.model.base_model import BaseModel, state_shardings
 from shine_jax.model.config import ModelConfig
-from shine_jax.model.hypernet import HyperConfig, Hypernetwork, causal_lm_loss
+from shine_jax.model.hypernet import HyperConfig, causal_lm_loss
 from shine_jax.model.m2p import M2PConfig
 from shine_jax.shine import Shine, shine_loss, with_shine_tokens
 from shine_jax.train import checkpoint as ckpt
