@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from shine_jax.eval.methods import EvalSettings, Method, make_methods
+from shine_jax.data.pipelines import left_pad
 from shine_jax.eval.metrics import best_em, best_f1
 
 PAD_MULTIPLE = 64  # prompt lengths are padded to a multiple of this so compiled shapes are reused
@@ -57,11 +58,10 @@ def chat_batch(tok, histories: list[list[dict]], rows_to: int):
     texts = [tok.apply_chat_template(h, tokenize=False, add_generation_prompt=True) for h in histories]
     enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     length = -(-max(len(e) for e in enc) // PAD_MULTIPLE) * PAD_MULTIPLE
-    ids = np.full((rows_to, length), tok.pad_token_id, np.int32)
-    mask = np.zeros((rows_to, length), np.int32)
-    for r, e in enumerate(enc):
-        ids[r, length - len(e):] = e
-        mask[r, length - len(e):] = 1
+    rows = [left_pad(e, length, tok.pad_token_id) for e in enc] + [left_pad([], length, tok.pad_token_id)] * (
+        rows_to - len(enc))
+    ids = np.stack([r["ids"] for r in rows])
+    mask = np.stack([r["mask"] for r in rows])
     mask[len(enc):, -1] = 1  # padding rows: one dummy token so they are well defined
     return ids, mask
 

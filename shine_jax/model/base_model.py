@@ -129,16 +129,11 @@ class BaseModel:
         tensors = hfconv.params_to_hf(self.cfg, self.params())
         dtype = str(next(iter(tensors.values())).dtype)
         hf_config = dict(self.hf_config) if self.hf_config else hfconv.config_to_hf_dict(self.cfg, dtype)
-        if tokenizer_dir is None and self.tokenizer is not None:
-            tokenizer_dir = getattr(self.tokenizer, "name_or_path", None)
-            if tokenizer_dir and not pathlib.Path(tokenizer_dir).is_dir():
-                tokenizer_dir = None
-        if tokenizer_dir is None and self.tokenizer is not None:
-            return self._to_hf_with_saved_tokenizer(out_dir, hf_config, tensors, overwrite)
-        return hfconv.write_hf_folder(out_dir, hf_config, tensors, tokenizer_dir, overwrite)
-
-    def _to_hf_with_saved_tokenizer(self, out_dir, hf_config, tensors, overwrite):
+        if tokenizer_dir is not None or self.tokenizer is None:
+            return hfconv.write_hf_folder(out_dir, hf_config, tensors, tokenizer_dir, overwrite)
         import tempfile
+
+        # the in-memory tokenizer, not its source folder: SHINE may have added tokens to it
         with tempfile.TemporaryDirectory() as tok_dir:
             self.tokenizer.save_pretrained(tok_dir)
             return hfconv.write_hf_folder(out_dir, hf_config, tensors, tok_dir, overwrite)

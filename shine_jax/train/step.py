@@ -49,10 +49,6 @@ def _key(k) -> str:
     return str(getattr(k, "key", getattr(k, "idx", k)))
 
 
-def _global_norm(tree) -> jax.Array:
-    return optax.tree.norm(tree)
-
-
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation):
     """``step(state, frozen, batch) -> (state, metrics)``; batch leaves are ``[grad_accum, micro_batch, ...]``."""
 
@@ -68,7 +64,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation):
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         (grads, loss, ntok), _ = jax.lax.scan(micro, (zeros, jnp.zeros(()), jnp.zeros((), jnp.int32)), batch)
-        grad_norm = _global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (ntok > 0)
         updates, new_opt = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
