@@ -2,16 +2,19 @@
 
 ``CheckpointManager`` writes each step into a temporary directory and renames it when complete, so a process
 killed mid-save leaves the previous checkpoint as the latest. Saving is asynchronous (the step loop goes on while
-the arrays are written); a state with non-finite values is refused, never saved.
+the arrays are written); a state with non-finite values is refused, never saved. The directory may be local or a
+``gs://bucket/prefix`` URI: paths are ``etils.epath`` paths, which Orbax reads and writes natively.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from typing import Any
 
 import grain
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,8 +22,8 @@ import orbax.checkpoint as ocp
 
 
 class StageCheckpointer:
-    def __init__(self, directory: pathlib.Path, keep: int, async_save: bool = True):
-        self.directory = pathlib.Path(directory).absolute()
+    def __init__(self, directory: str | os.PathLike, keep: int, async_save: bool = True):
+        self.directory = resolve_dir(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
@@ -54,6 +57,16 @@ class StageCheckpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def is_uri(path: str | os.PathLike) -> bool:
+    """``gs://bucket/...`` (any ``scheme://``) as opposed to a local path."""
+    return "://" in os.fspath(path)
+
+
+def resolve_dir(path: str | os.PathLike) -> epath.Path:
+    """A checkpoint directory as an ``epath.Path``: URIs as given, local paths made absolute."""
+    return epath.Path(path) if is_uri(path) else epath.Path(pathlib.Path(path).absolute())
 
 
 def all_finite(tree: Any) -> bool:

@@ -11,6 +11,7 @@ import ast
 import importlib.util
 import math
 import pathlib
+import re
 from typing import Any
 
 import ml_collections
@@ -39,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batches = 4
     c.mesh = (1, -1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
     c.init_from = ""  # checkpoint dir of the previous stage; "" = the previous stage in this workdir
+    c.checkpoint_dir = ""  # "" = <workdir>/<stage>/checkpoints, else <checkpoint_dir>/<stage> (or gs://bucket/...)
 
     c.model = ml_collections.ConfigDict()
     c.model.source = "scratch"  # scratch (tiny, trained by base_pretrain) | hf (hf_dir) | smollm2 (built offline)
@@ -172,6 +174,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
         need(c[f] >= 1, f, f"must be >= 1, got {c[f]}")
     need(c.batch_size % c.grad_accum == 0, "grad_accum", f"{c.grad_accum} does not divide batch_size {c.batch_size}")
     need(len(c.mesh) == 3, "mesh", f"needs 3 entries (data, fsdp, tensor), got {c.mesh}")
+    need(not checkpoint_dir_problem(c.checkpoint_dir), "checkpoint_dir", checkpoint_dir_problem(c.checkpoint_dir))
     if num_devices is not None:
         known = math.prod(m for m in c.mesh if m != -1)
         need(num_devices % known == 0 and (-1 in c.mesh or known == num_devices), "mesh",
@@ -196,6 +199,23 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
         need(lora_numel % c.model.hidden_size == 0, "shine.lora_rank",
              f"rank {c.shine.lora_rank} makes the memory-token count {lora_numel}/{c.model.hidden_size} "
              "non-integer")
+
+
+def checkpoint_dir_problem(value: str) -> str:
+    """What is wrong with a ``checkpoint_dir`` value ("" when nothing): a local path or ``gs://bucket[/prefix]``."""
+    if value != value.strip():
+        return f"{value!r} has leading or trailing whitespace"
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        if value.lower().startswith(("gs:", "gcs:")):
+            return f"{value!r} looks like a bucket path; write gs://BUCKET/PREFIX"
+        return ""
+    if scheme != "gs":
+        return f"{value!r}: only gs:// URIs (or local paths) are supported, not {scheme}://"
+    bucket = rest.split("/", 1)[0]
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]", bucket):
+        return f"{value!r} does not name a valid bucket (gs://BUCKET/PREFIX, lower-case letters, digits, - _ .)"
+    return ""
 
 
 def to_dict(c: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -40,6 +40,12 @@ def data_dir_of(cfg, workdir: pathlib.Path) -> pathlib.Path:
     return pathlib.Path(cfg.data.dir) if cfg.data.dir else workdir / "data"
 
 
+def checkpoint_dir_of(cfg, stage_dir: pathlib.Path):
+    """Where a stage's Orbax checkpoints go: ``<stage_dir>/checkpoints``, or ``<cfg.checkpoint_dir>/<stage>`` (a
+    local path or ``gs://bucket/prefix``; an ``etils.epath.Path``, which Orbax writes natively)."""
+    return ckpt.resolve_dir(cfg.checkpoint_dir) / cfg.stage if cfg.checkpoint_dir else stage_dir / "checkpoints"
+
+
 def load_records(cfg, workdir: pathlib.Path, split: str) -> list[dict]:
     """Document-QA records of a split: the user's JSONL, or the bundled corpus through its tfds builder."""
     from shine_jax.data import corpus
@@ -244,7 +250,7 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
                       out_shardings=(state_sh, None), donate_argnums=(0,))
     eval_fn = jax.jit(make_eval_step(task.loss_fn))
 
-    checkpointer = ckpt.StageCheckpointer(stage_dir / "checkpoints", cfg.keep_checkpoints)
+    checkpointer = ckpt.StageCheckpointer(checkpoint_dir_of(cfg, stage_dir), cfg.keep_checkpoints)
     signature = ckpt.model_signature(task.params)
     start = 0
     latest = checkpointer.latest_step()
@@ -252,8 +258,8 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
         meta = checkpointer.read_meta(latest)
         mismatch = ckpt.describe_mismatch(meta["signature"], signature)
         if mismatch or meta.get("stage") != cfg.stage:
-            raise ConfigError(f"{stage_dir / 'checkpoints'} holds a checkpoint of a different model ({mismatch or meta.get('stage')}); "
-                              "use another workdir")
+            raise ConfigError(f"{checkpointer.directory} holds a checkpoint of a different model "
+                              f"({mismatch or meta.get('stage')}); use another workdir (or checkpoint_dir)")
         state, _ = checkpointer.restore(latest, ckpt.abstract_like(state), train_it)
         start = latest
     log = MetricsLog(stage_dir, resume_step=start)
