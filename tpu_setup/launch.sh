@@ -7,6 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 usage() {
   cat <<EOF
 usage: $SCRIPT_NAME --name NAME --run RUN --bucket gs://B[/P] [options] -- (train|sweep) [shine-jax arguments...]
+       $SCRIPT_NAME --name NAME --run RUN --bucket gs://B[/P] --config configs/X.py:STAGE [options]   (train)
 
 Runs tpu_setup/worker.sh on the workers (gcloud compute tpus tpu-vm ssh --worker=all): each host runs
   .venv/bin/shine-jax train --distributed-auto --no-progress --workdir runs/RUN \\
@@ -20,6 +21,8 @@ left in gs://B[/P]/RUN/workdir; worker 0 copies the workdir there every --sync-e
   --project PROJECT    default: gcloud's configured project (or SHINE_TPU_PROJECT)
   --run RUN            the run's name: gs://B[/P]/RUN and runs/RUN (required; or SHINE_TPU_RUN)
   --bucket gs://B[/P]  bucket (and prefix) for checkpoints and results (required; or SHINE_TPU_BUCKET)
+  --config SPEC        shorthand for '-- train --config SPEC' (with '-- sweep ...': adds --config SPEC to it)
+  --config.FIELD=V     a config override, added to the shine-jax command (repeatable)
   --workdir PATH       workdir on the workers, relative to DIR (default: runs/RUN)
   --dir DIR            the repository on the workers (default: $DIR; or SHINE_TPU_DIR)
   --worker W           all (default) or worker indices; a sweep of single-host points may use --worker=0
@@ -38,12 +41,16 @@ SYNC_EVERY=600
 ENVS=()
 DISTRIBUTED=1
 FOREGROUND=0
+CONFIG=""
+OVERRIDES=()
 JOB=()
 while (($#)); do
   case $1 in
     --run | --run=*) flag_value "$@" && RUN_NAME=$VALUE ;;
     --bucket | --bucket=*) flag_value "$@" && BUCKET=$VALUE ;;
     --workdir | --workdir=*) flag_value "$@" && WORKDIR=$VALUE ;;
+    --config | --config=*) flag_value "$@" && CONFIG=$VALUE ;;
+    --config.*=*) OVERRIDES+=("$1") SHIFT=1 ;;
     --dir | --dir=*) flag_value "$@" && DIR=$VALUE ;;
     --worker | --worker=*) flag_value "$@" && WORKER=$VALUE ;;
     --sync-every | --sync-every=*) flag_value "$@" && SYNC_EVERY=$VALUE ;;
@@ -73,6 +80,14 @@ check_uint --sync-every "$SYNC_EVERY"
 for kv in "${ENVS[@]}"; do
   [[ $kv =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env '$kv' must look like KEY=VALUE"
 done
+if [[ -n $CONFIG ]]; then
+  ((${#JOB[@]})) || JOB=(train)
+  for arg in "${JOB[@]:1}"; do
+    [[ $arg != --config && $arg != --config=* ]] || die "--config is given twice (before and after --)"
+  done
+  JOB=("${JOB[0]}" --config "$CONFIG" "${JOB[@]:1}")
+fi
+((${#JOB[@]} == 0)) || JOB+=("${OVERRIDES[@]}")
 check_job "${JOB[@]}"
 WORKDIR=${WORKDIR:-runs/$RUN_NAME}
 scope_args
