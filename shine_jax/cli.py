@@ -201,6 +201,16 @@ def cmd_plan(args, overrides: list[str]) -> None:
         pathlib.Path(args.json).write_text(json.dumps(report, indent=2))
 
 
+# ------------------------------------------------------------------------------------------------ sweep
+def cmd_sweep(args) -> None:
+    from shine_jax.sweep import run_sweep
+
+    rows = run_sweep(args.config, args.workdir, names=args.points, do_eval=args.eval, point_index=args.point_index,
+                     num_shards=args.num_shards, shard_index=args.shard_index, dry_run=args.dry_run)
+    if args.dry_run and any("error" in r for r in rows):
+        raise ValueError(f"{sum('error' in r for r in rows)} point(s) would fail (see BAD POINT above)")
+
+
 # ------------------------------------------------------------------------------------------------ demo
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -329,6 +339,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--batch-size", type=int, default=16)
     i.add_argument("--overwrite", action="store_true")
     i.set_defaults(func=cmd_internalize)
+
+    w = sub.add_parser("sweep", help="run a scaling sweep: one training process per point, results.csv/md")
+    w.add_argument("--config", required=True, help="configs/sweeps/X.py[:arg]")
+    w.add_argument("--workdir", required=True)
+    w.add_argument("--points", help="only these points (comma-separated names)")
+    w.add_argument("--eval", action="store_true", help="also evaluate F1 of each point (the sweep's eval settings)")
+    w.add_argument("--point-index", type=int, help="run only the I-th selected point (one point per cluster job)")
+    w.add_argument("--num-shards", type=int, default=1, help="split the selected points over N jobs ...")
+    w.add_argument("--shard-index", type=int, default=0, help="... and run points I, I+N, I+2N, ...")
+    w.add_argument("--dry-run", action="store_true", help="print each point's size and commands; train nothing")
+    w.set_defaults(func=cmd_sweep)
 
     d = sub.add_parser("demo", help="the embedded default: train the tiny SHINE on CPU and evaluate 4 methods")
     d.add_argument("--workdir", default="workdirs/demo")

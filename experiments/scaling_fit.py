@@ -1,0 +1,207 @@
+"""Power-law fits and scaling plots of a sweep's results table (``shine-jax sweep`` -> ``W/results.csv``).
+
+    python experiments/scaling_fit.py W/results.csv --out experiments/results/scaling_cpu [--metric pretrain_val_loss]
+        [--offset]
+
+For each axis with at least two values (LoRA rank ``lora_rank``, M2P depth ``m2p_layers``, Meta LoRA rank
+``metalora_rank``, base parameters ``params_base``) it fits ``loss = a * x^(-b)`` (with ``--offset``:
+``loss = a * x^(-b) + c``) by least squares in log space: ``log(loss - c) = log(a) - b log(x)`` (numpy ``lstsq``;
+with an offset, ``c`` is chosen on a grid below the smallest loss to minimise the squared log residual).
+
+Two fits per axis:
+- **averaged**: the metric averaged over the other axes at each value of x, using only the settings of the other
+  axes that were measured at every x (a balanced subset, so a failed point does not bias the average);
+- **held fixed**: one fit per setting of one other axis (the lines of the plot), averaging over the remaining ones.
+
+Writes ``OUT.md`` (exponents, fitted curves and the data behind them) and ``OUT.png`` (one panel per axis: metric
+vs x on log-log axes, one line per value of another axis, the averaged fit dashed), like the paper's scaling figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import math
+import pathlib
+import sys
+
+import numpy as np
+
+AXES = {"lora_rank": "LoRA rank r", "m2p_layers": "M2P depth", "metalora_rank": "Meta LoRA rank",
+        "params_base": "base parameters"}
+LINE_AXIS = {"lora_rank": "params_base", "m2p_layers": "params_base", "metalora_rank": "params_base",
+             "params_base": "lora_rank"}  # which other axis draws the lines of each panel
+
+
+def read_rows(path: pathlib.Path, metric: str) -> list[dict]:
+    if not path.is_file():
+        raise SystemExit(f"error: {path} does not exist")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and metric not in rows[0]:
+        raise SystemExit(f"error: {path} has no column {metric!r} (columns: {', '.join(rows[0])})")
+    out = []
+    for r in rows:
+        if r.get("status", "finished") != "finished" or not r.get(metric):
+            continue
+        rec = {"name": r.get("name", ""), "y": float(r[metric])}
+        for a in AXES:
+            if r.get(a):
+                rec[a] = float(r[a])
+        out.append(rec)
+    return out
+
+
+def fit_power_law(x, y, offset: bool = False) -> dict:
+    """Least squares of ``log(y - c) = log(a) - b log(x)``; ``c`` = 0, or the grid value minimising the residual."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 2 or np.any(x <= 0) or np.any(y <= 0) or len(np.unique(x)) < 2:
+        raise ValueError("a power-law fit needs at least two distinct positive x and positive y values")
+
+    def solve(c):
+        design = np.stack([np.ones_like(x), -np.log(x)], axis=1)
+        target = np.log(y - c)
+        coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+        resid = float(np.sum((design @ coef - target) ** 2))
+        return {"a": float(math.exp(coef[0])), "b": float(coef[1]), "c": float(c), "sse_log": resid}
+
+    if not offset or len(x) < 3:
+        return solve(0.0)
+    grid = float(y.min()) * (1 - np.geomspace(1.0, 1e-4, 400))  # 0 .. just below min(y)
+    return min((solve(c) for c in grid), key=lambda f: f["sse_log"])
+
+
+def balanced_means(rows: list[dict], axis: str, over: list[str]) -> tuple[list[float], list[float], int]:
+    """Mean metric per value of ``axis`` over the settings of ``over`` present at every value of ``axis``."""
+    xs = sorted({r[axis] for r in rows})
+    settings = [{tuple(r.get(o) for o in over) for r in rows if r[axis] == x} for x in xs]
+    common = set.intersection(*settings) if settings else set()
+    means = []
+    for x in xs:
+        ys = [r["y"] for r in rows if r[axis] == x and tuple(r.get(o) for o in over) in common]
+        means.append(float(np.mean(ys)) if ys else float("nan"))
+    return xs, means, len(common)
+
+
+def axes_present(rows: list[dict]) -> list[str]:
+    return [a for a in AXES if len({r.get(a) for r in rows if a in r}) >= 2 and all(a in r for r in rows)]
+
+
+def analyse(rows: list[dict], offset: bool = False) -> list[dict]:
+    axes = axes_present(rows)
+    results = []
+    for axis in axes:
+        others = [a for a in axes if a != axis]
+        xs, ys, n = balanced_means(rows, axis, others)
+        res = {"axis": axis, "x": xs, "y": ys, "settings_averaged": n, "averaged": None, "lines": []}
+        if n and all(np.isfinite(ys)):
+            res["averaged"] = fit_power_law(xs, ys, offset)
+        line_axis = LINE_AXIS.get(axis) if LINE_AXIS.get(axis) in others else (others[0] if others else None)
+        res["line_axis"] = line_axis
+        for v in sorted({r[line_axis] for r in rows}) if line_axis else []:
+            sub = [r for r in rows if r[line_axis] == v]
+            lx, ly, ln = balanced_means(sub, axis, [o for o in others if o != line_axis])
+            line = {"value": v, "x": lx, "y": ly, "fit": None}
+            if ln and len(lx) >= 2 and all(np.isfinite(ly)):
+                line["fit"] = fit_power_law(lx, ly, offset)
+            res["lines"].append(line)
+        results.append(res)
+    return results
+
+
+def fmt_value(axis: str, v: float) -> str:
+    return f"{v / 1e6:.3g}M" if axis == "params_base" else f"{v:g}"
+
+
+def markdown(results: list[dict], metric: str, source: str, offset: bool) -> str:
+    law = "a·x^(-b) + c" if offset else "a·x^(-b)"
+    lines = [f"# Power-law fits of `{metric}` ({source})", "",
+             f"Fit: {metric} ≈ {law}, least squares in log space (experiments/scaling_fit.py). *Averaged*: the "
+             "metric averaged over the other axes (settings measured at every x); *held fixed*: one fit per value "
+             "of the line axis, averaged over the remaining axes.", "",
+             "| axis | fit | exponent b | a | c | values of x | mean metric at each x |", "|---|---|---:|---:|---:|---|---|"]
+    for r in results:
+        f = r["averaged"]
+        xs = ", ".join(fmt_value(r["axis"], x) for x in r["x"])
+        ys = ", ".join(f"{y:.4f}" for y in r["y"])
+        if f:
+            lines.append(f"| {AXES[r['axis']]} | averaged over {r['settings_averaged']} settings | {f['b']:.4f} | "
+                         f"{f['a']:.4f} | {f['c']:.4f} | {xs} | {ys} |")
+        for ln in r["lines"]:
+            lf = ln["fit"]
+            if lf:
+                lines.append(f"| {AXES[r['axis']]} | {AXES[r['line_axis']]} = {fmt_value(r['line_axis'], ln['value'])} "
+                             f"| {lf['b']:.4f} | {lf['a']:.4f} | {lf['c']:.4f} | "
+                             f"{', '.join(fmt_value(r['axis'], x) for x in ln['x'])} | "
+                             f"{', '.join(f'{y:.4f}' for y in ln['y'])} |")
+    lines += ["", "A positive b means the metric falls as the axis grows (the paper's finding along every axis)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], metric: str, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axs = plt.subplots(1, len(results), figsize=(4.4 * len(results), 3.6), squeeze=False)
+    for ax, r in zip(axs[0], results):
+        colors = itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+        for ln in r["lines"]:
+            color = next(colors)
+            label = f"{AXES[r['line_axis']]} {fmt_value(r['line_axis'], ln['value'])}"
+            if ln["fit"]:
+                label += f" (b={ln['fit']['b']:.3f})"
+            ax.plot(ln["x"], ln["y"], "o-", color=color, label=label)
+        if r["averaged"]:
+            f = r["averaged"]
+            grid = np.geomspace(min(r["x"]), max(r["x"]), 50)
+            ax.plot(grid, f["a"] * grid ** (-f["b"]) + f["c"], "k--", lw=1,
+                    label=f"fit, averaged: b={f['b']:.3f}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(r["x"])
+        ax.set_xticklabels([fmt_value(r["axis"], x) for x in r["x"]])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+        ax.set_xlabel(AXES[r["axis"]])
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    axs[0][0].set_ylabel(metric)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("csv", help="a sweep's results.csv")
+    p.add_argument("--out", default="experiments/results/scaling", help="writes OUT.md and OUT.png")
+    p.add_argument("--metric", default="pretrain_val_loss")
+    p.add_argument("--offset", action="store_true", help="fit a*x^(-b) + c instead of a*x^(-b)")
+    args = p.parse_args(argv)
+    rows = read_rows(pathlib.Path(args.csv), args.metric)
+    if not rows:
+        raise SystemExit(f"error: {args.csv} has no finished point with a value of {args.metric}")
+    results = analyse(rows, args.offset)
+    if not results:
+        raise SystemExit(f"error: no axis of {', '.join(AXES)} takes two values in {args.csv}")
+    out = pathlib.Path(args.out)
+    text = markdown(results, args.metric, args.csv, args.offset)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text)
+    plot(results, args.metric, out.with_suffix(".png"))
+    for r in results:
+        if r["averaged"]:
+            print(f"{AXES[r['axis']]:>16}: b = {r['averaged']['b']:+.4f} (averaged over {r['settings_averaged']} "
+                  f"settings of the other axes)")
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
