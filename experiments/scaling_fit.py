@@ -120,7 +120,8 @@ def markdown(results: list[dict], metric: str, source: str, offset: bool) -> str
              f"Fit: {metric} ≈ {law}, least squares in log space (experiments/scaling_fit.py). *Averaged*: the "
              "metric averaged over the other axes (settings measured at every x); *held fixed*: one fit per value "
              "of the line axis, averaged over the remaining axes.", "",
-             "| axis | fit | exponent b | a | c | values of x | mean metric at each x |", "|---|---|---:|---:|---:|---|---|"]
+             "| axis | fit | exponent b | a | c | values of x | mean metric at each x |",
+             "|---|---|---:|---:|---:|---|---|"]
     for r in results:
         f = r["averaged"]
         xs = ", ".join(fmt_value(r["axis"], x) for x in r["x"])

@@ -22,6 +22,7 @@ leaves a complete table.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -31,8 +32,10 @@ import math
 import os
 import pathlib
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -84,7 +87,7 @@ class Sweep:
 
 
 def as_override_list(overrides: dict[str, Any]) -> list[str]:
-    """``{"shine.lora_rank": 4}`` -> ``["shine.lora_rank=4"]`` (values as Python literals, what ``--config.*`` reads)."""
+    """``{"shine.lora_rank": 4}`` -> ``["shine.lora_rank=4"]`` (values as Python literals, as ``--config.*``)."""
     return [f"{k}={v!r}" for k, v in overrides.items()]
 
 
@@ -557,7 +560,7 @@ def write_tables(sweep: Sweep, workdir: pathlib.Path) -> list[dict]:
             w.writerow({k: _csv_value(r.get(k)) for k in cols})
     os.replace(tmp, workdir / "results.csv")
     md = workdir / f".results.md.{os.getpid()}.tmp"
-    md.write_text(markdown(sweep, rows))
+    md.write_text(markdown(sweep, rows, (_read_json(workdir / "sweep.json") or {}).get("code")))
     os.replace(md, workdir / "results.md")
     return rows
 
@@ -582,7 +585,7 @@ def _millions(v) -> str:
     return "-" if v is None else f"{v / 1e6:.3f}M" if v < 1e9 else f"{v / 1e9:.2f}B"
 
 
-def markdown(sweep: Sweep, rows: list[dict]) -> str:
+def markdown(sweep: Sweep, rows: list[dict], code: str | None = None) -> str:
     main = sweep.stages[0]
     methods = [m.strip() for m in str(sweep.eval["methods"]).split(",") if m.strip()]
     has_eval = any(r.get("eval_done") for r in rows)
@@ -593,6 +596,7 @@ def markdown(sweep: Sweep, rows: list[dict]) -> str:
     if has_eval:
         head += [f"F1 {m}" for m in methods]
     lines = [f"# sweep {sweep.name}", "", f"`{sweep.spec}`; one row per point, full columns in results.csv.", "",
+             *([f"Code: {code}.", ""] if code else []),
              "| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     errors = []
     for r in rows:
@@ -604,7 +608,8 @@ def markdown(sweep: Sweep, rows: list[dict]) -> str:
                  _fmt(r.get(f"{main}_peak_rss_mib"), ".0f")]
         for s in sweep.stages:
             a, b = r.get(f"{s}_val_loss_initial"), r.get(f"{s}_val_loss")
-            cells += [f"{_fmt(a, '.4f')} -> {_fmt(b, '.4f')}" if b is not None else "-", _fmt(r.get(f"{s}_val_ppl"), ".2f")]
+            cells += [f"{_fmt(a, '.4f')} -> {_fmt(b, '.4f')}" if b is not None else "-",
+                      _fmt(r.get(f"{s}_val_ppl"), ".2f")]
         if has_eval:
             cells += [_fmt(r.get(f"f1_{m}"), ".3f") for m in methods]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -645,28 +650,67 @@ def run_sweep(spec: str, workdir: str | os.PathLike, names: str | None = None, d
         return [dry_run_row(sweep, p, workdir, log, shown) for p in points]
     workdir.mkdir(parents=True, exist_ok=True)
     _write_json(workdir / "sweep.json", {"spec": spec, "name": sweep.name, "stages": sweep.stages,
-                                          "points": [dataclasses.asdict(p) for p in sweep.points]})
+                                          "code": code_state(), "points": [dataclasses.asdict(p) for p in sweep.points]})
     runner = Runner(sweep, workdir, do_eval, log, env)
     write_tables(sweep, workdir)
+    with _terminate_as_exit():
+        _run_points(sweep, runner, points, log)
+    rows = write_tables(sweep, workdir)
+    failed = [r["name"] for r in rows if r.get("status") == "failed"]
+    log(f"[sweep] done: {workdir / 'results.csv'}, {workdir / 'results.md'}"
+        + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return rows
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """SIGTERM (a cluster scheduler's preemption) unwinds like Ctrl-C, so the running child is killed too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_points(sweep: Sweep, runner: Runner, points: list[Point], log) -> None:
     t0 = time.time()
     for i, point in enumerate(points, 1):
         if runner.point_done(point):
             log(f"[sweep] {i}/{len(points)} {point.name}: finished earlier, skipped")
             continue
-        log(f"[sweep] {i}/{len(points)} {point.name} ({' '.join(point.override_list()) or 'base settings'})")
+        log(f"[sweep] {i}/{len(points)} {point.name} (base {point.base.name}; "
+            f"{' '.join(as_override_list(point.overrides))})")
         rec = runner.run_point(point)
-        write_tables(sweep, workdir)
+        write_tables(sweep, runner.workdir)
         main = sweep.stages[-1]
         if rec["status"] == "finished":
             log(f"[sweep] {point.name}: finished in {rec['sweep_wall_s']:.0f}s, {main} val_loss "
                 f"{_fmt(rec.get(f'{main}_val_loss_initial'), '.4f')} -> {_fmt(rec.get(f'{main}_val_loss'), '.4f')}")
         else:
             log(f"[sweep] {point.name}: FAILED: {rec['error']}")
-    rows = write_tables(sweep, workdir)
-    failed = [r["name"] for r in rows if r.get("status") == "failed"]
-    log(f"[sweep] done in {(time.time() - t0) / 60:.1f} min: {workdir / 'results.csv'}, {workdir / 'results.md'}"
-        + (f"; failed: {', '.join(failed)}" if failed else ""))
-    return rows
+    log(f"[sweep] {len(points)} point(s) in {(time.time() - t0) / 60:.1f} min")
+
+
+def code_state() -> str:
+    """The git commit of the code that runs the sweep, and the files changed since (a sweep is only comparable
+    with itself when the training code stays the same while it runs)."""
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "shine_jax", "configs"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    changed = sorted(line[3:] for line in dirty if line.strip())
+    return (head or "unknown") + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
 
 
 def dry_run_row(sweep: Sweep, point: Point, workdir: pathlib.Path, log=print, shown: set | None = None) -> dict:

@@ -165,7 +165,8 @@ def test_fit_recovers_known_exponents(tmp_path):
     assert fits["m2p_layers"]["averaged"]["b"] == pytest.approx(0.05, abs=1e-9)
     assert fits["params_base"]["averaged"]["b"] == pytest.approx(0.1, abs=1e-9)
     assert all(ln["fit"]["b"] == pytest.approx(0.2, abs=1e-9) for ln in fits["lora_rank"]["lines"])
-    assert (tmp_path / "fit.png").stat().st_size > 10_000 and "| LoRA rank r | averaged" in (tmp_path / "fit.md").read_text()
+    assert (tmp_path / "fit.png").stat().st_size > 10_000
+    assert "| LoRA rank r | averaged" in (tmp_path / "fit.md").read_text()
     # with an irreducible loss c, the offset fit finds it and the exponent
     x = np.array([2.0, 4, 8, 16, 32])
     f = scaling_fit.fit_power_law(x, 0.8 + 2.0 * x ** -0.5, offset=True)
