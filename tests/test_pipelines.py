@@ -102,3 +102,33 @@ def test_determinism_and_process_sharding(tok, records):
     e0 = {visible(tok, h0[i]["evidence_ids"], h0[i]["evidence_mask"]) for i in range(len(h0))}
     e1 = {visible(tok, h1[i]["evidence_ids"], h1[i]["evidence_mask"]) for i in range(len(h1))}
     assert not e0 & e1
+
+
+def test_base_pretrain_in_context_examples(tok, records):
+    """In-context QA keeps the whole document, asks as many questions as fit, and (optionally) scores answers only."""
+    cfg = small_config("base_pretrain", extra=["data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_questions=0",
+                                                "data.lm_answer_loss=True", "data.lm_length=384"]).data
+    rng = np.random.default_rng(0)
+    intact = 0
+    for rec in records[:8]:
+        ex = pipelines.lm_example(rec, rng, tok, cfg.lm_length, cfg)
+        text = visible(tok, ex["input_ids"], ex["attention_mask"])
+        one_question = max(len(pipelines.chat_turns(tok, [(pipelines.icl_user_text(rec["context"], q), a)])[0])
+                           for q, a in pipelines.qa_turns(rec))
+        if one_question <= cfg.lm_length:
+            assert rec["context"] in text  # the document is never cut when it fits with any one question
+            intact += 1
+        asked = [qa for qa in rec["qa"] if qa["question"] in text]
+        assert len(asked) >= 1
+        labelled = [t for t in tok.decode([i for i in ex["labels"] if i != -100]).split("<|im_end|>\n") if t]
+        assert labelled == [next(qa["answers"][0] for qa in rec["qa"] if qa["question"] == q)
+                            for q in _questions_in_order(text, asked)]
+    assert intact >= 3
+    # "all that fit": some document gets more than the default 4 questions
+    counts = [sum(qa["question"] in visible(tok, *(lambda e: (e["input_ids"], e["attention_mask"]))(
+        pipelines.lm_example(r, rng, tok, cfg.lm_length, cfg))) for qa in r["qa"]) for r in records[:8]]
+    assert max(counts) > 4
+
+
+def _questions_in_order(text, asked):
+    return [qa["question"] for qa in sorted(asked, key=lambda qa: text.index(qa["question"]))]

@@ -121,20 +121,37 @@ def pack_groups(lengths: Sequence[int], budget: int) -> list[list[int]]:
     return groups
 
 
-def lm_example(record: dict, rng: np.random.Generator, tok, length: int) -> dict[str, np.ndarray]:
-    """Base-model pretraining text: 15 % bio, 15 % QA without the bio, 70 % bio-in-prompt QA (chat format)."""
+def lm_example(record: dict, rng: np.random.Generator, tok, length: int, data_cfg=None) -> dict[str, np.ndarray]:
+    """Base-model pretraining text: bio, QA without the bio, or the bio in the prompt followed by QA turns (chat).
+
+    The mix is ``data_cfg.lm_mix`` (bio, QA only, in-context QA). In-context examples ask as many of the document's
+    questions (shuffled) as fit in ``length`` without cutting the document, so most of each sequence's answers are
+    copies from the prompt; with ``lm_answer_loss`` QA examples are scored on the answers only (chat labels), so the
+    copying signal is not diluted by the unpredictable facts of the bio (those are learnt from the bio examples).
+    """
+    mix = tuple(data_cfg.lm_mix) if data_cfg is not None else (0.15, 0.15, 0.70)
+    answer_loss = bool(data_cfg.lm_answer_loss) if data_cfg is not None else False
+    max_q = int(data_cfg.lm_questions) if data_cfg is not None else 4
     turns = qa_turns(record)
     order = rng.permutation(len(turns))
-    turns = [turns[i] for i in order[: rng.integers(1, min(4, len(turns)) + 1)]]
-    u = rng.random()
-    if u < 0.15:
+    turns = [turns[i] for i in order]
+    u = rng.random() * sum(mix)
+    if u < mix[0]:
         ids = encode_text(tok, record["context"]) + [tok.eos_token_id]
-    elif u < 0.30:
-        ids, _ = chat_turns(tok, turns)
+        labels = ids
     else:
-        first = [(icl_user_text(record["context"], turns[0][0]), turns[0][1])]
-        ids, _ = chat_turns(tok, first + turns[1:])
-    out = left_pad(ids[-length:], length, tok.pad_token_id, ids[-length:])
+        n = int(rng.integers(1, min(max_q or len(turns), len(turns)) + 1))
+        in_context = u >= mix[0] + mix[1]
+        while True:
+            chosen = turns[:n]
+            if in_context:
+                chosen = [(icl_user_text(record["context"], chosen[0][0]), chosen[0][1])] + chosen[1:]
+            ids, chat_labels = chat_turns(tok, chosen)
+            if len(ids) <= length or n == 1:
+                break
+            n = max(1, n * length // len(ids))  # drop questions rather than the start of the document
+        labels = chat_labels if answer_loss else ids
+    out = left_pad(ids[-length:], length, tok.pad_token_id, labels[-length:])
     return {"input_ids": out["ids"], "attention_mask": out["mask"], "labels": out["labels"]}
 
 
@@ -155,7 +172,7 @@ def stage_dataset(stage: str, records: Sequence[dict], tok, data_cfg, seed: int,
         ds = grain.MapDataset.source([[texts[i] for i in g] for g in groups])
         fn = functools.partial(_pretrain_map, tok=tok, data_cfg=data_cfg)
     elif stage == "base_pretrain":
-        fn = functools.partial(_lm_map, tok=tok, length=data_cfg.lm_length)
+        fn = functools.partial(_lm_map, tok=tok, length=data_cfg.lm_length, data_cfg=data_cfg)
     elif stage in ("ift_mqa", "ift_1qa"):
         if stage == "ift_1qa":
             from shine_jax.data.corpus import to_single_qa
@@ -173,8 +190,8 @@ def _pretrain_map(texts, rng, *, tok, data_cfg):
     return pretrain_example(texts, rng, tok, data_cfg)
 
 
-def _lm_map(record, rng, *, tok, length):
-    return lm_example(record, rng, tok, length)
+def _lm_map(record, rng, *, tok, length, data_cfg):
+    return lm_example(record, rng, tok, length, data_cfg)
 
 
 def _ift_map(record, rng, *, tok, data_cfg, pool):
