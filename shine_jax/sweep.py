@@ -227,7 +227,8 @@ def point_stats(cfgs: dict[str, Any], trained: list[pathlib.Path]) -> dict[str, 
     m = num_memory_tokens(mcfg, hcfg)
     state = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Hypernetwork(mcfg, hcfg, nnx.Rngs(0)))))
     count = lambda tree: int(sum(math.prod(x.shape) for x in _leaves(tree)))  # noqa: E731
-    out = {"hidden_size": mcfg.hidden_size, "num_layers": mcfg.num_layers, "vocab_size": mcfg.vocab_size,
+    out = {"seed": first.seed, "hidden_size": mcfg.hidden_size, "num_layers": mcfg.num_layers,
+           "vocab_size": mcfg.vocab_size,
            "lora_rank": hcfg.lora_rank, "metalora_rank": hcfg.metalora_rank, "m2p_layers": hcfg.m2p.num_layers,
            "memory_tokens": m, "params_base": mcfg.num_params(), "params_m2p": count(state["m2p"]),
            "params_metalora": count(state["metalora"]), "params_mem_tokens": count(state["mem_tokens"]),
@@ -357,7 +358,9 @@ class Runner:
             return json.loads(stats.read_text()) if stats.is_file() else {"rc": 0}
         self.log(f"[sweep] {label}: training {stage}")
         argv = self.train_argv(base.config, stage, workdir, child_overrides(base, extra, self.data_dir), stats)
+        code = code_state()
         out = run_child(argv, workdir / f"{stage}.log", self.env)
+        out["code"] = code
         if out["rc"] == 0:
             extra_stats = json.loads(stats.read_text()) if stats.is_file() else {}
             out.update(device_peak_mib=(extra_stats.get("device_peak_bytes") or 0) / 2**20 or None,
@@ -403,14 +406,11 @@ class Runner:
         rec: dict[str, Any] = {"name": point.name, "base": point.base.name, "status": "running",
                                "overrides": " ".join(point.override_list())}
         _write_json(pdir / "result.json", {**old, **rec})
-        t0 = time.time()
         try:
             rec.update(self._run_point(point, pdir))
             rec["status"] = "finished"
         except PointFailed as e:
             rec.update(e.partial, status="failed", error=str(e))
-        earlier = (old.get("sweep_wall_s") or 0) if old.get("status") != "finished" else 0  # a resumed point
-        rec["sweep_wall_s"] = time.time() - t0 + earlier
         _write_json(pdir / "result.json", rec)
         return rec
 
@@ -447,6 +447,8 @@ class Runner:
             trained.insert(0, pdir / stage / "final")
             rec[f"{stage}_peak_rss_mib"] = out.get("peak_rss_mib")
             rec[f"{stage}_device_peak_mib"] = out.get("device_peak_mib")
+            rec["point_wall_s"] = rec.get("point_wall_s", 0.0) + (out.get("child_wall_s") or 0.0)
+            rec["code"] = out.get("code")
         rec.update(point_stats(cfgs, trained))  # exact counts now that the trained folders exist
         for stage in (*point.base.stages, *self.sweep.stages):
             d = (bdir if stage in point.base.stages else pdir) / stage
@@ -525,9 +527,9 @@ def _write_json(path: pathlib.Path, obj) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ tables
-FIXED_COLUMNS = ["name", "status", "base", "hidden_size", "num_layers", "vocab_size", "lora_rank", "metalora_rank",
-                 "m2p_layers", "memory_tokens", "params_base", "params_m2p", "params_metalora", "params_mem_tokens",
-                 "params_lora"]
+FIXED_COLUMNS = ["name", "status", "base", "seed", "hidden_size", "num_layers", "vocab_size", "lora_rank",
+                 "metalora_rank", "m2p_layers", "memory_tokens", "params_base", "params_m2p", "params_metalora",
+                 "params_mem_tokens", "params_lora"]
 STAGE_COLUMNS = ["steps", "flops_per_step", "step_s", "wall_s", "peak_rss_mib", "device_peak_mib",
                  "val_loss_initial", "val_loss", "val_ppl_initial", "val_ppl"]
 
@@ -536,8 +538,8 @@ def columns(sweep: Sweep) -> list[str]:
     stages = [s for s in STAGES if s in {st for b in sweep.bases.values() for st in b.stages} | set(sweep.stages)]
     cols = FIXED_COLUMNS + [f"{s}_{c}" for s in stages for c in STAGE_COLUMNS]
     methods = [m.strip() for m in str(sweep.eval["methods"]).split(",") if m.strip()]
-    cols += [f"{k}_{m}" for m in methods for k in ("f1", "em")] + ["eval_docs", "sweep_wall_s", "error", "overrides"]
-    return cols
+    cols += [f"{k}_{m}" for m in methods for k in ("f1", "em")]
+    return cols + ["eval_docs", "point_wall_s", "error", "overrides", "code"]
 
 
 def collect(sweep: Sweep, workdir: pathlib.Path) -> list[dict]:
@@ -560,7 +562,7 @@ def write_tables(sweep: Sweep, workdir: pathlib.Path) -> list[dict]:
             w.writerow({k: _csv_value(r.get(k)) for k in cols})
     os.replace(tmp, workdir / "results.csv")
     md = workdir / f".results.md.{os.getpid()}.tmp"
-    md.write_text(markdown(sweep, rows, (_read_json(workdir / "sweep.json") or {}).get("code")))
+    md.write_text(markdown(sweep, rows))
     os.replace(md, workdir / "results.md")
     return rows
 
@@ -585,7 +587,8 @@ def _millions(v) -> str:
     return "-" if v is None else f"{v / 1e6:.3f}M" if v < 1e9 else f"{v / 1e9:.2f}B"
 
 
-def markdown(sweep: Sweep, rows: list[dict], code: str | None = None) -> str:
+def markdown(sweep: Sweep, rows: list[dict]) -> str:
+    codes = sorted({r["code"] for r in rows if r.get("code")})
     main = sweep.stages[0]
     methods = [m.strip() for m in str(sweep.eval["methods"]).split(",") if m.strip()]
     has_eval = any(r.get("eval_done") for r in rows)
@@ -596,7 +599,7 @@ def markdown(sweep: Sweep, rows: list[dict], code: str | None = None) -> str:
     if has_eval:
         head += [f"F1 {m}" for m in methods]
     lines = [f"# sweep {sweep.name}", "", f"`{sweep.spec}`; one row per point, full columns in results.csv.", "",
-             *([f"Code: {code}.", ""] if code else []),
+             *([f"Code the points were trained with (`code` column): {'; '.join(codes)}.", ""] if codes else []),
              "| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     errors = []
     for r in rows:
@@ -650,7 +653,7 @@ def run_sweep(spec: str, workdir: str | os.PathLike, names: str | None = None, d
         return [dry_run_row(sweep, p, workdir, log, shown) for p in points]
     workdir.mkdir(parents=True, exist_ok=True)
     _write_json(workdir / "sweep.json", {"spec": spec, "name": sweep.name, "stages": sweep.stages,
-                                          "code": code_state(), "points": [dataclasses.asdict(p) for p in sweep.points]})
+                                          "points": [dataclasses.asdict(p) for p in sweep.points]})
     runner = Runner(sweep, workdir, do_eval, log, env)
     write_tables(sweep, workdir)
     with _terminate_as_exit():
@@ -691,7 +694,7 @@ def _run_points(sweep: Sweep, runner: Runner, points: list[Point], log) -> None:
         write_tables(sweep, runner.workdir)
         main = sweep.stages[-1]
         if rec["status"] == "finished":
-            log(f"[sweep] {point.name}: finished in {rec['sweep_wall_s']:.0f}s, {main} val_loss "
+            log(f"[sweep] {point.name}: finished ({rec.get('point_wall_s', 0):.0f}s of training), {main} val_loss "
                 f"{_fmt(rec.get(f'{main}_val_loss_initial'), '.4f')} -> {_fmt(rec.get(f'{main}_val_loss'), '.4f')}")
         else:
             log(f"[sweep] {point.name}: FAILED: {rec['error']}")
@@ -699,8 +702,8 @@ def _run_points(sweep: Sweep, runner: Runner, points: list[Point], log) -> None:
 
 
 def code_state() -> str:
-    """The git commit of the code that runs the sweep, and the files changed since (a sweep is only comparable
-    with itself when the training code stays the same while it runs)."""
+    """The git commit of the code that trains a stage, and the files changed since (recorded per point: a sweep is
+    only comparable with itself when the training code stays the same while it runs)."""
     repo = pathlib.Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,

@@ -6,7 +6,9 @@ Each base (d=64 and d=128, both 4 layers, heads of 32) is trained from scratch o
 four points); every point then runs the SHINE `pretrain` stage (RECON/COMP), whose validation loss is the paper's
 scaling metric. Shorter than configs/tiny.py everywhere (128-token evidence, 300 base steps, 120 SHINE steps, a
 smaller corpus) so that the whole sweep fits in about 25 minutes on 2 CPU cores. With heads of 32 and an FFN of 2d
-both bases have M = 17 r memory tokens. `:quick` is a 2-point smoke version (a few steps each).
+both bases have M = 17 r memory tokens. `:seeds=N` adds every point again with training seeds 1..N-1 (in the same
+workdir: finished points and the bases are reused) to measure the seed-to-seed spread; `:quick` is a 2-point smoke
+version (a few steps each).
 """
 
 import os
@@ -33,8 +35,11 @@ DEPTHS = (2, 6)
 
 
 def get_config(arg=None):
+    seeds = 1
+    if arg and arg.startswith("seeds=") and arg[6:].isdigit() and int(arg[6:]) >= 1:
+        seeds, arg = int(arg[6:]), None
     if arg not in (None, "quick"):
-        raise ValueError(f"unknown variant {arg!r}; use tiny_cpu.py or tiny_cpu.py:quick")
+        raise ValueError(f"unknown variant {arg!r}; use tiny_cpu.py, tiny_cpu.py:seeds=N or tiny_cpu.py:quick")
     c = ml_collections.ConfigDict()
     c.name = "tiny_cpu" if arg is None else "tiny_cpu_quick"
     c.stages = ("pretrain",)
@@ -49,5 +54,8 @@ def get_config(arg=None):
     c.points = [dict(name=f"{b}_r{r}_m2p{d}", base=b,
                      overrides={"shine.lora_rank": r, "shine.m2p_layers": d, **point_train})
                 for b in bases for r in ranks for d in depths]
+    # seeds=N: every point again with training seeds 1..N-1 (same bases), to measure the seed-to-seed spread
+    c.points += [dict(p, name=f"{p['name']}_s{k}", overrides={**p["overrides"], "seed": k})
+                 for k in range(1, seeds) for p in list(c.points)]
     c.eval = dict(methods="none,shine", docs=8, max_new_tokens=16, batch_size=8)
     return c
