@@ -13,8 +13,10 @@ Two fits per axis:
   axes that were measured at every x (a balanced subset, so a failed point does not bias the average);
 - **held fixed**: one fit per setting of one other axis (the lines of the plot), averaging over the remaining ones.
 
-Writes ``OUT.md`` (exponents, fitted curves and the data behind them) and ``OUT.png`` (one panel per axis: metric
-vs x on log-log axes, one line per value of another axis, the averaged fit dashed), like the paper's scaling figure.
+Runs that share every axis value (the same point with other seeds) are averaged first, and their pooled standard
+deviation is reported as the noise level. Writes ``OUT.md`` (exponents, fitted curves and the data behind them)
+and ``OUT.png`` (one panel per axis: metric vs x on log-log axes, one line per value of another axis, each run as a
+faint dot, the averaged fit dashed), like the paper's scaling figure.
 """
 
 from __future__ import annotations
@@ -53,6 +55,20 @@ def read_rows(path: pathlib.Path, metric: str) -> list[dict]:
     return out
 
 
+def replicate_spread(rows: list[dict]) -> dict | None:
+    """Runs that share every axis value (e.g. the same point with another training seed): the pooled standard
+    deviation of the metric across them, the noise level to compare the effects of the axes with."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(a) for a in AXES), []).append(r["y"])
+    reps = [ys for ys in groups.values() if len(ys) >= 2]
+    if not reps:
+        return None
+    pooled = math.sqrt(sum(np.var(ys, ddof=1) * (len(ys) - 1) for ys in reps) / sum(len(ys) - 1 for ys in reps))
+    return {"settings": len(reps), "runs": sum(len(ys) for ys in reps), "pooled_std": pooled,
+            "max_range": max(max(ys) - min(ys) for ys in reps)}
+
+
 def fit_power_law(x, y, offset: bool = False) -> dict:
     """Least squares of ``log(y - c) = log(a) - b log(x)``; ``c`` = 0, or the grid value minimising the residual."""
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -88,7 +104,16 @@ def axes_present(rows: list[dict]) -> list[str]:
     return [a for a in AXES if len({r.get(a) for r in rows if a in r}) >= 2 and all(a in r for r in rows)]
 
 
+def average_replicates(rows: list[dict]) -> list[dict]:
+    """One row per setting of the axes: replicates (other seeds) averaged, so each setting weighs the same."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(a) for a in AXES), []).append(r)
+    return [{**rs[0], "y": float(np.mean([r["y"] for r in rs])), "runs": len(rs)} for rs in groups.values()]
+
+
 def analyse(rows: list[dict], offset: bool = False) -> list[dict]:
+    rows = average_replicates(rows)
     axes = axes_present(rows)
     results = []
     for axis in axes:
@@ -114,7 +139,7 @@ def fmt_value(axis: str, v: float) -> str:
     return f"{v / 1e6:.3g}M" if axis == "params_base" else f"{v:g}"
 
 
-def markdown(results: list[dict], metric: str, source: str, offset: bool) -> str:
+def markdown(results: list[dict], metric: str, source: str, offset: bool, spread: dict | None = None) -> str:
     law = "a·x^(-b) + c" if offset else "a·x^(-b)"
     lines = [f"# Power-law fits of `{metric}` ({source})", "",
              f"Fit: {metric} ≈ {law}, least squares in log space (experiments/scaling_fit.py). *Averaged*: the "
@@ -137,10 +162,15 @@ def markdown(results: list[dict], metric: str, source: str, offset: bool) -> str
                              f"{', '.join(fmt_value(r['axis'], x) for x in ln['x'])} | "
                              f"{', '.join(f'{y:.4f}' for y in ln['y'])} |")
     lines += ["", "A positive b means the metric falls as the axis grows (the paper's finding along every axis)."]
+    if spread:
+        lines += ["", f"Replicates (runs sharing every axis value, e.g. other training seeds): {spread['runs']} runs "
+                      f"of {spread['settings']} settings; pooled standard deviation of {metric} "
+                      f"{spread['pooled_std']:.4f}, largest range {spread['max_range']:.4f}. Differences between "
+                      "the means at two values of an axis smaller than about twice that are within seed noise."]
     return "\n".join(lines) + "\n"
 
 
-def plot(results: list[dict], metric: str, path: pathlib.Path) -> None:
+def plot(results: list[dict], metric: str, path: pathlib.Path, rows: list[dict] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,6 +185,9 @@ def plot(results: list[dict], metric: str, path: pathlib.Path) -> None:
             if ln["fit"]:
                 label += f" (b={ln['fit']['b']:.3f})"
             ax.plot(ln["x"], ln["y"], "o-", color=color, label=label)
+            runs = [(row[r["axis"]], row["y"]) for row in rows or () if row.get(r["line_axis"]) == ln["value"]]
+            if runs:  # every run (other values of the averaged axes, other seeds) as a faint dot
+                ax.plot(*zip(*runs), ".", color=color, alpha=0.35)
         if r["averaged"]:
             f = r["averaged"]
             grid = np.geomspace(min(r["x"]), max(r["x"]), 50)
@@ -192,10 +225,10 @@ def main(argv=None):
     if not results:
         raise SystemExit(f"error: no axis of {', '.join(AXES)} takes two values in {args.csv}")
     out = pathlib.Path(args.out)
-    text = markdown(results, args.metric, args.csv, args.offset)
+    text = markdown(results, args.metric, args.csv, args.offset, replicate_spread(rows))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
-    plot(results, args.metric, out.with_suffix(".png"))
+    plot(results, args.metric, out.with_suffix(".png"), rows)
     for r in results:
         if r["averaged"]:
             print(f"{AXES[r['axis']]:>16}: b = {r['averaged']['b']:+.4f} (averaged over {r['settings_averaged']} "

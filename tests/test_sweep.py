@@ -152,6 +152,9 @@ def test_fit_recovers_known_exponents(tmp_path):
         loss = 3.0 * r ** -0.2 * d ** -0.05 * (p / 1e5) ** -0.1
         rows.append({"name": f"{p}_{r}_{d}", "status": "finished", "params_base": p, "lora_rank": r,
                      "m2p_layers": d, "pretrain_val_loss": loss})
+    first = rows.pop(0)  # that setting measured twice (two seeds), symmetric around the law: same mean
+    rows += [{**first, "name": n, "pretrain_val_loss": first["pretrain_val_loss"] + d} for n, d in (("s0", -0.01),
+                                                                                                 ("s1", 0.01))]
     rows.append({"name": "broken", "status": "failed", "params_base": 1e5, "lora_rank": 2, "m2p_layers": 2,
                  "pretrain_val_loss": ""})
     with open(tmp_path / "results.csv", "w", newline="") as f:
@@ -165,6 +168,8 @@ def test_fit_recovers_known_exponents(tmp_path):
     assert fits["m2p_layers"]["averaged"]["b"] == pytest.approx(0.05, abs=1e-9)
     assert fits["params_base"]["averaged"]["b"] == pytest.approx(0.1, abs=1e-9)
     assert all(ln["fit"]["b"] == pytest.approx(0.2, abs=1e-9) for ln in fits["lora_rank"]["lines"])
+    spread = scaling_fit.replicate_spread(scaling_fit.read_rows(tmp_path / "results.csv", "pretrain_val_loss"))
+    assert spread["settings"] == 1 and spread["pooled_std"] == pytest.approx(0.02 / 2 ** 0.5)
     assert (tmp_path / "fit.png").stat().st_size > 10_000
     assert "| LoRA rank r | averaged" in (tmp_path / "fit.md").read_text()
     # with an irreducible loss c, the offset fit finds it and the exponent
