@@ -1,6 +1,7 @@
 """The tfds/ArrayRecord builder of the biography corpus (read back with grain) and the small BPE tokenizer."""
 
 from __future__ import annotations
+import re
 
 import json
 import os
@@ -215,8 +216,22 @@ def test_tokenizer_round_trip(tokenizer, reference):
     texts = [r["context"] for r in reference["test"][:20]]
     texts += [T.render_qa_turn(q["question"], q["answers"][0]) for r in reference["test"][:5] for q in r["qa"]]
     texts += ["", "  two  spaces ", "tab\tCRLF\r\n\n\n", "naïve café 東京 🙂 \u2028\u00a0", "<|im_start", "<< || >>"]
-    for text in texts:
-        assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    for text in texts:  # words survive exactly; whitespace comes back as single spaces (newlines kept)
+        decoded = tok.decode(tok(text, add_special_tokens=False)["input_ids"])
+        words = lambda t: re.sub(r"(<\|im_(?:start|end)\|>)", r" \1 ", t).split()  # noqa: E731
+        assert words(decoded) == words(text)
+        assert decoded.count("\n") >= (text.count("\n") > 0)
+
+
+def test_a_value_has_the_same_tokens_everywhere(tokenizer):
+    """Copying a value from the document into an answer is the identity on token ids (no space-less variant)."""
+    tok, _ = tokenizer
+    ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    value = ids("Kestrel Bay")
+    for text in ("She lives in Kestrel Bay.", "Kestrel Bay is home.", "x\n\nKestrel Bay",
+                 T.render_qa_turn("Where does she live?", "Kestrel Bay")):
+        got = ids(text)
+        assert any(got[i:i + len(value)] == value for i in range(len(got))), text
 
 
 def test_tokenizer_is_deterministic(tmp_path, tokenizer, reference):

@@ -1,5 +1,7 @@
 """The Grain stage pipelines: labels only on answers, RECON/COMP, packing, distractors, determinism, sharding."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -18,25 +20,35 @@ def records():
     return corpus.build_corpus(0, num_people=300, docs_per_split={"train": 40, "validation": 0, "test": 0})["train"]
 
 
+def ws(text):
+    """The tiny tokenizer decodes words with single spaces (see shine_jax/data/tokenizer.py): compare that way."""
+    return " ".join(re.sub(r"(<\|\w+\|>)", r" \1 ", text).split())
+
+
 def visible(tok, ids, mask):
-    return tok.decode([int(i) for i, m in zip(ids, mask) if m])
+    return ws(tok.decode([int(i) for i, m in zip(ids, mask) if m]))
+
+
+def answers_of(tok, labels):
+    return [ws(t) for t in tok.decode([int(i) for i in labels if i != -100]).split("<|im_end|>") if ws(t)]
 
 
 def test_chat_labels_cover_only_answers(tok):
     ids, labels = pipelines.chat_turns(tok, [("Where was Ada born?", "Dunmere"), ("Her job?", "florist")])
     labelled = tok.decode([i for i, l in zip(ids, labels) if l != -100])
-    assert labelled == "Dunmere<|im_end|>\nflorist<|im_end|>\n"
-    assert tok.decode(ids) == ("<|im_start|>user\nWhere was Ada born?<|im_end|>\n<|im_start|>assistant\nDunmere"
-                               "<|im_end|>\n<|im_start|>user\nHer job?<|im_end|>\n<|im_start|>assistant\nflorist"
-                               "<|im_end|>\n")
+    assert ws(labelled) == "Dunmere <|im_end|> florist <|im_end|>"
+    assert labelled.count("\n") == 2  # the end-of-turn newline is labelled too
+    assert ws(tok.decode(ids)) == ws("<|im_start|>user\nWhere was Ada born?<|im_end|>\n<|im_start|>assistant\nDunmere"
+                                     "<|im_end|>\n<|im_start|>user\nHer job?<|im_end|>\n<|im_start|>assistant\n"
+                                     "florist<|im_end|>\n")
 
 
 def test_ift_examples(tok, records):
     cfg = small_config("ift_mqa", extra=["data.context_length=400", "data.conversation_length=400"]).data
     ds = pipelines.stage_dataset("ift_mqa", records, tok, cfg, seed=0, repeat=False)
     ex = ds[0]
-    rec = next(r for r in records if visible(tok, ex["evidence_ids"], ex["evidence_mask"]) == r["context"])
-    answers = [t for t in tok.decode([i for i in ex["labels"] if i != -100]).split("<|im_end|>\n") if t]
+    rec = next(r for r in records if visible(tok, ex["evidence_ids"], ex["evidence_mask"]) == ws(r["context"]))
+    answers = answers_of(tok, ex["labels"])
     gold = [qa["answers"][0] for qa in rec["qa"]]
     assert len(answers) >= 5 and answers == gold[: len(answers)]  # a long conversation is cut at its end
     assert ex["input_ids"].shape == (400,) and ex["evidence_ids"].shape == (400,)
@@ -65,12 +77,12 @@ def test_pretrain_recon_and_comp(tok, records):
         ex = ds[i]
         evidence = visible(tok, ex["evidence_ids"], ex["evidence_mask"])
         conv = tok.decode(ex["input_ids"][ex["attention_mask"] == 1].tolist())
-        answer = tok.decode([t for t in ex["labels"] if t != -100]).removesuffix("<|im_end|>\n")
+        answer = tok.decode([t for t in ex["labels"] if t != -100]).split("<|im_end|>")[0]
         kind = "<RECON>" if "<RECON>" in conv else "<COMP>"
         kinds[kind] += 1
         truncated = bool(ex["evidence_mask"].all())  # a text longer than the evidence length is cut, as officially
         # COMP splits on whitespace and re-joins with single spaces (the official split_text), so compare words
-        evidence, answer = " ".join(evidence.split()), " ".join(answer.split())
+        evidence, answer = ws(evidence), ws(answer)
         assert answer.startswith(evidence)
         if kind == "<RECON>" and not truncated:
             assert answer == evidence
@@ -116,19 +128,19 @@ def test_base_pretrain_in_context_examples(tok, records):
         one_question = max(len(pipelines.chat_turns(tok, [(pipelines.icl_user_text(rec["context"], q), a)])[0])
                            for q, a in pipelines.qa_turns(rec))
         if one_question <= cfg.lm_length:
-            assert rec["context"] in text  # the document is never cut when it fits with any one question
+            assert ws(rec["context"]) in text  # the document is never cut when it fits with any one question
             intact += 1
-        asked = [qa for qa in rec["qa"] if qa["question"] in text]
+        asked = [qa for qa in rec["qa"] if ws(qa["question"]) in text]
         assert len(asked) >= 1
-        labelled = [t for t in tok.decode([i for i in ex["labels"] if i != -100]).split("<|im_end|>\n") if t]
+        labelled = answers_of(tok, ex["labels"])
         assert labelled == [next(qa["answers"][0] for qa in rec["qa"] if qa["question"] == q)
                             for q in _questions_in_order(text, asked)]
     assert intact >= 3
     # "all that fit": some document gets more than the default 4 questions
-    counts = [sum(qa["question"] in visible(tok, *(lambda e: (e["input_ids"], e["attention_mask"]))(
+    counts = [sum(ws(qa["question"]) in visible(tok, *(lambda e: (e["input_ids"], e["attention_mask"]))(
         pipelines.lm_example(r, rng, tok, cfg.lm_length, cfg))) for qa in r["qa"]) for r in records[:8]]
     assert max(counts) > 4
 
 
 def _questions_in_order(text, asked):
-    return [qa["question"] for qa in sorted(asked, key=lambda qa: text.index(qa["question"]))]
+    return [qa["question"] for qa in sorted(asked, key=lambda qa: text.index(ws(qa["question"])))]
