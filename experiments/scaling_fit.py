@@ -16,7 +16,8 @@ Two fits per axis:
 Runs that share every axis value (the same point with other seeds) are averaged first, and their pooled standard
 deviation is reported as the noise level. Writes ``OUT.md`` (exponents, fitted curves and the data behind them)
 and ``OUT.png`` (one panel per axis: metric vs x on log-log axes, one line per value of another axis, each run as a
-faint dot, the averaged fit dashed), like the paper's scaling figure.
+faint dot, the averaged fit dashed, like the paper's scaling figure; below it each line's change in percent of its
+value at the smallest x, which shows effects too small to see on the shared scale).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def read_rows(path: pathlib.Path, metric: str) -> list[dict]:
     for r in rows:
         if r.get("status", "finished") != "finished" or not r.get(metric):
             continue
-        rec = {"name": r.get("name", ""), "y": float(r[metric])}
+        rec = {"name": r.get("name", ""), "y": float(r[metric]), "seed": r.get("seed") or "0"}
         for a in AXES:
             if r.get(a):
                 rec[a] = float(r[a])
@@ -67,6 +68,23 @@ def replicate_spread(rows: list[dict]) -> dict | None:
     pooled = math.sqrt(sum(np.var(ys, ddof=1) * (len(ys) - 1) for ys in reps) / sum(len(ys) - 1 for ys in reps))
     return {"settings": len(reps), "runs": sum(len(ys) for ys in reps), "pooled_std": pooled,
             "max_range": max(max(ys) - min(ys) for ys in reps)}
+
+
+def paired_effect(rows: list[dict], axis: str) -> dict | None:
+    """Metric at the largest minus at the smallest value of ``axis`` for runs that share every other axis value and
+    the training seed (same data order and initialisation stream), so the seed's effect cancels in each pair."""
+    others = [a for a in AXES if a != axis]
+    lo, hi = min(r[axis] for r in rows), max(r[axis] for r in rows)
+    by_key: dict[tuple, dict[float, list[float]]] = {}
+    for r in rows:
+        if r[axis] in (lo, hi):
+            by_key.setdefault(tuple(r.get(o) for o in others) + (r["seed"],), {}).setdefault(r[axis], []).append(r["y"])
+    diffs = [float(np.mean(v[hi]) - np.mean(v[lo])) for v in by_key.values() if lo in v and hi in v]
+    if not diffs:
+        return None
+    sem = float(np.std(diffs, ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
+    return {"low": lo, "high": hi, "pairs": len(diffs), "mean": float(np.mean(diffs)), "sem": sem,
+            "lower": sum(d < 0 for d in diffs)}
 
 
 def fit_power_law(x, y, offset: bool = False) -> dict:
@@ -113,13 +131,15 @@ def average_replicates(rows: list[dict]) -> list[dict]:
 
 
 def analyse(rows: list[dict], offset: bool = False) -> list[dict]:
+    runs = rows
     rows = average_replicates(rows)
     axes = axes_present(rows)
     results = []
     for axis in axes:
         others = [a for a in axes if a != axis]
         xs, ys, n = balanced_means(rows, axis, others)
-        res = {"axis": axis, "x": xs, "y": ys, "settings_averaged": n, "averaged": None, "lines": []}
+        res = {"axis": axis, "x": xs, "y": ys, "settings_averaged": n, "averaged": None, "lines": [],
+               "paired": paired_effect(runs, axis)}
         if n and all(np.isfinite(ys)):
             res["averaged"] = fit_power_law(xs, ys, offset)
         line_axis = LINE_AXIS.get(axis) if LINE_AXIS.get(axis) in others else (others[0] if others else None)
@@ -162,11 +182,21 @@ def markdown(results: list[dict], metric: str, source: str, offset: bool, spread
                              f"{', '.join(fmt_value(r['axis'], x) for x in ln['x'])} | "
                              f"{', '.join(f'{y:.4f}' for y in ln['y'])} |")
     lines += ["", "A positive b means the metric falls as the axis grows (the paper's finding along every axis)."]
+    paired = [r for r in results if r.get("paired")]
+    if paired:
+        lines += ["", "Paired differences (runs sharing every other axis value and the training seed, so the "
+                      "seed's effect cancels): metric at the largest minus at the smallest x.", "",
+                  "| axis | x: low -> high | pairs | mean difference ± standard error | pairs where it fell |",
+                  "|---|---|---:|---:|---:|"]
+        for r in paired:
+            d = r["paired"]
+            lines.append(f"| {AXES[r['axis']]} | {fmt_value(r['axis'], d['low'])} -> {fmt_value(r['axis'], d['high'])} "
+                         f"| {d['pairs']} | {d['mean']:+.4f} ± {d['sem']:.4f} | {d['lower']} of {d['pairs']} |")
     if spread:
         lines += ["", f"Replicates (runs sharing every axis value, e.g. other training seeds): {spread['runs']} runs "
                       f"of {spread['settings']} settings; pooled standard deviation of {metric} "
-                      f"{spread['pooled_std']:.4f}, largest range {spread['max_range']:.4f}. Differences between "
-                      "the means at two values of an axis smaller than about twice that are within seed noise."]
+                      f"{spread['pooled_std']:.4f}, largest range {spread['max_range']:.4f}: the noise of one run. "
+                      "Much of it is shared by runs with the same seed, which the paired differences cancel."]
     return "\n".join(lines) + "\n"
 
 
@@ -176,8 +206,9 @@ def plot(results: list[dict], metric: str, path: pathlib.Path, rows: list[dict] 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axs = plt.subplots(1, len(results), figsize=(4.4 * len(results), 3.6), squeeze=False)
-    for ax, r in zip(axs[0], results):
+    fig, axs = plt.subplots(2, len(results), figsize=(4.4 * len(results), 6.6), squeeze=False,
+                            gridspec_kw={"height_ratios": [3, 2]})
+    for ax, rel, r in zip(axs[0], axs[1], results):
         colors = itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])
         for ln in r["lines"]:
             color = next(colors)
@@ -185,6 +216,7 @@ def plot(results: list[dict], metric: str, path: pathlib.Path, rows: list[dict] 
             if ln["fit"]:
                 label += f" (b={ln['fit']['b']:.3f})"
             ax.plot(ln["x"], ln["y"], "o-", color=color, label=label)
+            rel.plot(ln["x"], [100 * (y / ln["y"][0] - 1) for y in ln["y"]], "o-", color=color)
             runs = [(row[r["axis"]], row["y"]) for row in rows or () if row.get(r["line_axis"]) == ln["value"]]
             if runs:  # every run (other values of the averaged axes, other seeds) as a faint dot
                 ax.plot(*zip(*runs), ".", color=color, alpha=0.35)
@@ -204,7 +236,15 @@ def plot(results: list[dict], metric: str, path: pathlib.Path, rows: list[dict] 
         ax.set_xlabel(AXES[r["axis"]])
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
+        rel.set_xscale("log")
+        rel.set_xticks(r["x"])
+        rel.set_xticklabels([fmt_value(r["axis"], x) for x in r["x"]])
+        rel.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        rel.axhline(0, color="k", lw=0.6)
+        rel.set_xlabel(AXES[r["axis"]])
+        rel.grid(alpha=0.3)
     axs[0][0].set_ylabel(metric)
+    axs[1][0].set_ylabel("change vs the smallest x (%)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -168,6 +168,8 @@ def test_fit_recovers_known_exponents(tmp_path):
     assert fits["m2p_layers"]["averaged"]["b"] == pytest.approx(0.05, abs=1e-9)
     assert fits["params_base"]["averaged"]["b"] == pytest.approx(0.1, abs=1e-9)
     assert all(ln["fit"]["b"] == pytest.approx(0.2, abs=1e-9) for ln in fits["lora_rank"]["lines"])
+    paired = fits["lora_rank"]["paired"]
+    assert paired["pairs"] == 6 and paired["lower"] == 6 and paired["mean"] < 0
     spread = scaling_fit.replicate_spread(scaling_fit.read_rows(tmp_path / "results.csv", "pretrain_val_loss"))
     assert spread["settings"] == 1 and spread["pooled_std"] == pytest.approx(0.02 / 2 ** 0.5)
     assert (tmp_path / "fit.png").stat().st_size > 10_000
