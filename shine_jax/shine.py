@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from shine_jax import multihost
 from shine_jax.convert import official as off
 from shine_jax.model.base_model import BaseModel, lora_shardings, state_shardings
 from shine_jax.model.config import ModelConfig
@@ -147,29 +148,34 @@ class Shine:
 
     # -- our format --------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> pathlib.Path:
-        """``shine.json`` + Orbax hypernetwork params + the base model (``base/``)."""
-        import orbax.checkpoint as ocp
+        """``shine.json`` + Orbax hypernetwork params + the base model (``base/``).
 
+        With several processes (multi-host) every process must call it, each with its own local ``path``: the
+        parameters are gathered and every host gets a complete copy (see ``shine_jax.multihost``)."""
         from shine_jax.fileutil import atomic_dir
 
-        with atomic_dir(path, overwrite) as tmp:
-            self.base.save(tmp / "base")
-            with ocp.StandardCheckpointer() as ckptr:
-                ckptr.save(tmp / "hyper", nnx.to_pure_dict(self._hstate))
-            (tmp / SHINE_JSON).write_text(json.dumps({"hyper": hyper_config_to_dict(self.cfg),
-                                                      "max_evidence_length": self.max_evidence_length}, indent=2))
-        return pathlib.Path(path).absolute()
+        base_state = self.base._save_state()
+        hyper = nnx.to_pure_dict(self._hstate)
+        if jax.process_count() > 1:
+            hyper = multihost.to_host(hyper)
+
+        def write(out_dir):
+            with atomic_dir(out_dir, overwrite) as tmp:
+                self.base._write(tmp / "base", base_state, overwrite=False)
+                with multihost.local_checkpointer() as ckptr:
+                    ckptr.save(tmp / "hyper", hyper)
+                (tmp / SHINE_JSON).write_text(json.dumps({"hyper": hyper_config_to_dict(self.cfg),
+                                                          "max_evidence_length": self.max_evidence_length}, indent=2))
+
+        return multihost.write_on_every_host(path, write, overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Shine":
-        import orbax.checkpoint as ocp
-
         path = resolve_shine_dir(path)
         meta = json.loads((path / SHINE_JSON).read_text())
         hcfg = hyper_config_from_dict(meta["hyper"])
         shine = cls.create(BaseModel.load(path / "base"), hcfg, max_evidence_length=meta.get("max_evidence_length"))
-        with ocp.StandardCheckpointer() as ckptr:
-            shine.set_hyper_params(ckptr.restore(path / "hyper"))
+        shine.set_hyper_params(multihost.restore(path / "hyper"))
         return shine
 
     # -- official checkpoints ----------------------------------------------------------------------------

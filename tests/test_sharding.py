@@ -85,6 +85,49 @@ def test_two_processes_equal_one_process():
         assert loss == pytest.approx(ref[0], rel=1e-5) and checksum == pytest.approx(ref[1], rel=1e-5)
 
 
+@pytest.mark.multidevice
+@pytest.mark.slow
+def test_two_processes_run_stages_through_final(tmp_path):
+    """2 processes x 2 CPU devices, each host in its own workdir, run base_pretrain then pretrain (which starts
+    from that host's base_pretrain/final) to completion: every host gets the same complete final/ folders, holding
+    the trained parameters (those of the last checkpoint); a folder on a path both processes see is written once;
+    a model folder saved by one process (here, this one) loads in the 2-process job."""
+    from shine_jax.model.base_model import BaseModel
+    from shine_jax.train.loop import scratch_model_config
+    from tests.train_utils import small_config
+
+    BaseModel.random(scratch_model_config(small_config("base_pretrain"), 96), seed=1).save(tmp_path / "one_host")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    module = "tests.multidevice.multihost_stage"
+    port = str(_free_port())
+    workers = [subprocess.Popen([sys.executable, "-m", module, "worker", port, str(i), str(tmp_path)], cwd=REPO,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outs = [w.communicate(timeout=600) for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+    for w, (out, err) in zip(workers, outs):
+        assert w.returncode == 0, err[-3000:]
+    host0, host1 = (dict(l.split()[1:3] for l in out.splitlines() if l.startswith("RESULT ")) for out, _ in outs)
+    assert host0["base_pretrain"] == host1["base_pretrain"] == host0["shared"] == host1["shared"]
+    assert host0["pretrain"] == host1["pretrain"]
+    assert (host0["first_own"], host1["first_own"]) == ("True", "True")
+    assert (host0["first_shared"], host1["first_shared"]) == ("True", "False")
+    # nothing left beside the folders: no markers, no temporary folders or files
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["model"]
+    for host in ("host0", "host1"):
+        for stage in ("base_pretrain", "pretrain"):
+            assert not [p.name for p in (tmp_path / host / stage).iterdir() if p.name.startswith(".")]
+            assert (tmp_path / host / stage / "final").is_dir()
+    check = subprocess.run([sys.executable, "-m", module, "check", str(tmp_path)], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0 and "OK" in check.stdout, check.stderr[-3000:]
+    one_host = next(l.split()[2] for l in check.stdout.splitlines() if l.startswith("RESULT one_host "))
+    assert host0["one_host"] == host1["one_host"] == one_host
+
+
 def test_unreachable_coordinator_times_out_with_a_clear_message():
     code = ("from shine_jax import distributed\n"
             "try:\n    distributed.initialize('localhost:1', 2, 1, timeout_s=3)\n"

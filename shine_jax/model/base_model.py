@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shine_jax import sharding as shd
+from shine_jax import multihost, sharding as shd
 from shine_jax.convert import hf as hfconv
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.decoder import AXES_KEY, Decoder
@@ -95,31 +95,37 @@ class BaseModel:
         nnx.update(self.decoder, self._state)
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> pathlib.Path:
-        """Our own format: ``model.json`` (architecture + original HF config), Orbax params, tokenizer files."""
-        import orbax.checkpoint as ocp
+        """Our own format: ``model.json`` (architecture + original HF config), Orbax params, tokenizer files.
 
+        With several processes (multi-host) every process must call it, each with its own local ``path``: the
+        parameters are gathered and every host gets a complete copy (see ``shine_jax.multihost``)."""
+        state = self._save_state()
+        return multihost.write_on_every_host(path, lambda p: self._write(p, state, overwrite), overwrite)
+
+    def _save_state(self) -> dict:
+        """The parameters to save: as they are with one process, gathered numpy arrays with several."""
+        state = nnx.to_pure_dict(self._state)
+        return multihost.to_host(state) if jax.process_count() > 1 else state
+
+    def _write(self, path: pathlib.Path, state: dict, overwrite: bool) -> None:
         from shine_jax.fileutil import atomic_dir
 
         with atomic_dir(path, overwrite) as tmp:
             (tmp / MODEL_JSON).write_text(json.dumps({"model": self.cfg.to_dict(), "hf_config": self.hf_config,
-                                                      "param_dtype": str(self.params()["embed"].dtype)}, indent=2))
-            with ocp.StandardCheckpointer() as ckptr:
-                ckptr.save(tmp / "params", nnx.to_pure_dict(self._state))
+                                                      "param_dtype": str(state["embed"].dtype)}, indent=2))
+            with multihost.local_checkpointer() as ckptr:
+                ckptr.save(tmp / "params", state)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        return pathlib.Path(path).absolute()
 
     @classmethod
     def load(cls, path: str | os.PathLike, dtype: str | None = None, compute_dtype: str | None = None) -> "BaseModel":
-        import orbax.checkpoint as ocp
-
         path = pathlib.Path(path).absolute()
         if not (path / MODEL_JSON).is_file():
             raise FileNotFoundError(f"{path} has no {MODEL_JSON}; it is not a shine_jax model folder")
         meta = json.loads((path / MODEL_JSON).read_text())
         cfg = ModelConfig.from_dict(meta["model"])
-        with ocp.StandardCheckpointer() as ckptr:
-            params = ckptr.restore(path / "params")
+        params = multihost.restore(path / "params")
         dtype = dtype or meta.get("param_dtype", "float32")
         decoder = build_decoder(cfg, params, param_dtype=dtype, dtype=compute_dtype or dtype)
         return cls(decoder, load_tokenizer_from(path / "tokenizer"), meta.get("hf_config"))

@@ -71,7 +71,14 @@ def resolve_dir(path: str | os.PathLike) -> epath.Path:
 
 def all_finite(tree: Any) -> bool:
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
-    return bool(jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves]))) if leaves else True
+    return bool(_all_finite(leaves)) if leaves else True
+
+
+@jax.jit
+def _all_finite(leaves: list) -> jax.Array:
+    # one program, not one eager reduction per leaf: with several processes on CPU (gloo), many small
+    # collective programs in flight at once could pair up differently on each process and hang
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def abstract_like(tree: Any) -> Any:
@@ -93,6 +100,15 @@ def describe_mismatch(saved: dict, current: dict) -> str:
 
 
 def dump_json(path: pathlib.Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    tmp.replace(path)
+    """Write ``path`` atomically (a temporary file of its own per call: processes sharing a workdir may race)."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=True))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise

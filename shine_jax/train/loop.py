@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from shine_jax import sharding as shd
+from shine_jax import multihost, sharding as shd
 from shine_jax.data import pipelines
 from shine_jax.model.base_model import BaseModel, state_shardings
 from shine_jax.model.config import ModelConfig
@@ -144,7 +144,7 @@ def lm_task(cfg, base: BaseModel, mesh) -> Task:
         return causal_lm_loss(decoder(batch["input_ids"], batch["attention_mask"]), batch["labels"])
 
     def finalize(params, out_dir):
-        base.set_params(jax.tree.map(np.asarray, params))
+        base.set_params(multihost.to_host(params))  # gathers the shards of other hosts too
         base.save(out_dir, overwrite=True)
 
     flops = flops_lib.lm_step_flops(base.cfg, cfg.batch_size, cfg.data.lm_length)
@@ -173,7 +173,7 @@ def shine_task(cfg, base: BaseModel, mesh, workdir: pathlib.Path) -> Task:
         return shine_loss(nnx.merge(dgraph, frozen), nnx.merge(hgraph, params), batch)
 
     def finalize(params, out_dir):
-        shine.set_hyper_params(jax.tree.map(np.asarray, params))
+        shine.set_hyper_params(multihost.to_host(params))
         shine.save(out_dir, overwrite=True)
 
     freeze_meta = hcfg.extra_metalora_rank > 0
