@@ -38,6 +38,8 @@ def main() -> None:
     p.add_argument("--scale", type=float, default=1e-2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--mem-init-std", type=float, default=0.0)
+    p.add_argument("--token-pe-std", type=float, default=0.0,
+                   help="> 0: start the M2P token position embeddings from N(0, std) instead of the official zeros")
     p.add_argument("--evidence", type=int, default=128)
     p.add_argument("--oracle", action="store_true",
                    help="sanity check: the evidence is only the answer of one question, which is then asked")
@@ -59,6 +61,9 @@ def main() -> None:
     params = nnx.to_pure_dict(shine._hstate)
     if a.mem_init_std > 0:
         params["mem_tokens"] = jnp.asarray(np.random.default_rng(0).normal(0, a.mem_init_std, params["mem_tokens"].shape), jnp.float32)
+    if a.token_pe_std > 0:
+        pe = params["m2p"]["token_pe"]
+        params["m2p"]["token_pe"] = jnp.asarray(np.random.default_rng(1).normal(0, a.token_pe_std, pe.shape), jnp.float32)
     dgraph, dstate, hgraph, hstate = base._graphdef, base._state, shine._hgraph, shine._hstate
 
     def hyper(p_):
