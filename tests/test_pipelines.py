@@ -144,3 +144,15 @@ def test_base_pretrain_in_context_examples(tok, records):
 
 def _questions_in_order(text, asked):
     return [qa["question"] for qa in sorted(asked, key=lambda qa: text.index(ws(qa["question"])))]
+
+
+def test_base_pretrain_fact_examples(tok, records):
+    """lm_fact_share=1: the prompt holds only the sentence stating the answer, and one question is asked."""
+    cfg = small_config("base_pretrain", extra=["data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_fact_share=1.0",
+                                                "data.lm_answer_loss=True"]).data
+    rng = np.random.default_rng(0)
+    for rec in records[:8]:
+        ex = pipelines.lm_example(rec, rng, tok, cfg.lm_length, cfg)
+        (answer,) = answers_of(tok, ex["labels"])
+        prompt = visible(tok, ex["input_ids"], ex["attention_mask"]).split("Question:")[0]
+        assert answer in prompt and len(prompt) < len(ws(rec["context"])) / 2

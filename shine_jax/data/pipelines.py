@@ -18,6 +18,7 @@ checkpoints, so a resumed run sees exactly the batches an uninterrupted run woul
 from __future__ import annotations
 
 import functools
+import re
 from typing import Sequence
 
 import grain
@@ -25,6 +26,7 @@ import numpy as np
 
 IGNORE = -100
 SEP = "<|endoftext|>"
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 # ----------------------------------------------------------------------------------------------- tokenising
@@ -128,8 +130,11 @@ def lm_example(record: dict, rng: np.random.Generator, tok, length: int, data_cf
     questions (shuffled) as fit in ``length`` without cutting the document, so most of each sequence's answers are
     copies from the prompt; with ``lm_answer_loss`` QA examples are scored on the answers only (chat labels), so the
     copying signal is not diluted by the unpredictable facts of the bio (those are learnt from the bio examples).
+    A share ``lm_fact_share`` of the in-context examples puts only the sentence that states the answer in the
+    prompt, with one question: the shortest form of reading, a curriculum step towards whole documents.
     """
     mix = tuple(data_cfg.lm_mix) if data_cfg is not None else (0.15, 0.15, 0.70)
+    fact_share = float(data_cfg.get("lm_fact_share", 0.0)) if data_cfg is not None else 0.0
     answer_loss = bool(data_cfg.lm_answer_loss) if data_cfg is not None else False
     max_q = int(data_cfg.lm_questions) if data_cfg is not None else 4
     turns = qa_turns(record)
@@ -142,10 +147,14 @@ def lm_example(record: dict, rng: np.random.Generator, tok, length: int, data_cf
     else:
         n = int(rng.integers(1, min(max_q or len(turns), len(turns)) + 1))
         in_context = u >= mix[0] + mix[1]
+        context = record["context"]
+        if in_context and fact_share > 0 and rng.random() < fact_share:
+            stating = [t for t in SENTENCE_END.split(context) if turns[0][1] in t]
+            context, n = (stating[0], 1) if stating else (context, n)
         while True:
             chosen = turns[:n]
             if in_context:
-                chosen = [(icl_user_text(record["context"], chosen[0][0]), chosen[0][1])] + chosen[1:]
+                chosen = [(icl_user_text(context, chosen[0][0]), chosen[0][1])] + chosen[1:]
             ids, chat_labels = chat_turns(tok, chosen)
             if len(ids) <= length or n == 1:
                 break

@@ -93,6 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.lm_mix = (0.15, 0.15, 0.70)  # base_pretrain: shares of bio / QA without the bio / bio-in-prompt QA
     c.data.lm_questions = 4  # base_pretrain: at most this many QA turns per example (0 = all that fit)
     c.data.lm_answer_loss = False  # base_pretrain: QA examples scored on the answers only
+    c.data.lm_fact_share = 0.0  # base_pretrain: in-context examples with only the answer's sentence as the document
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3
@@ -187,6 +188,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
          "need 0 < comp_keep_min <= comp_keep_max < 1")
     need(len(c.data.lm_mix) == 3 and min(c.data.lm_mix) >= 0 and sum(c.data.lm_mix) > 0, "data.lm_mix",
          f"needs 3 non-negative shares (bio, QA only, in-context QA) with a positive sum, got {tuple(c.data.lm_mix)}")
+    need(0.0 <= c.data.lm_fact_share <= 1.0, "data.lm_fact_share", "must lie in [0, 1]")
     need(c.data.lm_questions >= 0, "data.lm_questions", "must be >= 0 (0 = all that fit)")
     need(c.shine.m2p_type in ("transformer", "linear", "lineargate"), "shine.m2p_type", f"{c.shine.m2p_type!r}")
     need(c.shine.method in ("rl", "rr", "lr", "ll"), "shine.method", f"{c.shine.method!r}")
