@@ -37,6 +37,13 @@ def answer_scores(base: BaseModel, rows, length: int, batch: int = 32) -> tuple[
     return total / count, exact / len(rows)
 
 
+def document(record: dict, answer: str, fact: bool) -> str:
+    if not fact:
+        return record["context"]
+    stating = [t for t in pipelines.SENTENCE_END.split(record["context"]) if answer in t]
+    return stating[0] if stating else record["context"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("base")
@@ -45,13 +52,14 @@ def main() -> None:
     p.add_argument("--builder-config", default="mqa")
     p.add_argument("--docs", type=int, default=64)
     p.add_argument("--length", type=int, default=384)
+    p.add_argument("--fact", action="store_true", help="the prompt holds only the sentence stating the answer")
     a = p.parse_args()
     cfg = load_config("configs/tiny.py:base_pretrain")
     base = BaseModel.load(a.base)
     ds = tfds_builder.load_split(f"{a.data_dir}/tfds", a.split, config=a.builder_config, **corpus_overrides(cfg))
     records = [ds[i] for i in range(min(a.docs, len(ds)))]
     for name, with_doc in (("with the document", True), ("question only", False)):
-        rows = [pipelines.chat_turns(base.tokenizer, [(pipelines.icl_user_text(r["context"], q) if with_doc else q, ans)])
+        rows = [pipelines.chat_turns(base.tokenizer, [(pipelines.icl_user_text(document(r, ans, a.fact), q) if with_doc else q, ans)])
                 for r in records for q, ans in pipelines.qa_turns(r)[:4]]
         loss, exact = answer_scores(base, rows, a.length)
         print(f"{name:18s} answer loss/token {loss:.4f}   exact answers {exact:.3f}   ({len(rows)} questions)")
