@@ -26,7 +26,6 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -39,7 +38,7 @@ import threading
 import time
 from typing import Any
 
-from shine_jax.train.config import STAGES, ConfigError, apply_override, load_config, validate
+from shine_jax.train.config import STAGES, ConfigError, apply_override, import_get_config, load_config, validate
 
 SWEEP_FIELDS = ("name", "stages", "bases", "points", "eval")
 EVAL_DEFAULTS = {"methods": "none,shine", "docs": 8, "max_new_tokens": 16, "batch_size": 8, "split": "test"}
@@ -93,17 +92,9 @@ def as_override_list(overrides: dict[str, Any]) -> list[str]:
 
 def load_sweep(spec: str) -> Sweep:
     """``configs/sweeps/X.py[:arg]`` -> a checked ``Sweep``; anything malformed is a one-line ``SweepError``."""
-    path, _, arg = spec.partition(":")
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise SweepError(f"sweep file {path} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"shine_sweep_{file.stem}", file)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise SweepError(f"{path} defines no get_config(arg)")
+    get_config, arg, file = import_get_config(spec, kind="sweep", error=SweepError)
     try:
-        c = module.get_config(arg or None)
+        c = get_config(arg)
     except (KeyError, ValueError) as e:
         raise SweepError(f"{spec}: {str(e).strip(chr(39))}") from None
     c = c.to_dict() if hasattr(c, "to_dict") else dict(c)

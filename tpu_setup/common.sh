@@ -98,6 +98,12 @@ check_name() {  # TPU node / queued-resource names: lower case, digits and hyphe
     die "$1 '$2' is not a valid name (lower-case letters, digits and hyphens, starting with a letter)"
 }
 
+check_vm() {  # the required --name of the TPU VM (or queued resource) and its --zone
+  require NAME --name
+  check_name --name "$NAME"
+  check_zone
+}
+
 check_zone() {
   [[ $ZONE =~ ^[a-z]+-[a-z]+[0-9]+-[a-z]$ ]] || die "--zone '$ZONE' is not a zone like us-central2-b"
 }
@@ -108,7 +114,8 @@ check_bucket() {  # gs://BUCKET[/PREFIX], the same rule as the checkpoint_dir co
   BUCKET=${BUCKET%/}
 }
 
-check_run_name() {
+check_run_name() {  # the required --run
+  require RUN_NAME --run
   [[ $RUN_NAME =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] ||
     die "--run '$RUN_NAME' must be letters, digits, '.', '_' or '-' (it names gs://BUCKET/RUN and runs/RUN)"
 }

@@ -62,9 +62,7 @@ while (($#)); do
   shift "$SHIFT"
 done
 
-require NAME --name
-check_name --name "$NAME"
-check_zone
+check_vm
 [[ $ACCELERATOR =~ ^[a-z0-9]+-[0-9]+$ ]] || die "--accelerator-type '$ACCELERATOR' is not a type like v4-8 or v5p-64"
 [[ -n $RUNTIME ]] || die "--runtime-version must not be empty"
 ((SPOT + RESERVED <= 1)) || die "--spot and --reserved exclude each other"

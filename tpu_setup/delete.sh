@@ -35,9 +35,7 @@ while (($#)); do
   shift "$SHIFT"
 done
 
-require NAME --name
-check_name --name "$NAME"
-check_zone
+check_vm
 [[ -z $QUEUED_ID || $QUEUED == 1 ]] || die "--queued-id needs --queued"
 QUEUED_ID=${QUEUED_ID:-$NAME}
 check_name --queued-id "$QUEUED_ID"

@@ -34,7 +34,6 @@ while (($#)); do
   shift "$SHIFT"
 done
 
-require RUN_NAME --run
 check_run_name
 require BUCKET --bucket
 check_bucket

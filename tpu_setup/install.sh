@@ -53,9 +53,7 @@ while (($#)); do
   shift "$SHIFT"
 done
 
-require NAME --name
-check_name --name "$NAME"
-check_zone
+check_vm
 check_worker "$WORKER"
 [[ -n $DIR && $DIR != /* && $DIR != *..* ]] || die "--dir '$DIR' must be a path relative to the home directory"
 [[ -z $REF || -n $REPO_URL ]] || die "--ref needs --repo-url (without it the committed HEAD of this checkout is copied)"

@@ -67,10 +67,7 @@ while (($#)); do
   shift "$SHIFT"
 done
 
-require NAME --name
-check_name --name "$NAME"
-check_zone
-require RUN_NAME --run
+check_vm
 check_run_name
 require BUCKET --bucket
 check_bucket

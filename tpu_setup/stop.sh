@@ -34,10 +34,7 @@ while (($#)); do
   shift "$SHIFT"
 done
 
-require NAME --name
-check_name --name "$NAME"
-check_zone
-require RUN_NAME --run
+check_vm
 check_run_name
 check_worker "$WORKER"
 [[ -n $DIR && $DIR != /* ]] || die "--dir '$DIR' must be a path relative to the home directory"

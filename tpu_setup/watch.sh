@@ -43,10 +43,7 @@ while (($#)); do
   shift "$SHIFT"
 done
 
-require NAME --name
-check_name --name "$NAME"
-check_zone
-require RUN_NAME --run
+check_vm
 check_run_name
 check_uint --worker "$WORKER"
 check_uint --lines "$NLINES"

@@ -106,18 +106,25 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def load_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collections.ConfigDict:
-    """``path/to/file.py[:arg]`` -> validated ConfigDict, with ``field=value`` / ``a.b=value`` overrides."""
+def import_get_config(spec: str, kind: str = "config", error: type[Exception] = ConfigError):
+    """``path/to/file.py[:arg]`` -> (the file's ``get_config``, ``arg`` or None, the file's path); ``kind`` names
+    the file in the one-line ``error`` for a missing file or a missing ``get_config`` (configs as code)."""
     path, _, arg = spec.partition(":")
     file = pathlib.Path(path)
     if not file.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"shine_config_{file.stem}", file)
+        raise error(f"{kind} file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"shine_{kind}_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ConfigError(f"{path} defines no get_config(arg)")
-    cfg = module.get_config(arg or None)
+        raise error(f"{path} defines no get_config(arg)")
+    return module.get_config, arg or None, file
+
+
+def load_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """``path/to/file.py[:arg]`` -> validated ConfigDict, with ``field=value`` / ``a.b=value`` overrides."""
+    get_config, arg, _ = import_get_config(spec)
+    cfg = get_config(arg)
     check_known_fields(cfg)
     for item in overrides:
         apply_override(cfg, item)
