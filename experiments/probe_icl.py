@@ -40,8 +40,7 @@ def answer_scores(base: BaseModel, rows, length: int, batch: int = 32) -> tuple[
 def document(record: dict, answer: str, fact: bool) -> str:
     if not fact:
         return record["context"]
-    stating = [t for t in pipelines.SENTENCE_END.split(record["context"]) if answer in t]
-    return stating[0] if stating else record["context"]
+    return pipelines.stating_sentence(record["context"], answer) or record["context"]
 
 
 def main() -> None:

@@ -123,7 +123,7 @@ def test_base_pretrain_in_context_examples(tok, records):
     rng = np.random.default_rng(0)
     intact = 0
     for rec in records[:8]:
-        ex = pipelines.lm_example(rec, rng, tok, cfg.lm_length, cfg)
+        ex = pipelines.lm_example(rec, rng, tok, cfg)
         text = visible(tok, ex["input_ids"], ex["attention_mask"])
         one_question = max(len(pipelines.chat_turns(tok, [(pipelines.icl_user_text(rec["context"], q), a)])[0])
                            for q, a in pipelines.qa_turns(rec))
@@ -138,7 +138,7 @@ def test_base_pretrain_in_context_examples(tok, records):
     assert intact >= 3
     # "all that fit": some document gets more than the default 4 questions
     counts = [sum(ws(qa["question"]) in visible(tok, *(lambda e: (e["input_ids"], e["attention_mask"]))(
-        pipelines.lm_example(r, rng, tok, cfg.lm_length, cfg))) for qa in r["qa"]) for r in records[:8]]
+        pipelines.lm_example(r, rng, tok, cfg))) for qa in r["qa"]) for r in records[:8]]
     assert max(counts) > 4
 
 
@@ -152,7 +152,7 @@ def test_base_pretrain_fact_examples(tok, records):
                                                 "data.lm_answer_loss=True"]).data
     rng = np.random.default_rng(0)
     for rec in records[:8]:
-        ex = pipelines.lm_example(rec, rng, tok, cfg.lm_length, cfg)
+        ex = pipelines.lm_example(rec, rng, tok, cfg)
         (answer,) = answers_of(tok, ex["labels"])
         prompt = visible(tok, ex["input_ids"], ex["attention_mask"]).split("Question:")[0]
         assert answer in prompt and len(prompt) < len(ws(rec["context"])) / 2

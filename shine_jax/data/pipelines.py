@@ -123,20 +123,22 @@ def pack_groups(lengths: Sequence[int], budget: int) -> list[list[int]]:
     return groups
 
 
-def lm_example(record: dict, rng: np.random.Generator, tok, length: int, data_cfg=None) -> dict[str, np.ndarray]:
+def stating_sentence(context: str, answer: str) -> str | None:
+    """The first sentence of ``context`` that contains ``answer`` (None if no sentence does)."""
+    return next((t for t in SENTENCE_END.split(context) if answer in t), None)
+
+
+def lm_example(record: dict, rng: np.random.Generator, tok, data_cfg) -> dict[str, np.ndarray]:
     """Base-model pretraining text: bio, QA without the bio, or the bio in the prompt followed by QA turns (chat).
 
     The mix is ``data_cfg.lm_mix`` (bio, QA only, in-context QA). In-context examples ask as many of the document's
-    questions (shuffled) as fit in ``length`` without cutting the document, so most of each sequence's answers are
+    questions (shuffled) as fit in ``lm_length`` without cutting the document, so most of each sequence's answers are
     copies from the prompt; with ``lm_answer_loss`` QA examples are scored on the answers only (chat labels), so the
     copying signal is not diluted by the unpredictable facts of the bio (those are learnt from the bio examples).
     A share ``lm_fact_share`` of the in-context examples puts only the sentence that states the answer in the
     prompt, with one question: the shortest form of reading, a curriculum step towards whole documents.
     """
-    mix = tuple(data_cfg.lm_mix) if data_cfg is not None else (0.15, 0.15, 0.70)
-    fact_share = float(data_cfg.get("lm_fact_share", 0.0)) if data_cfg is not None else 0.0
-    answer_loss = bool(data_cfg.lm_answer_loss) if data_cfg is not None else False
-    max_q = int(data_cfg.lm_questions) if data_cfg is not None else 4
+    mix, length, max_q = tuple(data_cfg.lm_mix), data_cfg.lm_length, data_cfg.lm_questions
     turns = qa_turns(record)
     order = rng.permutation(len(turns))
     turns = [turns[i] for i in order]
@@ -148,9 +150,10 @@ def lm_example(record: dict, rng: np.random.Generator, tok, length: int, data_cf
         n = int(rng.integers(1, min(max_q or len(turns), len(turns)) + 1))
         in_context = u >= mix[0] + mix[1]
         context = record["context"]
-        if in_context and fact_share > 0 and rng.random() < fact_share:
-            stating = [t for t in SENTENCE_END.split(context) if turns[0][1] in t]
-            context, n = (stating[0], 1) if stating else (context, n)
+        if in_context and data_cfg.lm_fact_share > 0 and rng.random() < data_cfg.lm_fact_share:
+            sentence = stating_sentence(context, turns[0][1])
+            if sentence is not None:
+                context, n = sentence, 1
         while True:
             chosen = turns[:n]
             if in_context:
@@ -159,7 +162,7 @@ def lm_example(record: dict, rng: np.random.Generator, tok, length: int, data_cf
             if len(ids) <= length or n == 1:
                 break
             n = max(1, n * length // len(ids))  # drop questions rather than the start of the document
-        labels = chat_labels if answer_loss else ids
+        labels = chat_labels if data_cfg.lm_answer_loss else ids
     out = left_pad(ids[-length:], length, tok.pad_token_id, labels[-length:])
     return {"input_ids": out["ids"], "attention_mask": out["mask"], "labels": out["labels"]}
 
@@ -181,7 +184,7 @@ def stage_dataset(stage: str, records: Sequence[dict], tok, data_cfg, seed: int,
         ds = grain.MapDataset.source([[texts[i] for i in g] for g in groups])
         fn = functools.partial(_pretrain_map, tok=tok, data_cfg=data_cfg)
     elif stage == "base_pretrain":
-        fn = functools.partial(_lm_map, tok=tok, length=data_cfg.lm_length, data_cfg=data_cfg)
+        fn = functools.partial(_lm_map, tok=tok, data_cfg=data_cfg)
     elif stage in ("ift_mqa", "ift_1qa"):
         if stage == "ift_1qa":
             from shine_jax.data.corpus import to_single_qa
@@ -199,8 +202,8 @@ def _pretrain_map(texts, rng, *, tok, data_cfg):
     return pretrain_example(texts, rng, tok, data_cfg)
 
 
-def _lm_map(record, rng, *, tok, length, data_cfg):
-    return lm_example(record, rng, tok, length, data_cfg)
+def _lm_map(record, rng, *, tok, data_cfg):
+    return lm_example(record, rng, tok, data_cfg)
 
 
 def _ift_map(record, rng, *, tok, data_cfg, pool):
