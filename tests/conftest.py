@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -18,6 +19,11 @@ FIXTURES = pathlib.Path(os.environ.get("SHINE_JAX_FIXTURES", REPO / "tests" / "f
 
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, max_position_embeddings=128, rms_norm_eps=1e-6)
+
+
+def ws(text: str) -> str:
+    """Text as the tiny tokenizer decodes it, compared up to whitespace: single spaces, special tokens apart."""
+    return " ".join(re.sub(r"(<\|\w+\|>)", r" \1 ", text).split())
 
 
 def max_rel_err(ours, ref, where=None) -> float:

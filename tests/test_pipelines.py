@@ -1,12 +1,11 @@
 """The Grain stage pipelines: labels only on answers, RECON/COMP, packing, distractors, determinism, sharding."""
 
-import re
-
 import numpy as np
 import pytest
 
 from shine_jax.data import corpus, pipelines
 from shine_jax.data.tokenizer import tiny_tokenizer
+from tests.conftest import ws
 from tests.train_utils import small_config
 
 
@@ -18,11 +17,6 @@ def tok(tmp_path_factory):
 @pytest.fixture(scope="module")
 def records():
     return corpus.build_corpus(0, num_people=300, docs_per_split={"train": 40, "validation": 0, "test": 0})["train"]
-
-
-def ws(text):
-    """The tiny tokenizer decodes words with single spaces (see shine_jax/data/tokenizer.py): compare that way."""
-    return " ".join(re.sub(r"(<\|\w+\|>)", r" \1 ", text).split())
 
 
 def visible(tok, ids, mask):
