@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from shine_jax.train import checkpoint as ckpt
 from shine_jax.train import optimizer as optim
@@ -98,9 +99,8 @@ def test_bf16_compute_and_remat_match_float32():
         cfg = small_config("pretrain", 4, extra)
         base = BaseModel.random(loop.scratch_model_config(cfg, 96), seed=0)
         base.decoder.dtype = jnp.bfloat16 if name == "bf16" else jnp.float32
-        base.decoder.remat = cfg.model.remat
-        import flax.nnx as nnx
-        base._graphdef, base._state = nnx.split(base.decoder)
+        base.set_remat(cfg.model.remat)  # also re-splits the graph with the dtype set above
+        assert nnx.merge(base._graphdef, base._state).remat == cfg.model.remat  # reaches the jitted functions
         task = loop.shine_task(cfg, base, make_mesh((1, 1, 1)), workdir=None)
         b, tc, tq = 2, cfg.data.context_length, cfg.data.conversation_length
         r = np.random.default_rng(0)

@@ -90,6 +90,14 @@ class BaseModel:
         """Parameters as a nested dict of numpy arrays (the layout ``hf_to_params`` produces)."""
         return jax.tree.map(np.asarray, nnx.to_pure_dict(self._state))
 
+    def set_remat(self, remat: bool) -> None:
+        """Rematerialise the layer scan in the backward pass (same numbers, less memory). ``remat`` is a static
+        attribute of the decoder, so the graph is split again (setting the attribute alone would not reach the
+        jitted functions, which merge ``_graphdef``)."""
+        self.decoder.remat = remat
+        nnx.update(self.decoder, self._state)
+        self._graphdef, self._state = nnx.split(self.decoder)
+
     def set_params(self, params: dict) -> None:
         nnx.replace_by_pure_dict(self._state, params)
         nnx.update(self.decoder, self._state)

@@ -98,7 +98,7 @@ def load_base(cfg, workdir: pathlib.Path) -> BaseModel:
         else:
             hf_dir = m.hf_dir
         base = with_shine_tokens(BaseModel.from_hf(hf_dir, compute_dtype=m.compute_dtype))
-    base.decoder.remat = m.remat
+    base.set_remat(m.remat)
     return base
 
 
