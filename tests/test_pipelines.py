@@ -150,3 +150,34 @@ def test_base_pretrain_fact_examples(tok, records):
         (answer,) = answers_of(tok, ex["labels"])
         prompt = visible(tok, ex["input_ids"], ex["attention_mask"]).split("Question:")[0]
         assert answer in prompt and len(prompt) < len(ws(rec["context"])) / 2
+
+
+def test_packed_base_pretrain_rows(tok, records):
+    """lm_pack: a training row holds several whole examples back to back (first fit), far less padding than one
+    example per row, labels aligned with their own example; validation rows stay one example each."""
+    extra = ["data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_fact_share=0.7", "data.lm_answer_loss=True",
+             "data.lm_length=192", "data.lm_questions=0"]
+    packed_cfg = small_config("base_pretrain", extra=extra + ["data.lm_pack=True"]).data
+    single_cfg = small_config("base_pretrain", extra=extra).data
+    train = pipelines.stage_dataset("base_pretrain", records, tok, packed_cfg, seed=0)
+    rows = [train[i] for i in range(8)]
+    singles = [pipelines.lm_example(r, np.random.default_rng(i), tok, single_cfg) for i, r in enumerate(records[:24])]
+    fill = lambda exs: np.mean([e["attention_mask"].sum() for e in exs])  # noqa: E731
+    assert fill(rows) > 1.3 * fill(singles) and fill(rows) <= 192
+    turn_counts = []
+    for row in rows:
+        text = visible(tok, row["input_ids"], row["attention_mask"])
+        turns = text.count("<|im_start|> assistant")
+        turn_counts.append(turns)
+        # every labelled answer is the answer to a question asked in the same row, in order
+        labelled = answers_of(tok, row["labels"])
+        assert len(labelled) == turns
+        asked = [(ws(qa["question"]), qa["answers"][0]) for r in records for qa in r["qa"]]
+        for answer, chunk in zip(labelled, text.split("<|im_start|> assistant")[:-1]):
+            question = chunk.rsplit("<|im_start|> user", 1)[-1]
+            assert any(q in question and a == answer for q, a in asked)
+    assert np.mean(turn_counts) >= 2  # several examples share a row (a long document may fill one alone)
+    assert np.array_equal(train[3]["input_ids"], pipelines.stage_dataset("base_pretrain", records, tok, packed_cfg,
+                                                                         seed=0)[3]["input_ids"])  # deterministic
+    val = pipelines.stage_dataset("base_pretrain", records, tok, packed_cfg, seed=0, repeat=False)
+    assert len(val) == len(records)  # one example per validation row: val loss stays comparable

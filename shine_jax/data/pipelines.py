@@ -27,6 +27,8 @@ import numpy as np
 IGNORE = -100
 SEP = "<|endoftext|>"
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+LM_PACK_CANDIDATES = 12  # records offered to one packed base-pretraining row
+LM_PACK_MIN_ROOM = 24  # a row with less room left is full (the shortest examples are ~25 tokens)
 
 
 # ----------------------------------------------------------------------------------------------- tokenising
@@ -128,8 +130,9 @@ def stating_sentence(context: str, answer: str) -> str | None:
     return next((t for t in SENTENCE_END.split(context) if answer in t), None)
 
 
-def lm_example(record: dict, rng: np.random.Generator, tok, data_cfg) -> dict[str, np.ndarray]:
-    """Base-model pretraining text: bio, QA without the bio, or the bio in the prompt followed by QA turns (chat).
+def lm_sequence(record: dict, rng: np.random.Generator, tok, data_cfg) -> tuple[list[int], list[int]]:
+    """One base-model pretraining text (unpadded ids, labels): bio, QA without the bio, or the bio in the prompt
+    followed by QA turns (chat).
 
     The mix is ``data_cfg.lm_mix`` (bio, QA only, in-context QA). In-context examples ask as many of the document's
     questions (shuffled) as fit in ``lm_length`` without cutting the document, so most of each sequence's answers are
@@ -145,24 +148,50 @@ def lm_example(record: dict, rng: np.random.Generator, tok, data_cfg) -> dict[st
     u = rng.random() * sum(mix)
     if u < mix[0]:
         ids = encode_text(tok, record["context"]) + [tok.eos_token_id]
-        labels = ids
-    else:
-        n = int(rng.integers(1, min(max_q or len(turns), len(turns)) + 1))
-        in_context = u >= mix[0] + mix[1]
-        context = record["context"]
-        if in_context and data_cfg.lm_fact_share > 0 and rng.random() < data_cfg.lm_fact_share:
-            sentence = stating_sentence(context, turns[0][1])
-            if sentence is not None:
-                context, n = sentence, 1
-        while True:
-            chosen = turns[:n]
-            if in_context:
-                chosen = [(icl_user_text(context, chosen[0][0]), chosen[0][1])] + chosen[1:]
-            ids, chat_labels = chat_turns(tok, chosen)
-            if len(ids) <= length or n == 1:
-                break
-            n = max(1, n * length // len(ids))  # drop questions rather than the start of the document
-        labels = chat_labels if data_cfg.lm_answer_loss else ids
+        return ids, ids
+    n = int(rng.integers(1, min(max_q or len(turns), len(turns)) + 1))
+    in_context = u >= mix[0] + mix[1]
+    context = record["context"]
+    if in_context and data_cfg.lm_fact_share > 0 and rng.random() < data_cfg.lm_fact_share:
+        sentence = stating_sentence(context, turns[0][1])
+        if sentence is not None:
+            context, n = sentence, 1
+    while True:
+        chosen = turns[:n]
+        if in_context:
+            chosen = [(icl_user_text(context, chosen[0][0]), chosen[0][1])] + chosen[1:]
+        ids, chat_labels = chat_turns(tok, chosen)
+        if len(ids) <= length or n == 1:
+            break
+        n = max(1, n * length // len(ids))  # drop questions rather than the start of the document
+    return ids, (chat_labels if data_cfg.lm_answer_loss else ids)
+
+
+def lm_example(record: dict, rng: np.random.Generator, tok, data_cfg) -> dict[str, np.ndarray]:
+    """One ``lm_sequence`` per row, left-padded to ``lm_length`` (a longer one keeps its end)."""
+    ids, labels = lm_sequence(record, rng, tok, data_cfg)
+    length = data_cfg.lm_length
+    out = left_pad(ids[-length:], length, tok.pad_token_id, labels[-length:])
+    return {"input_ids": out["ids"], "attention_mask": out["mask"], "labels": out["labels"]}
+
+
+def packed_lm_example(records: Sequence[dict], rng: np.random.Generator, tok, data_cfg) -> dict[str, np.ndarray]:
+    """Several ``lm_sequence``s from ``records`` back to back in one row of ``lm_length`` (``data.lm_pack``).
+
+    Short examples (a fact sentence and its question are ~30 tokens) would otherwise be mostly padding. As in
+    GPT-style packing there is no attention mask between the examples of a row: every example starts with its own
+    chat or text marker, and an earlier example only adds unrelated people before the current one.
+    """
+    length = data_cfg.lm_length
+    ids: list[int] = []
+    labels: list[int] = []
+    for record in records:
+        if length - len(ids) < LM_PACK_MIN_ROOM:
+            break
+        seq, lab = lm_sequence(record, rng, tok, data_cfg)
+        if ids and len(ids) + len(seq) > length:
+            continue  # first fit: a later, shorter example may still fill the rest
+        ids, labels = ids + seq, labels + lab
     out = left_pad(ids[-length:], length, tok.pad_token_id, labels[-length:])
     return {"input_ids": out["ids"], "attention_mask": out["mask"], "labels": out["labels"]}
 
@@ -185,6 +214,10 @@ def stage_dataset(stage: str, records: Sequence[dict], tok, data_cfg, seed: int,
         fn = functools.partial(_pretrain_map, tok=tok, data_cfg=data_cfg)
     elif stage == "base_pretrain":
         fn = functools.partial(_lm_map, tok=tok, data_cfg=data_cfg)
+        if data_cfg.lm_pack and repeat:  # training stream only: validation rows stay one example each
+            ds = ds[shard_index::shard_count].shuffle(seed=seed).repeat(None)
+            ds = ds.batch(LM_PACK_CANDIDATES, batch_fn=list)  # the records offered to one row
+            return ds.random_map(functools.partial(_packed_lm_map, tok=tok, data_cfg=data_cfg), seed=seed + 1)
     elif stage in ("ift_mqa", "ift_1qa"):
         if stage == "ift_1qa":
             from shine_jax.data.corpus import to_single_qa
@@ -204,6 +237,10 @@ def _pretrain_map(texts, rng, *, tok, data_cfg):
 
 def _lm_map(record, rng, *, tok, data_cfg):
     return lm_example(record, rng, tok, data_cfg)
+
+
+def _packed_lm_map(records, rng, *, tok, data_cfg):
+    return packed_lm_example(records, rng, tok, data_cfg)
 
 
 def _ift_map(record, rng, *, tok, data_cfg, pool):

@@ -93,6 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.lm_mix = (0.15, 0.15, 0.70)  # base_pretrain: shares of bio / QA without the bio / bio-in-prompt QA
     c.data.lm_questions = 4  # base_pretrain: at most this many QA turns per example (0 = all that fit)
     c.data.lm_answer_loss = False  # base_pretrain: QA examples scored on the answers only
+    c.data.lm_pack = False  # base_pretrain: several examples per row (no padding between them)
     c.data.lm_fact_share = 0.0  # base_pretrain: in-context examples with only the answer's sentence as the document
 
     c.optim = ml_collections.ConfigDict()
