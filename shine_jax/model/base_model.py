@@ -296,14 +296,18 @@ def _generate_fn(graphdef, state, ids, mask, loras, key, temperature, top_p, eos
     cache = model.init_cache(b, t + max_new_tokens)
     logits, cache = model.extend(cache, ids, mask, loras)
 
-    def step(carry, step_key):
-        logits, cache, done = carry
-        tok = sample_token(logits, step_key, temperature, top_p)
+    keys = jax.random.split(key, max_new_tokens)
+
+    def step(carry):  # one new token per row; finished rows get pad and are masked out of the cache
+        i, logits, cache, done, out = carry
+        tok = sample_token(logits, keys[i], temperature, top_p)
         tok = jnp.where(done, pad, tok)
+        out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, i))
         new_done = done | jnp.isin(tok, eos)
         logits, cache = model.extend(cache, tok[:, None], (~done)[:, None].astype(jnp.int32), loras)
-        return (logits, cache, new_done), tok
+        return i + 1, logits, cache, new_done, out
 
-    keys = jax.random.split(key, max_new_tokens)
-    _, toks = jax.lax.scan(step, (logits, cache, jnp.zeros((b,), bool)), keys)
-    return toks.T
+    # a while loop, not a scan: generation stops as soon as every row has ended (short answers end early)
+    init = (jnp.int32(0), logits, cache, jnp.zeros((b,), bool), jnp.full((b, max_new_tokens), pad, jnp.int32))
+    _, _, _, _, out = jax.lax.while_loop(lambda c: (c[0] < max_new_tokens) & ~jnp.all(c[3]), step, init)
+    return out
