@@ -152,6 +152,26 @@ def test_base_pretrain_fact_examples(tok, records):
         assert answer in prompt and len(prompt) < len(ws(rec["context"])) / 2
 
 
+def test_base_pretrain_person_examples(tok, records):
+    """lm_person_share=1: the prompt holds only the asked person's paragraph, and only their questions follow."""
+    cfg = small_config("base_pretrain", extra=["data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_person_share=1.0",
+                                                "data.lm_answer_loss=True", "data.lm_length=384"]).data
+    rng = np.random.default_rng(0)
+    several = 0
+    for rec in [r for r in records if "\n\n" in r["context"]][:8]:
+        ex = pipelines.lm_example(rec, rng, tok, cfg)
+        text = visible(tok, ex["input_ids"], ex["attention_mask"])
+        prompt = text.split("Question:")[0]
+        paragraphs = [ws(p) for p in rec["context"].split("\n\n")]
+        (paragraph,) = [p for p in paragraphs if p in prompt]  # exactly one person's bio
+        answers = answers_of(tok, ex["labels"])
+        assert answers and all(a in paragraph for a in answers)
+        several += len(answers) > 1
+    assert several >= 2
+    with pytest.raises(Exception, match="lm_person_share"):
+        small_config("base_pretrain", extra=["data.lm_fact_share=0.7", "data.lm_person_share=0.5"])
+
+
 def test_packed_base_pretrain_rows(tok, records):
     """lm_pack: a training row holds several whole examples back to back (first fit), far less padding than one
     example per row, labels aligned with their own example; validation rows stay one example each."""

@@ -130,6 +130,11 @@ def stating_sentence(context: str, answer: str) -> str | None:
     return next((t for t in SENTENCE_END.split(context) if answer in t), None)
 
 
+def stating_paragraph(context: str, answer: str) -> str | None:
+    """The first paragraph (blank-line separated; one person's bio) of ``context`` that contains ``answer``."""
+    return next((t for t in context.split("\n\n") if answer in t), None)
+
+
 def lm_sequence(record: dict, rng: np.random.Generator, tok, data_cfg) -> tuple[list[int], list[int]]:
     """One base-model pretraining text (unpadded ids, labels): bio, QA without the bio, or the bio in the prompt
     followed by QA turns (chat).
@@ -139,7 +144,9 @@ def lm_sequence(record: dict, rng: np.random.Generator, tok, data_cfg) -> tuple[
     copies from the prompt; with ``lm_answer_loss`` QA examples are scored on the answers only (chat labels), so the
     copying signal is not diluted by the unpredictable facts of the bio (those are learnt from the bio examples).
     A share ``lm_fact_share`` of the in-context examples puts only the sentence that states the answer in the
-    prompt, with one question: the shortest form of reading, a curriculum step towards whole documents.
+    prompt, with one question: the shortest form of reading, a curriculum step towards whole documents. A share
+    ``lm_person_share`` puts only the paragraph of the person asked about, with that person's questions: the
+    next step (find the right sentence), before whole documents (also find the right person).
     """
     mix, length, max_q = tuple(data_cfg.lm_mix), data_cfg.lm_length, data_cfg.lm_questions
     turns = qa_turns(record)
@@ -152,10 +159,18 @@ def lm_sequence(record: dict, rng: np.random.Generator, tok, data_cfg) -> tuple[
     n = int(rng.integers(1, min(max_q or len(turns), len(turns)) + 1))
     in_context = u >= mix[0] + mix[1]
     context = record["context"]
-    if in_context and data_cfg.lm_fact_share > 0 and rng.random() < data_cfg.lm_fact_share:
+    fact, person = data_cfg.lm_fact_share, data_cfg.lm_person_share
+    v = rng.random() if in_context and (fact > 0 or person > 0) else 1.0
+    if v < fact:
         sentence = stating_sentence(context, turns[0][1])
         if sentence is not None:
             context, n = sentence, 1
+    elif v < fact + person:
+        paragraph = stating_paragraph(context, turns[0][1])
+        if paragraph is not None:
+            context = paragraph
+            turns = [t for t in turns if t[1] in paragraph]  # this person's questions, the first one kept first
+            n = min(n, len(turns))
     while True:
         chosen = turns[:n]
         if in_context:

@@ -95,6 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.lm_answer_loss = False  # base_pretrain: QA examples scored on the answers only
     c.data.lm_pack = False  # base_pretrain: several examples per row (no padding between them)
     c.data.lm_fact_share = 0.0  # base_pretrain: in-context examples with only the answer's sentence as the document
+    c.data.lm_person_share = 0.0  # base_pretrain: in-context examples with only the asked person's paragraph
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3
@@ -197,6 +198,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     need(len(c.data.lm_mix) == 3 and min(c.data.lm_mix) >= 0 and sum(c.data.lm_mix) > 0, "data.lm_mix",
          f"needs 3 non-negative shares (bio, QA only, in-context QA) with a positive sum, got {tuple(c.data.lm_mix)}")
     need(0.0 <= c.data.lm_fact_share <= 1.0, "data.lm_fact_share", "must lie in [0, 1]")
+    need(0.0 <= c.data.lm_person_share <= 1.0 - c.data.lm_fact_share, "data.lm_person_share",
+         f"must lie in [0, 1 - lm_fact_share] = [0, {1.0 - c.data.lm_fact_share:g}]")
     need(c.data.lm_questions >= 0, "data.lm_questions", "must be >= 0 (0 = all that fit)")
     need(c.shine.m2p_type in ("transformer", "linear", "lineargate"), "shine.m2p_type", f"{c.shine.m2p_type!r}")
     need(c.shine.method in ("rl", "rr", "lr", "ll"), "shine.method", f"{c.shine.method!r}")
