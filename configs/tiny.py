@@ -22,12 +22,16 @@ def get_config(arg=None):
     c.checkpoint_every = 100
     # (steps, batch, lr, warmup, evidence length, conversation length); a RECON answer is the whole evidence
     stage = {
-        "base_pretrain": (600, 16, 3e-3, 50, 256, 256),
+        "base_pretrain": (1000, 16, 3e-3, 50, 256, 256),
         "pretrain": (200, 8, 1e-3, 20, 256, 272),
         "ift_mqa": (400, 8, 1e-3, 20, 320, 160),
         "ift_1qa": (150, 16, 5e-4, 15, 320, 32),
     }[c.stage]
     c.steps, c.batch_size, c.optim.lr, c.optim.warmup_steps = stage[:4]
     c.data.context_length, c.data.conversation_length = stage[4:]
-    c.data.lm_length = 256
+    # base_pretrain: a reading curriculum, packed. 60 % of the in-context examples show only the sentence that states
+    # the answer, so copying from the prompt is learnt within the CPU budget; answers are the only QA targets and
+    # several examples share a row (experiments/results/tiny_learning_probes.md has the probes behind this).
+    c.data.lm_length, c.data.lm_pack, c.data.lm_questions = 192, True, 0
+    c.data.lm_answer_loss, c.data.lm_fact_share = True, 0.6
     return c

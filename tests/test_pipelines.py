@@ -113,7 +113,8 @@ def test_determinism_and_process_sharding(tok, records):
 def test_base_pretrain_in_context_examples(tok, records):
     """In-context QA keeps the whole document, asks as many questions as fit, and (optionally) scores answers only."""
     cfg = small_config("base_pretrain", extra=["data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_questions=0",
-                                                "data.lm_answer_loss=True", "data.lm_length=384"]).data
+                                                "data.lm_fact_share=0.0", "data.lm_answer_loss=True",
+                                                "data.lm_length=384"]).data
     rng = np.random.default_rng(0)
     intact = 0
     for rec in records[:8]:
@@ -154,8 +155,9 @@ def test_base_pretrain_fact_examples(tok, records):
 
 def test_base_pretrain_person_examples(tok, records):
     """lm_person_share=1: the prompt holds only the asked person's paragraph, and only their questions follow."""
-    cfg = small_config("base_pretrain", extra=["data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_person_share=1.0",
-                                                "data.lm_answer_loss=True", "data.lm_length=384"]).data
+    cfg = small_config("base_pretrain", extra=["data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_fact_share=0.0",
+                                                "data.lm_person_share=1.0", "data.lm_answer_loss=True",
+                                                "data.lm_length=384"]).data
     rng = np.random.default_rng(0)
     several = 0
     for rec in [r for r in records if "\n\n" in r["context"]][:8]:
