@@ -23,9 +23,9 @@ def get_config(arg=None):
     # (steps, batch, lr, warmup, evidence length, conversation length); a RECON answer is the whole evidence
     stage = {
         "base_pretrain": (1000, 16, 3e-3, 50, 256, 256),
-        "pretrain": (200, 8, 1e-3, 20, 256, 272),
-        "ift_mqa": (400, 8, 1e-3, 20, 320, 160),
-        "ift_1qa": (150, 16, 5e-4, 15, 320, 32),
+        "pretrain": (100, 8, 1e-3, 20, 256, 272),
+        "ift_mqa": (600, 8, 2e-3, 20, 320, 160),
+        "ift_1qa": (40, 16, 1e-3, 5, 320, 32),
     }[c.stage]
     c.steps, c.batch_size, c.optim.lr, c.optim.warmup_steps = stage[:4]
     c.data.context_length, c.data.conversation_length = stage[4:]
