@@ -183,11 +183,9 @@ def lm_sequence(record: dict, rng: np.random.Generator, tok, data_cfg) -> tuple[
 
 
 def lm_example(record: dict, rng: np.random.Generator, tok, data_cfg) -> dict[str, np.ndarray]:
-    """One ``lm_sequence`` per row, left-padded to ``lm_length`` (a longer one keeps its end)."""
-    ids, labels = lm_sequence(record, rng, tok, data_cfg)
-    length = data_cfg.lm_length
-    out = left_pad(ids[-length:], length, tok.pad_token_id, labels[-length:])
-    return {"input_ids": out["ids"], "attention_mask": out["mask"], "labels": out["labels"]}
+    """One ``lm_sequence`` per row, left-padded to ``lm_length`` (a longer one keeps its end): a packed row offered
+    a single record."""
+    return packed_lm_example([record], rng, tok, data_cfg)
 
 
 def packed_lm_example(records: Sequence[dict], rng: np.random.Generator, tok, data_cfg) -> dict[str, np.ndarray]:
