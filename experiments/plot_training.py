@@ -1,6 +1,6 @@
 """Loss curves (train loss and validation loss per stage) and wall times of a training workdir.
 
-    python experiments/plot_training.py WORKDIR [--out experiments/results/tiny_training.png]
+    python experiments/plot_training.py WORKDIR [--out PNG]   (default: WORKDIR/training.png)
 
 Writes the PNG and prints a Markdown table (stage, steps, wall time, initial and final validation loss).
 """
@@ -57,14 +57,15 @@ def table(rows) -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("workdir")
-    p.add_argument("--out", default="experiments/results/tiny_training.png")
+    p.add_argument("--out", default="", help="PNG path (default: WORKDIR/training.png)")
     args = p.parse_args()
     rows = stage_rows(pathlib.Path(args.workdir))
     if not rows:
         raise SystemExit(f"error: {args.workdir} has no finished stage (no <stage>/summary.json)")
-    plot(rows, pathlib.Path(args.out))
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "training.png"
+    plot(rows, out)
     print(table(rows))
-    print(f"\nplot: {args.out}")
+    print(f"\nplot: {out}")
 
 
 if __name__ == "__main__":

@@ -216,45 +216,54 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 def cmd_demo(args) -> None:
-    """The embedded default: bundled data -> tiny base -> SHINE stages -> the four methods on the test split."""
+    """The embedded default: bundled data -> every stage of the config's pipeline (for ``tiny``: base, RECON/COMP
+    pretraining, multi-QA, single-QA) -> none, icl, sft and shine on the first test documents."""
     from shine_jax.data.corpus import write_jsonl
     from shine_jax.data.tfds_builder import load_split
     from shine_jax.eval.harness import evaluate
     from shine_jax.eval.methods import EvalSettings
     from shine_jax.eval.report import markdown_table, write_results
     from shine_jax.shine import Shine
-    from shine_jax.train.config import load_config
+    from shine_jax.train.config import ConfigError, load_config, pipeline_stages, split_stage_overrides
     from shine_jax.train.loop import corpus_overrides, run_stage
 
     workdir = pathlib.Path(args.workdir)
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip()) if args.stages else \
+        pipeline_stages(args.config)
+    if stages[-1] == "base_pretrain":
+        raise ConfigError("the demo evaluates a SHINE stage: --stages must end with pretrain, ift_mqa or ift_1qa")
+    overrides = split_stage_overrides(args.config_overrides, stages)
+    configs = {stage: load_config(f"{args.config}:{stage}", overrides[stage]) for stage in stages}  # all checked first
     t0 = time.time()
     timings = {}
-    for stage in ("base_pretrain", "pretrain", "ift_mqa", "ift_1qa"):
-        cfg = load_config(f"{CONFIGS / 'tiny.py'}:{stage}", args.config_overrides)
+    for stage, cfg in configs.items():
         if (workdir / stage / "final").is_dir():
             print(f"[demo] {stage}: already trained in {workdir / stage / 'final'}")
             continue
         print(f"[demo] training stage {stage} ({cfg.steps} steps)")
         timings[stage] = run_stage(cfg, workdir, progress=not args.no_progress)["wall_s"]
-    cfg = load_config(f"{CONFIGS / 'tiny.py'}:ift_1qa", args.config_overrides)
-    test = load_split(workdir / "data" / "tfds", "test", config=cfg.data.builder_config, **corpus_overrides(cfg))
+    cfg = configs[stages[-1]]
+    data_dir = pathlib.Path(cfg.data.dir) if cfg.data.dir else workdir / "data"
+    test = load_split(data_dir / "tfds", "test", config=cfg.data.builder_config, **corpus_overrides(cfg))
     records = [test[i] for i in range(min(args.docs, len(test)))]
     write_jsonl(records, workdir / "eval" / "test.jsonl")
-    shine = Shine.load(workdir)
-    settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=16, sft_epochs=args.sft_epochs)
-    print(f"[demo] evaluating none, icl, sft, shine on {len(records)} test documents "
+    shine = Shine.load(workdir / stages[-1] / "final")
+    settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                            sft_epochs=args.sft_epochs)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    print(f"[demo] evaluating {', '.join(methods)} on {len(records)} test documents "
           f"({sum(len(r['qa']) for r in records)} questions about people never seen in training)")
     t_eval = time.time()
     with warnings_to_stderr():
-        results = evaluate(shine, records, ["none", "icl", "sft", "shine"], settings,
-                           show_progress=not args.no_progress)
-    results.update(data="bundled test split", train_wall_s=timings, eval_wall_s=time.time() - t_eval,
-                   total_wall_s=time.time() - t0)
+        results = evaluate(shine, records, methods, settings, show_progress=not args.no_progress)
+    results.update(data="bundled test split", config=str(args.config), stages=list(stages), train_wall_s=timings,
+                   eval_wall_s=time.time() - t_eval, total_wall_s=time.time() - t0)
     files = write_results(results, workdir / "eval" / "results.json")
     print(markdown_table(results), end="")
     m = results["methods"]
-    print(f"SHINE F1 = {m['shine']['f1'] / max(m['none']['f1'], 1e-9):.1f}x none, "
-          f"{m['shine']['f1'] / max(m['icl']['f1'], 1e-9):.2f}x icl; total {results['total_wall_s'] / 60:.1f} min")
+    if "shine" in m:
+        ratios = [f"{m['shine']['f1'] / max(m[ref]['f1'], 1e-9):.2f}x {ref}" for ref in ("none", "icl") if ref in m]
+        print(f"SHINE F1 = {', '.join(ratios)}; total {results['total_wall_s'] / 60:.1f} min")
     print(f"results: {files['json']}  table: {files['markdown']}  plot: {files['png']}")
 
 
@@ -353,8 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the embedded default: train the tiny SHINE on CPU and evaluate 4 methods")
     d.add_argument("--workdir", default="workdirs/demo")
+    d.add_argument("--config", default=str(CONFIGS / "tiny.py"),
+                   help="config file whose PIPELINE stages are trained (default: configs/tiny.py)")
+    d.add_argument("--stages", default="", help="comma-separated stages instead of the config's PIPELINE")
+    d.add_argument("--methods", default="none,icl,sft,shine")
     d.add_argument("--docs", type=int, default=32, help="test documents to evaluate")
     d.add_argument("--batch-size", type=int, default=32)
+    d.add_argument("--max-new-tokens", type=int, default=16)
     d.add_argument("--sft-epochs", type=int, default=20)
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=cmd_demo, takes_overrides=True)
@@ -366,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in argv if a.startswith("--config.")]
     args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
     if overrides and not getattr(args, "takes_overrides", False):
-        print(f"error: {overrides[0]} only applies to `shine-jax train`", file=sys.stderr)
+        print(f"error: {overrides[0]} only applies to `shine-jax train`, `plan` and `demo`", file=sys.stderr)
         return 2
     try:
         if args.func is cmd_demo:

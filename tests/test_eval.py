@@ -96,3 +96,29 @@ def test_ask_and_internalize(trained_workdir, test_records, tmp_path, capsys):
     empty.write_text("\n")
     assert cli.main(["ask", "--workdir", str(trained_workdir), "--doc", str(empty), "--question", "q"]) == 2
     assert "is empty" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_reuses_trained_stages_and_writes_the_table(trained_workdir, tmp_path, capsys):
+    import shutil
+
+    from tests.train_utils import SMALL
+
+    wd = tmp_path / "demo"
+    shutil.copytree(trained_workdir, wd)
+    overrides = [f"--config.{o}" for o in SMALL] + ["--config.ift_mqa.steps=20"]
+    assert cli.main(["demo", "--workdir", str(wd), "--docs", "2", "--sft-epochs", "2", "--max-new-tokens", "4",
+                     "--no-progress", *overrides]) == 0
+    out = capsys.readouterr().out
+    for stage in ("base_pretrain", "pretrain", "ift_mqa", "ift_1qa"):
+        assert f"[demo] {stage}: already trained" in out
+    assert "SHINE F1 = " in out and "x none" in out and "x icl" in out
+    results = json.loads((wd / "eval" / "results.json").read_text())
+    assert set(results["methods"]) == set(METHODS) and results["stages"][-1] == "ift_1qa"
+    assert len((wd / "eval" / "test.jsonl").read_text().splitlines()) == 2
+    assert (wd / "eval" / "results.md").is_file() and (wd / "eval" / "results.png").is_file()
+
+    assert cli.main(["demo", "--workdir", str(wd), "--stages", "base_pretrain"]) == 2
+    assert "must end with pretrain" in capsys.readouterr().err
+    assert cli.main(["demo", "--workdir", str(wd), "--config.ift_9qa.steps=2"]) == 2
+    assert "unknown config field 'ift_9qa'" in capsys.readouterr().err

@@ -51,3 +51,31 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
     assert err == "error: unknown config field 'bogus'"
     assert cli.main(["train", "--config", f"{tmp_path}/none.py", "--workdir", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_preset_shapes_are_checked_before_loading_weights():
+    with pytest.raises(ConfigError, match=r"'shine.lora_rank': rank 4 makes the memory-token count 40704/576"):
+        load_config(f"{REPO}/configs/smollm2_135m.py:pretrain", ["shine.lora_rank=4"])
+    with pytest.raises(ConfigError, match="'model.preset'"):
+        load_config(f"{REPO}/configs/smollm2_135m.py:pretrain", ["model.preset='smollm3'"])
+
+
+def test_pipeline_stages_and_per_stage_overrides(tmp_path):
+    from shine_jax.train.config import pipeline_stages, split_stage_overrides
+
+    assert pipeline_stages(TINY) == ("base_pretrain", "pretrain", "ift_mqa", "ift_1qa")
+    assert pipeline_stages(f"{REPO}/configs/smollm2_135m.py") == ("pretrain", "ift_mqa")
+    assert pipeline_stages(f"{REPO}/configs/qwen3_0p6b.py") == ("pretrain", "ift_mqa", "ift_1qa")  # no PIPELINE
+    bad = tmp_path / "bad.py"
+    bad.write_text(TINY_TEXT.replace("PIPELINE = (", "PIPELINE = ('finetune', "))
+    with pytest.raises(ConfigError, match="PIPELINE must list stages"):
+        pipeline_stages(str(bad))
+
+    routed = split_stage_overrides(["--config.ift_mqa.steps=7", "data.dir='d'", "config.pretrain.optim.lr=0.1"],
+                                   ("pretrain", "ift_mqa"))
+    assert routed == {"pretrain": ["data.dir='d'", "optim.lr=0.1"], "ift_mqa": ["steps=7", "data.dir='d'"]}
+    with pytest.raises(ConfigError, match="names stage 'ift_1qa', which this run does not train"):
+        split_stage_overrides(["ift_1qa.steps=3"], ("pretrain", "ift_mqa"))
+
+
+TINY_TEXT = open(TINY).read()

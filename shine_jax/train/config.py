@@ -108,10 +108,8 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def import_get_config(spec: str, kind: str = "config", error: type[Exception] = ConfigError):
-    """``path/to/file.py[:arg]`` -> (the file's ``get_config``, ``arg`` or None, the file's path); ``kind`` names
-    the file in the one-line ``error`` for a missing file or a missing ``get_config`` (configs as code)."""
-    path, _, arg = spec.partition(":")
+def import_config_module(path: str, kind: str = "config", error: type[Exception] = ConfigError):
+    """The Python file behind a config spec, imported; it must define ``get_config(arg)`` (configs as code)."""
     file = pathlib.Path(path)
     if not file.is_file():
         raise error(f"{kind} file {path} does not exist")
@@ -120,7 +118,47 @@ def import_get_config(spec: str, kind: str = "config", error: type[Exception] = 
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise error(f"{path} defines no get_config(arg)")
-    return module.get_config, arg or None, file
+    return module
+
+
+def import_get_config(spec: str, kind: str = "config", error: type[Exception] = ConfigError):
+    """``path/to/file.py[:arg]`` -> (the file's ``get_config``, ``arg`` or None, the file's path); ``kind`` names
+    the file in the one-line ``error`` for a missing file or a missing ``get_config`` (configs as code)."""
+    path, _, arg = spec.partition(":")
+    return import_config_module(path, kind, error).get_config, arg or None, pathlib.Path(path)
+
+
+def pipeline_stages(path: str) -> tuple[str, ...]:
+    """The stages a config file trains end to end, in order: its ``PIPELINE`` tuple, else every stage its model
+    source allows (``base_pretrain`` only for a base trained from scratch)."""
+    module = import_config_module(path)
+    stages = getattr(module, "PIPELINE", None)
+    if stages is None:
+        scratch = module.get_config("pretrain").model.source == "scratch"
+        stages = STAGES if scratch else STAGES[1:]
+    stages = tuple(stages)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise ConfigError(f"{path}: PIPELINE must list stages from {', '.join(STAGES)}, got {stages}")
+    return stages
+
+
+def split_stage_overrides(overrides, stages) -> dict[str, list[str]]:
+    """Overrides for a multi-stage run: ``[--config.]ift_mqa.steps=800`` reaches stage ``ift_mqa`` only (as
+    ``steps=800``); an override that names no stage reaches every stage."""
+    routed = {stage: [] for stage in stages}
+    for item in overrides:
+        key = item.strip().removeprefix("--").removeprefix("config.")
+        head, dot, rest = key.partition(".")
+        if dot and head in STAGES:
+            if head not in routed:
+                raise ConfigError(f"override {item!r} names stage {head!r}, which this run does not train "
+                                  f"({', '.join(stages)})")
+            routed[head].append(rest)
+        else:
+            for stage in stages:
+                routed[stage].append(key)
+    return routed
 
 
 def load_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collections.ConfigDict:
@@ -209,14 +247,22 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     need(c.model.compute_dtype in ("float32", "bfloat16"), "model.compute_dtype", "float32 or bfloat16")
     need(c.model.param_dtype == "float32", "model.param_dtype", "master weights are float32")
     if c.model.source == "scratch":
-        need(c.model.hidden_size % c.shine.m2p_heads == 0, "shine.m2p_heads",
-             f"{c.shine.m2p_heads} does not divide hidden_size {c.model.hidden_size}")
         need(c.model.num_heads % c.model.num_kv_heads == 0, "model.num_kv_heads", "must divide num_heads")
+        dims = c.model
+    else:  # the architecture comes with the weights; a named preset lets the shapes be checked before loading
+        from shine_jax.model.presets import PRESETS
+
+        need(not c.model.preset or c.model.preset in PRESETS, "model.preset",
+             f"{c.model.preset!r} is not one of {', '.join(PRESETS)}")
+        dims = PRESETS.get(c.model.preset)
+    if dims is not None:
+        need(dims.hidden_size % c.shine.m2p_heads == 0, "shine.m2p_heads",
+             f"{c.shine.m2p_heads} does not divide hidden_size {dims.hidden_size}")
         lora_numel = c.shine.lora_rank * (
-            7 * c.model.hidden_size + 2 * c.model.num_heads * c.model.head_dim
-            + 2 * c.model.num_kv_heads * c.model.head_dim + 3 * c.model.intermediate_size)
-        need(lora_numel % c.model.hidden_size == 0, "shine.lora_rank",
-             f"rank {c.shine.lora_rank} makes the memory-token count {lora_numel}/{c.model.hidden_size} "
+            7 * dims.hidden_size + 2 * dims.num_heads * dims.head_dim
+            + 2 * dims.num_kv_heads * dims.head_dim + 3 * dims.intermediate_size)
+        need(lora_numel % dims.hidden_size == 0, "shine.lora_rank",
+             f"rank {c.shine.lora_rank} makes the memory-token count {lora_numel}/{dims.hidden_size} "
              "non-integer")
 
 
