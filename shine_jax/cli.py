@@ -261,9 +261,10 @@ def cmd_demo(args) -> None:
     files = write_results(results, workdir / "eval" / "results.json")
     print(markdown_table(results), end="")
     m = results["methods"]
-    if "shine" in m:
-        ratios = [f"{m['shine']['f1'] / max(m[ref]['f1'], 1e-9):.2f}x {ref}" for ref in ("none", "icl") if ref in m]
-        print(f"SHINE F1 = {', '.join(ratios)}; total {results['total_wall_s'] / 60:.1f} min")
+    ratios = [f"{m['shine']['f1'] / max(m[ref]['f1'], 1e-9):.2f}x {ref}" for ref in ("none", "icl")
+              if "shine" in m and ref in m]
+    print(("SHINE F1 = " + ", ".join(ratios) + "; " if ratios else "") +
+          f"total {results['total_wall_s'] / 60:.1f} min")
     print(f"results: {files['json']}  table: {files['markdown']}  plot: {files['png']}")
 
 
@@ -360,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--dry-run", action="store_true", help="print each point's size and commands; train nothing")
     w.set_defaults(func=cmd_sweep)
 
-    d = sub.add_parser("demo", help="the embedded default: train the tiny SHINE on CPU and evaluate 4 methods")
+    d = sub.add_parser("demo", help="the embedded default: train a config's PIPELINE (default: tiny, on CPU), "
+                                    "then evaluate the memory methods on test documents")
     d.add_argument("--workdir", default="workdirs/demo")
     d.add_argument("--config", default=str(CONFIGS / "tiny.py"),
                    help="config file whose PIPELINE stages are trained (default: configs/tiny.py)")
