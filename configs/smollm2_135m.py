@@ -3,7 +3,7 @@ the bundled corpus, sized for about an hour of training on a 2-core CPU (experim
 
 H=576, 30 layers, GQA 9/3 heads: the LoRA numbers per layer are 10176 r, so M = 17.67 r memory tokens and r must be
 a multiple of 3 (r=6 -> M=106). One step of batch 8 (evidence 320 + 106 memory tokens, conversation 192) costs
-~30 s at ~130 GFLOP/s, i.e. the hour buys ~110 steps: a short RECON/COMP pretrain, then multi-QA.
+~22 s at ~135 GFLOP/s, so the hour buys ~110 steps: a short RECON/COMP pretrain, then multi-QA (45.8 min measured).
 """
 
 from shine_jax.train.config import base_config
