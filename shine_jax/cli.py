@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import pathlib
 import sys
@@ -218,45 +219,60 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 def cmd_demo(args) -> None:
     """The embedded default: bundled data -> every stage of the config's pipeline (for ``tiny``: base, RECON/COMP
     pretraining, multi-QA, single-QA) -> none, icl, sft and shine on the first test documents."""
-    from shine_jax.data.corpus import write_jsonl
+    from shine_jax.data.corpus import read_jsonl, write_jsonl
     from shine_jax.data.tfds_builder import load_split
     from shine_jax.eval.harness import evaluate
-    from shine_jax.eval.methods import EvalSettings
+    from shine_jax.eval.methods import METHODS, EvalSettings
     from shine_jax.eval.report import markdown_table, write_results
     from shine_jax.shine import Shine
-    from shine_jax.train.config import ConfigError, load_config, pipeline_stages, split_stage_overrides
-    from shine_jax.train.loop import corpus_overrides, run_stage
+    from shine_jax.train.config import (ConfigError, check_stages, load_config, pipeline_stages,
+                                        split_stage_overrides)
+    from shine_jax.train.loop import corpus_overrides, data_dir_of, run_stage
 
     workdir = pathlib.Path(args.workdir)
-    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip()) if args.stages else \
-        pipeline_stages(args.config)
-    if stages[-1] == "base_pretrain":
-        raise ConfigError("the demo evaluates a SHINE stage: --stages must end with pretrain, ift_mqa or ift_1qa")
+    if args.stages:
+        stages = check_stages(tuple(s.strip() for s in args.stages.split(",") if s.strip()), "--stages")
+    else:
+        stages = pipeline_stages(args.config)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS] or ([] if methods else ["(none given)"])
+    if unknown:
+        raise ConfigError(f"--methods: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     overrides = split_stage_overrides(args.config_overrides, stages)
     configs = {stage: load_config(f"{args.config}:{stage}", overrides[stage]) for stage in stages}  # all checked first
     t0 = time.time()
     timings = {}
     for stage, cfg in configs.items():
-        if (workdir / stage / "final").is_dir():
-            print(f"[demo] {stage}: already trained in {workdir / stage / 'final'}")
+        final = workdir / stage / "final"
+        if final.is_dir():
+            summary = workdir / stage / "summary.json"
+            trained_by = json.loads(summary.read_text()).get("config") if summary.is_file() else None
+            if trained_by not in (None, cfg.name):
+                raise ConfigError(f"{final} was trained with config {trained_by!r}, not {cfg.name!r}; "
+                                  "choose another --workdir")
+            print(f"[demo] {stage}: already trained in {final} (delete it to train it again)")
             continue
         print(f"[demo] training stage {stage} ({cfg.steps} steps)")
         timings[stage] = run_stage(cfg, workdir, progress=not args.no_progress)["wall_s"]
     cfg = configs[stages[-1]]
-    data_dir = pathlib.Path(cfg.data.dir) if cfg.data.dir else workdir / "data"
-    test = load_split(data_dir / "tfds", "test", config=cfg.data.builder_config, **corpus_overrides(cfg))
-    records = [test[i] for i in range(min(args.docs, len(test)))]
+    if cfg.data.jsonl_eval:  # the user's own data: evaluate on its held-out file
+        records = read_jsonl(cfg.data.jsonl_eval)[: args.docs]
+        source = cfg.data.jsonl_eval
+    else:
+        test = load_split(data_dir_of(cfg, workdir) / "tfds", "test", config=cfg.data.builder_config,
+                          **corpus_overrides(cfg))
+        records = [test[i] for i in range(min(args.docs, len(test)))]
+        source = "bundled test split"
     write_jsonl(records, workdir / "eval" / "test.jsonl")
     shine = Shine.load(workdir / stages[-1] / "final")
     settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                             sft_epochs=args.sft_epochs)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    print(f"[demo] evaluating {', '.join(methods)} on {len(records)} test documents "
-          f"({sum(len(r['qa']) for r in records)} questions about people never seen in training)")
+    print(f"[demo] evaluating {', '.join(methods)} on {len(records)} documents of the {source} "
+          f"({sum(len(r['qa']) for r in records)} questions)")
     t_eval = time.time()
     with warnings_to_stderr():
         results = evaluate(shine, records, methods, settings, show_progress=not args.no_progress)
-    results.update(data="bundled test split", config=str(args.config), stages=list(stages), train_wall_s=timings,
+    results.update(data=source, config=str(args.config), stages=list(stages), train_wall_s=timings,
                    eval_wall_s=time.time() - t_eval, total_wall_s=time.time() - t0)
     files = write_results(results, workdir / "eval" / "results.json")
     print(markdown_table(results), end="")

@@ -102,6 +102,7 @@ def test_ask_and_internalize(trained_workdir, test_records, tmp_path, capsys):
 def test_demo_reuses_trained_stages_and_writes_the_table(trained_workdir, tmp_path, capsys):
     import shutil
 
+    from tests.conftest import REPO
     from tests.train_utils import SMALL
 
     wd = tmp_path / "demo"
@@ -118,7 +119,12 @@ def test_demo_reuses_trained_stages_and_writes_the_table(trained_workdir, tmp_pa
     assert len((wd / "eval" / "test.jsonl").read_text().splitlines()) == 2
     assert (wd / "eval" / "results.md").is_file() and (wd / "eval" / "results.png").is_file()
 
-    assert cli.main(["demo", "--workdir", str(wd), "--stages", "base_pretrain"]) == 2
-    assert "must end with pretrain" in capsys.readouterr().err
-    assert cli.main(["demo", "--workdir", str(wd), "--config.ift_9qa.steps=2"]) == 2
-    assert "unknown config field 'ift_9qa'" in capsys.readouterr().err
+    # user errors are one line each, before any training
+    for argv, message in [(["--stages", "base_pretrain"], "must end with a SHINE stage"),
+                          (["--stages", "pretrain,ift_mq"], "--stages must list stages from"),
+                          (["--methods", "none,rag"], "unknown method(s) rag"),
+                          (["--config.ift_9qa.steps=2"], "unknown config field 'ift_9qa'"),
+                          (["--config", f"{REPO}/configs/smollm2_135m.py"], "was trained with config 'tiny'")]:
+        assert cli.main(["demo", "--workdir", str(wd), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

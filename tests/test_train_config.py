@@ -61,21 +61,34 @@ def test_preset_shapes_are_checked_before_loading_weights():
 
 
 def test_pipeline_stages_and_per_stage_overrides(tmp_path):
-    from shine_jax.train.config import pipeline_stages, split_stage_overrides
+    import pathlib
+
+    from shine_jax.train.config import check_stages, pipeline_stages, split_stage_overrides
 
     assert pipeline_stages(TINY) == ("base_pretrain", "pretrain", "ift_mqa", "ift_1qa")
     assert pipeline_stages(f"{REPO}/configs/smollm2_135m.py") == ("pretrain", "ift_mqa")
     assert pipeline_stages(f"{REPO}/configs/qwen3_0p6b.py") == ("pretrain", "ift_mqa", "ift_1qa")  # no PIPELINE
+    tiny_text = pathlib.Path(TINY).read_text()
+    no_pipeline = tmp_path / "scratch.py"
+    no_pipeline.write_text(tiny_text.replace("PIPELINE = (", "_UNUSED = ("))
+    assert pipeline_stages(str(no_pipeline))[0] == "base_pretrain"  # a scratch base is trained first
     bad = tmp_path / "bad.py"
-    bad.write_text(TINY_TEXT.replace("PIPELINE = (", "PIPELINE = ('finetune', "))
+    bad.write_text(tiny_text.replace("PIPELINE = (", "PIPELINE = ('finetune', "))
     with pytest.raises(ConfigError, match="PIPELINE must list stages"):
         pipeline_stages(str(bad))
+    for stages, message in [((), "must list stages"), (("ift_mqa", "pretrain"), "in the order"),
+                            (("pretrain", "pretrain"), "each stage once"), (("base_pretrain",), "SHINE stage")]:
+        with pytest.raises(ConfigError, match=message):
+            check_stages(stages, "--stages")
 
-    routed = split_stage_overrides(["--config.ift_mqa.steps=7", "data.dir='d'", "config.pretrain.optim.lr=0.1"],
+    routed = split_stage_overrides(["--config.ift_mqa.steps=70", "data.dir='d'", "config.pretrain.optim.lr=0.1"],
                                    ("pretrain", "ift_mqa"))
-    assert routed == {"pretrain": ["data.dir='d'", "optim.lr=0.1"], "ift_mqa": ["steps=7", "data.dir='d'"]}
+    assert routed == {"pretrain": ["data.dir='d'", "optim.lr=0.1"], "ift_mqa": ["steps=70", "data.dir='d'"]}
+    configs = {s: load_config(f"{TINY}:{s}", routed[s]) for s in routed}
+    assert (configs["pretrain"].steps, configs["ift_mqa"].steps) == (load_config(f"{TINY}:pretrain").steps, 70)
+    assert (configs["pretrain"].optim.lr, configs["ift_mqa"].optim.lr) == (0.1, load_config(f"{TINY}:ift_mqa").optim.lr)
     with pytest.raises(ConfigError, match="names stage 'ift_1qa', which this run does not train"):
         split_stage_overrides(["ift_1qa.steps=3"], ("pretrain", "ift_mqa"))
-
-
-TINY_TEXT = open(TINY).read()
+    for item in ("stage='ift_mqa'", "pretrain.stage='ift_mqa'"):
+        with pytest.raises(ConfigError, match="sets each config's stage itself"):
+            split_stage_overrides([item], ("pretrain", "ift_mqa"))

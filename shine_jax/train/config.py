@@ -136,10 +136,18 @@ def pipeline_stages(path: str) -> tuple[str, ...]:
     if stages is None:
         scratch = module.get_config("pretrain").model.source == "scratch"
         stages = STAGES if scratch else STAGES[1:]
-    stages = tuple(stages)
+    return check_stages(tuple(stages), f"{path}: PIPELINE")
+
+
+def check_stages(stages: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """A multi-stage run: known stages, each once, in training order, ending with a SHINE stage."""
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
-        raise ConfigError(f"{path}: PIPELINE must list stages from {', '.join(STAGES)}, got {stages}")
+        raise ConfigError(f"{where} must list stages from {', '.join(STAGES)}, got {', '.join(stages) or 'none'}")
+    if list(stages) != sorted(set(stages), key=STAGES.index):
+        raise ConfigError(f"{where} must list each stage once, in the order {', '.join(STAGES)}")
+    if stages[-1] == "base_pretrain":
+        raise ConfigError(f"{where} must end with a SHINE stage (pretrain, ift_mqa or ift_1qa)")
     return stages
 
 
@@ -150,6 +158,8 @@ def split_stage_overrides(overrides, stages) -> dict[str, list[str]]:
     for item in overrides:
         key = item.strip().removeprefix("--").removeprefix("config.")
         head, dot, rest = key.partition(".")
+        if (rest if dot and head in STAGES else key).partition("=")[0].strip() == "stage":
+            raise ConfigError(f"override {item!r}: a multi-stage run sets each config's stage itself")
         if dot and head in STAGES:
             if head not in routed:
                 raise ConfigError(f"override {item!r} names stage {head!r}, which this run does not train "
