@@ -263,6 +263,8 @@ def cmd_demo(args) -> None:
                           **corpus_overrides(cfg))
         records = [test[i] for i in range(min(args.docs, len(test)))]
         source = "bundled test split"
+    if args.questions:
+        records = [dict(r, qa=r["qa"][: args.questions]) for r in records]
     write_jsonl(records, workdir / "eval" / "test.jsonl")
     shine = Shine.load(workdir / stages[-1] / "final")
     settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
@@ -385,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--stages", default="", help="comma-separated stages instead of the config's PIPELINE")
     d.add_argument("--methods", default="none,icl,sft,shine")
     d.add_argument("--docs", type=int, default=32, help="test documents to evaluate")
+    d.add_argument("--questions", type=int, default=0, help="ask at most this many questions per document (0: all)")
     d.add_argument("--batch-size", type=int, default=32)
     d.add_argument("--max-new-tokens", type=int, default=16)
     d.add_argument("--sft-epochs", type=int, default=20)

@@ -108,8 +108,8 @@ def test_demo_reuses_trained_stages_and_writes_the_table(trained_workdir, tmp_pa
     wd = tmp_path / "demo"
     shutil.copytree(trained_workdir, wd)
     overrides = [f"--config.{o}" for o in SMALL] + ["--config.ift_mqa.steps=20"]
-    assert cli.main(["demo", "--workdir", str(wd), "--docs", "2", "--sft-epochs", "2", "--max-new-tokens", "4",
-                     "--no-progress", *overrides]) == 0
+    assert cli.main(["demo", "--workdir", str(wd), "--docs", "2", "--questions", "2", "--sft-epochs", "2",
+                     "--max-new-tokens", "4", "--no-progress", *overrides]) == 0
     out = capsys.readouterr().out
     for stage in ("base_pretrain", "pretrain", "ift_mqa", "ift_1qa"):
         assert f"[demo] {stage}: already trained" in out
@@ -117,6 +117,7 @@ def test_demo_reuses_trained_stages_and_writes_the_table(trained_workdir, tmp_pa
     results = json.loads((wd / "eval" / "results.json").read_text())
     assert set(results["methods"]) == set(METHODS) and results["stages"][-1] == "ift_1qa"
     assert len((wd / "eval" / "test.jsonl").read_text().splitlines()) == 2
+    assert all(results["methods"][m]["questions"] == 4 for m in METHODS)  # --questions 2 on each of 2 documents
     assert (wd / "eval" / "results.md").is_file() and (wd / "eval" / "results.png").is_file()
 
     # user errors are one line each, before any training
