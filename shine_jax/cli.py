@@ -222,7 +222,7 @@ def cmd_demo(args) -> None:
     from shine_jax.data.corpus import read_jsonl, write_jsonl
     from shine_jax.data.tfds_builder import load_split
     from shine_jax.eval.harness import evaluate
-    from shine_jax.eval.methods import METHODS, EvalSettings
+    from shine_jax.eval.methods import METHODS, EvalSettings, check_method_names
     from shine_jax.eval.report import markdown_table, write_results
     from shine_jax.shine import Shine
     from shine_jax.train.config import (ConfigError, check_stages, load_config, pipeline_stages,
@@ -235,9 +235,9 @@ def cmd_demo(args) -> None:
     else:
         stages = pipeline_stages(args.config)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS] or ([] if methods else ["(none given)"])
-    if unknown:
-        raise ConfigError(f"--methods: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if not methods:
+        raise ConfigError(f"--methods names no method; choose from {', '.join(METHODS)}")
+    check_method_names(methods)  # before any training: a typo must not cost a training run
     overrides = split_stage_overrides(args.config_overrides, stages)
     configs = {stage: load_config(f"{args.config}:{stage}", overrides[stage]) for stage in stages}  # all checked first
     t0 = time.time()

@@ -104,10 +104,14 @@ def make_methods(names: Sequence[str], settings: EvalSettings, max_doc_tokens: i
     table = {"none": lambda: NoMemory(), "icl": lambda: InContext(),
              "sft": lambda: TestTimeTraining(settings, max_doc_tokens),
              "shine": lambda: GeneratedLoRA(max_doc_tokens)}
-    unknown = [n for n in names if n not in table]
+    check_method_names(names)
+    return [table[n]() for n in names]
+
+
+def check_method_names(names: Sequence[str]) -> None:
+    unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    return [table[n]() for n in names]
 
 
 def select_rows(lora, rows: np.ndarray):

@@ -158,9 +158,10 @@ def split_stage_overrides(overrides, stages) -> dict[str, list[str]]:
     for item in overrides:
         key = item.strip().removeprefix("--").removeprefix("config.")
         head, dot, rest = key.partition(".")
-        if (rest if dot and head in STAGES else key).partition("=")[0].strip() == "stage":
+        scoped = bool(dot) and head in STAGES
+        if (rest if scoped else key).partition("=")[0].strip() == "stage":
             raise ConfigError(f"override {item!r}: a multi-stage run sets each config's stage itself")
-        if dot and head in STAGES:
+        if scoped:
             if head not in routed:
                 raise ConfigError(f"override {item!r} names stage {head!r}, which this run does not train "
                                   f"({', '.join(stages)})")

@@ -306,8 +306,8 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
     if bar is not None:
         bar.close()
     task.finalize(state["params"], stage_dir / "final")
-    summary = {"config": cfg.name, "stage": cfg.stage, "steps": cfg.steps, "resumed_from": start, "wall_s": time.time() - t_start,
-               "skipped_steps": int(state["skipped"]), **last_eval,
+    summary = {"config": cfg.name, "stage": cfg.stage, "steps": cfg.steps, "resumed_from": start,
+               "wall_s": time.time() - t_start, "skipped_steps": int(state["skipped"]), **last_eval,
                **{f"initial_{k}": v for k, v in initial_eval.items()}}
     ckpt.dump_json(stage_dir / "summary.json", summary)
     return summary
