@@ -69,6 +69,26 @@ def left_padded_batch(vocab: int, lengths: list[int], total: int, seed: int = 0)
     return ids, mask
 
 
+def shared_tmp(tmp_path_factory) -> pathlib.Path:
+    """A directory all xdist workers of this test run share (the per-worker base temp's parent)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """One persistent XLA compilation cache per test run, shared by the workers and the subprocesses they start:
+    several tests compile the same training step in different processes (a run, its killed copy and its resume)."""
+    cache = shared_tmp(tmp_path_factory) / "jax_compilation_cache"
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return cache
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> pathlib.Path:
     if not FIXTURES.is_dir():
@@ -90,9 +110,7 @@ def trained_workdir(tmp_path_factory):
     from shine_jax.train.loop import run_stage
     from tests.train_utils import small_config
 
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent
+    shared = shared_tmp(tmp_path_factory)
     wd = shared / "tiny_run"
     with FileLock(str(shared / "tiny_run.lock")):
         if not (wd / "complete").exists():

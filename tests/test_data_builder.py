@@ -54,6 +54,12 @@ def test_prepares_array_record_and_reads_back_the_corpus(data_dir, mqa, referenc
     assert all(type(q["question"]) is str and all(type(a) is str for a in q["answers"]) for q in record["qa"])
 
 
+def test_read_split_equals_load_split(data_dir, mqa):
+    assert B.read_split(data_dir, "validation", "mqa", **SMALL) == mqa["validation"]
+    assert [r["id"] for r in B.read_split(data_dir, "train[:3]", "mqa", **SMALL)] == [
+        r["id"] for r in mqa["train"][:3]]
+
+
 def test_load_split_is_a_grain_map_dataset_with_random_access(data_dir, mqa):
     ds = B.load_split(data_dir, "validation", "mqa", **SMALL)
     assert isinstance(ds, grain.MapDataset)

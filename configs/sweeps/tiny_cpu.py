@@ -21,6 +21,7 @@ COMMON = {  # every stage of every base and point
     "data.num_people": 2000, "data.train_docs": 4000, "data.eval_docs": 64, "data.tokenizer_vocab": 1024,
     "data.lm_length": 128, "data.context_length": 128, "data.conversation_length": 144,
     "eval_batches": 4, "log_every": 5,
+    "shine.metalora_rank": 8,  # the recorded sweep's value (configs/tiny.py has since moved to 32)
 }
 BASES = {  # name -> model shape
     "d64": {"model.hidden_size": 64, "model.intermediate_size": 128, "model.num_layers": 4, "model.num_heads": 2,

@@ -50,7 +50,7 @@ from shine_jax.data import corpus as C  # noqa: E402
 
 __all__ = [
     "ShineBios", "ShineBiosConfig", "BUILDER_CONFIGS", "CONFIG_NAMES", "make_config", "prepare", "load_split",
-    "records_from_jsonl", "generate_records", "encode_record", "decode_example", "corpus_fingerprint",
+    "read_split", "records_from_jsonl", "generate_records", "encode_record", "decode_example", "corpus_fingerprint",
 ]
 
 # Every config field that may be overridden, with the short tag used to name an overridden config.
@@ -397,6 +397,22 @@ def load_split(
         return grain.MapDataset.source([])
     source = builder.as_data_source(split)
     return grain.MapDataset.source(source).map(decode_example)
+
+
+def read_split(
+    data_dir: str | os.PathLike[str] | None,
+    split: str,
+    config: str | ShineBiosConfig = "mqa",
+    **overrides: Any,
+) -> list[dict[str, Any]]:
+    """All of ``split``'s records as a list, read in one batched call (what the trainer and the evaluator need:
+    ~2x faster than indexing :func:`load_split` record by record)."""
+    builder = prepare(data_dir, config, **overrides)
+    name = split.split("[", 1)[0]
+    if name in C.SPLITS and builder.builder_config.docs(name) == 0:
+        return []
+    source = builder.as_data_source(split)
+    return [decode_example(e) for e in source.__getitems__(list(range(len(source))))]
 
 
 def records_from_jsonl(path: str | os.PathLike[str], skip_bad_lines: bool = False) -> grain.MapDataset:

@@ -55,9 +55,8 @@ def load_records(cfg, workdir: pathlib.Path, split: str) -> list[dict]:
         return corpus.read_jsonl(user)
     from shine_jax.data import tfds_builder
 
-    ds = tfds_builder.load_split(data_dir_of(cfg, workdir) / "tfds", split, config=cfg.data.builder_config,
-                                 **corpus_overrides(cfg))
-    records = [ds[i] for i in range(len(ds))]
+    records = tfds_builder.read_split(data_dir_of(cfg, workdir) / "tfds", split, config=cfg.data.builder_config,
+                                      **corpus_overrides(cfg))
     if not records:
         raise ConfigError(f"the {split} corpus is empty")
     return records
