@@ -259,7 +259,15 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     need(c.model.param_dtype == "float32", "model.param_dtype", "master weights are float32")
     if c.model.source == "scratch":
         need(c.model.num_heads % c.model.num_kv_heads == 0, "model.num_kv_heads", "must divide num_heads")
-        dims = c.model
+        from shine_jax.model.config import ModelConfig
+
+        try:  # the vocabulary does not enter the LoRA shapes checked below
+            dims = ModelConfig(family=c.model.family, vocab_size=1, hidden_size=c.model.hidden_size,
+                               intermediate_size=c.model.intermediate_size, num_layers=c.model.num_layers,
+                               num_heads=c.model.num_heads, num_kv_heads=c.model.num_kv_heads,
+                               head_dim=c.model.head_dim)
+        except ValueError as e:
+            raise ConfigError(f"config field 'model': {e}") from None
     else:  # the architecture comes with the weights; a named preset lets the shapes be checked before loading
         from shine_jax.model.presets import PRESETS
 
@@ -269,9 +277,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     if dims is not None:
         need(dims.hidden_size % c.shine.m2p_heads == 0, "shine.m2p_heads",
              f"{c.shine.m2p_heads} does not divide hidden_size {dims.hidden_size}")
-        lora_numel = c.shine.lora_rank * (
-            7 * dims.hidden_size + 2 * dims.num_heads * dims.head_dim
-            + 2 * dims.num_kv_heads * dims.head_dim + 3 * dims.intermediate_size)
+        lora_numel = dims.lora_params_per_layer(c.shine.lora_rank)
         need(lora_numel % dims.hidden_size == 0, "shine.lora_rank",
              f"rank {c.shine.lora_rank} makes the memory-token count {lora_numel}/{dims.hidden_size} "
              "non-integer")
