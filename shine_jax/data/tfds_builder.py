@@ -406,7 +406,7 @@ def read_split(
     **overrides: Any,
 ) -> list[dict[str, Any]]:
     """All of ``split``'s records as a list, read in one batched call (what the trainer and the evaluator need:
-    ~2x faster than indexing :func:`load_split` record by record)."""
+    ~1.5x faster than indexing :func:`load_split` record by record)."""
     builder = prepare(data_dir, config, **overrides)
     name = split.split("[", 1)[0]
     if name in C.SPLITS and builder.builder_config.docs(name) == 0:
