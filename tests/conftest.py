@@ -80,12 +80,12 @@ def compilation_cache(tmp_path_factory):
     """One persistent XLA compilation cache per test run, shared by the workers and the subprocesses they start:
     several tests compile the same training step in different processes (a run, its killed copy and its resume)."""
     cache = shared_tmp(tmp_path_factory) / "jax_compilation_cache"
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache)
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    settings = {"jax_compilation_cache_dir": str(cache), "jax_persistent_cache_min_compile_time_secs": 0.5}
     import jax
 
-    jax.config.update("jax_compilation_cache_dir", str(cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    for name, value in settings.items():
+        os.environ[name.upper()] = str(value)  # for the subprocesses
+        jax.config.update(name, value)  # for this process, where jax may already be imported
     return cache
 
 

@@ -152,6 +152,8 @@ def test_empty_split_loads_as_empty(tmp_path):
     overrides = dict(num_people=300, docs_per_split={"train": 10, "validation": 0, "test": 3})
     assert len(B.load_split(tmp_path, "validation", "mqa", **overrides)) == 0
     assert len(B.load_split(tmp_path, "test", "mqa", **overrides)) == 3
+    assert B.read_split(tmp_path, "validation", "mqa", **overrides) == []
+    assert len(B.read_split(tmp_path, "test", "mqa", **overrides)) == 3
 
 
 def test_encoding_is_lossless():

@@ -391,11 +391,7 @@ def load_split(
 
     ``split`` may use tfds slicing (``"train[:1000]"``). Records come in corpus order; shuffle with grain.
     """
-    builder = prepare(data_dir, config, **overrides)
-    name = split.split("[", 1)[0]
-    if name in C.SPLITS and builder.builder_config.docs(name) == 0:
-        return grain.MapDataset.source([])
-    source = builder.as_data_source(split)
+    source = _split_source(data_dir, split, config, **overrides)
     return grain.MapDataset.source(source).map(decode_example)
 
 
@@ -407,12 +403,18 @@ def read_split(
 ) -> list[dict[str, Any]]:
     """All of ``split``'s records as a list, read in one batched call (what the trainer and the evaluator need:
     ~1.5x faster than indexing :func:`load_split` record by record)."""
+    source = _split_source(data_dir, split, config, **overrides)
+    return [decode_example(e) for e in source.__getitems__(list(range(len(source))))] if len(source) else []
+
+
+def _split_source(data_dir, split: str, config, **overrides):
+    """The random-access source of ``split`` (preparing the data if needed); ``[]`` for a split of 0 documents,
+    which tfds does not write."""
     builder = prepare(data_dir, config, **overrides)
     name = split.split("[", 1)[0]
     if name in C.SPLITS and builder.builder_config.docs(name) == 0:
         return []
-    source = builder.as_data_source(split)
-    return [decode_example(e) for e in source.__getitems__(list(range(len(source))))]
+    return builder.as_data_source(split)
 
 
 def records_from_jsonl(path: str | os.PathLike[str], skip_bad_lines: bool = False) -> grain.MapDataset:
