@@ -216,18 +216,35 @@ def cmd_sweep(args) -> None:
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
+def demo_test_sets(cfg, args, set_names, distractors) -> dict[str, tuple[str, list[dict]]]:
+    """name -> (where its documents come from, records): the user's held-out file when the config names one, else
+    the bundled sets of the test split's people (``shine_jax.eval.testsets``), ``--docs`` documents each."""
+    from shine_jax.data.corpus import read_jsonl
+
+    if cfg.data.jsonl_eval:
+        return {"jsonl_eval": (cfg.data.jsonl_eval, read_jsonl(cfg.data.jsonl_eval)[: args.docs])}
+    from shine_jax.data.tfds_builder import make_config
+    from shine_jax.eval.testsets import SetSpec, build_sets, people_of_test_split
+    from shine_jax.train.loop import corpus_overrides
+
+    corpus = make_config(cfg.data.builder_config, **corpus_overrides(cfg))  # the corpus the stages trained on
+    spec = SetSpec(people_of_test_split(corpus.num_people, corpus.seed), args.docs, corpus.seed, distractors)
+    return {name: (f"bundled test split, {name}", records) for name, records in build_sets(set_names, spec).items()}
+
+
 def cmd_demo(args) -> None:
     """The embedded default: bundled data -> every stage of the config's pipeline (for ``tiny``: base, RECON/COMP
-    pretraining, multi-QA, single-QA) -> none, icl, sft and shine on the first test documents."""
-    from shine_jax.data.corpus import read_jsonl, write_jsonl
-    from shine_jax.data.tfds_builder import load_split
+    pretraining, multi-QA, single-QA) -> none, icl, sft, shine and the wrong-document control on each test set
+    (test-split documents of one person, and the same documents with 1-3 distractor people)."""
+    from shine_jax.data.corpus import write_jsonl
     from shine_jax.eval.harness import evaluate
-    from shine_jax.eval.methods import METHODS, EvalSettings, check_method_names
-    from shine_jax.eval.report import markdown_table, write_results
+    from shine_jax.eval.methods import METHODS, EvalSettings, check_document_count, check_method_names
+    from shine_jax.eval.report import set_section, write_results, write_summary
+    from shine_jax.eval.testsets import check_set_names, parse_range
     from shine_jax.shine import Shine
     from shine_jax.train.config import (ConfigError, check_stages, load_config, pipeline_stages,
                                         split_stage_overrides)
-    from shine_jax.train.loop import corpus_overrides, data_dir_of, run_stage
+    from shine_jax.train.loop import run_stage
 
     workdir = pathlib.Path(args.workdir)
     if args.stages:
@@ -238,8 +255,17 @@ def cmd_demo(args) -> None:
     if not methods:
         raise ConfigError(f"--methods names no method; choose from {', '.join(METHODS)}")
     check_method_names(methods)  # before any training: a typo must not cost a training run
+    if args.docs < 1:
+        raise ConfigError(f"--docs must be >= 1, got {args.docs}")
+    set_names = [s.strip() for s in args.sets.split(",") if s.strip()]
+    check_set_names(set_names)
+    distractors = parse_range(args.distractors, "--distractors")
     overrides = split_stage_overrides(args.config_overrides, stages)
     configs = {stage: load_config(f"{args.config}:{stage}", overrides[stage]) for stage in stages}  # all checked first
+    cfg = configs[stages[-1]]
+    test_sets = demo_test_sets(cfg, args, set_names, distractors)  # built before training: they are cheap
+    for _, records in test_sets.values():
+        check_document_count(methods, len(records))
     t0 = time.time()
     timings = {}
     for stage, cfg in configs.items():
@@ -254,40 +280,35 @@ def cmd_demo(args) -> None:
             continue
         print(f"[demo] training stage {stage} ({cfg.steps} steps)")
         timings[stage] = run_stage(cfg, workdir, progress=not args.no_progress)["wall_s"]
-    cfg = configs[stages[-1]]
-    if cfg.data.jsonl_eval:  # the user's own data: evaluate on its held-out file
-        records = read_jsonl(cfg.data.jsonl_eval)[: args.docs]
-        source = cfg.data.jsonl_eval
-    else:
-        test = load_split(data_dir_of(cfg, workdir) / "tfds", "test", config=cfg.data.builder_config,
-                          **corpus_overrides(cfg))
-        records = [test[i] for i in range(min(args.docs, len(test)))]
-        source = "bundled test split"
-    if args.questions:
-        records = [dict(r, qa=r["qa"][: args.questions]) for r in records]
-    write_jsonl(records, workdir / "eval" / "test.jsonl")
     shine = Shine.load(workdir / stages[-1] / "final")
     settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                             sft_epochs=args.sft_epochs)
-    print(f"[demo] evaluating {', '.join(methods)} on {len(records)} documents of the {source} "
-          f"({sum(len(r['qa']) for r in records)} questions)")
-    t_eval = time.time()
-    with warnings_to_stderr():
-        results = evaluate(shine, records, methods, settings, show_progress=not args.no_progress)
-    results.update(data=source, config=str(args.config), stages=list(stages), train_wall_s=timings,
-                   eval_wall_s=time.time() - t_eval, total_wall_s=time.time() - t0)
-    files = write_results(results, workdir / "eval" / "results.json")
-    print(markdown_table(results), end="")
-    m = results["methods"]
-    ratios = [f"{m['shine']['f1'] / max(m[ref]['f1'], 1e-9):.2f}x {ref}" for ref in ("none", "icl")
-              if "shine" in m and ref in m]
-    print(("SHINE F1 = " + ", ".join(ratios) + "; " if ratios else "") +
-          f"total {results['total_wall_s'] / 60:.1f} min")
-    print(f"results: {files['json']}  table: {files['markdown']}  plot: {files['png']}")
+    run = dict(config=str(args.config), stages=list(stages), seed=cfg.seed, docs=args.docs)
+    results_of = {}
+    for name, (source, records) in test_sets.items():
+        if args.questions:
+            records = [dict(r, qa=r["qa"][: args.questions]) for r in records]
+        write_jsonl(records, workdir / "eval" / name / "test.jsonl")
+        print(f"[demo] {name}: evaluating {', '.join(methods)} on {len(records)} documents of the {source} "
+              f"({sum(len(r['qa']) for r in records)} questions)")
+        t_eval = time.time()
+        with warnings_to_stderr():
+            results = evaluate(shine, records, methods, settings, show_progress=not args.no_progress)
+        results.update(set=name, data=source, **run, eval_wall_s=time.time() - t_eval)
+        files = write_results(results, workdir / "eval" / name / "results.json")
+        results_of[name] = results
+        print(set_section(name, results), end="")
+        print(f"results: {files['json']}  table: {files['markdown']}  plot: {files['png']}\n")
+    total = time.time() - t0
+    files = write_summary(results_of, dict(run, distractors=list(distractors), train_wall_s=timings,
+                                           total_wall_s=total), workdir / "eval" / "results.json")
+    print(f"[demo] total {total / 60:.1f} min; every set: {files['json']}  {files['markdown']}")
 
 
 # ------------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
+    from shine_jax.eval.testsets import DISTRACTORS, MAX_DISTRACTORS, TEST_SETS  # pure Python: no JAX yet
+
     p = argparse.ArgumentParser(prog="shine-jax", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -339,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate memory methods on document-QA JSON Lines")
     e.add_argument("--workdir", required=True, help="a trained SHINE run (workdir or SHINE folder)")
     e.add_argument("--data", required=True, help="JSON Lines: {id, context, qa: [{question, answers}]}")
-    e.add_argument("--methods", default="none,icl,sft,shine")
+    e.add_argument("--methods", default="none,icl,sft,shine",
+                   help="any of none, icl, sft, shine, shine-wrong-doc (the control: another document's LoRA)")
     e.add_argument("--out", default="results.json")
     e.add_argument("--limit", type=int, default=0, help="evaluate only the first N documents")
     e.add_argument("--batch-size", type=int, default=32)
@@ -385,8 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default=str(CONFIGS / "tiny.py"),
                    help="config file whose PIPELINE stages are trained (default: configs/tiny.py)")
     d.add_argument("--stages", default="", help="comma-separated stages instead of the config's PIPELINE")
-    d.add_argument("--methods", default="none,icl,sft,shine")
-    d.add_argument("--docs", type=int, default=32, help="test documents to evaluate")
+    d.add_argument("--methods", default="none,icl,sft,shine,shine-wrong-doc",
+                   help="shine-wrong-doc: each document answered with another document's SHINE LoRA (control)")
+    d.add_argument("--docs", type=int, default=32, help="test documents to evaluate per test set")
+    d.add_argument("--sets", default=",".join(TEST_SETS),
+                   help="test sets: one_person (one test person per document), distractors (the same documents "
+                        "padded with --distractors bios of other test people)")
+    d.add_argument("--distractors", default="{}-{}".format(*DISTRACTORS),
+                   help=f"distractor people per document, MIN-MAX (at most {MAX_DISTRACTORS})")
     d.add_argument("--questions", type=int, default=0, help="ask at most this many questions per document (0: all)")
     d.add_argument("--batch-size", type=int, default=32)
     d.add_argument("--max-new-tokens", type=int, default=16)

@@ -78,7 +78,7 @@ def plan(cfg, mesh_shape, hbm_bytes: int | None = None) -> dict:
     hgraph, params = _abstract(lambda: Hypernetwork(mcfg, hcfg, nnx.Rngs(0)), mesh)
 
     def loss_fn(p, f, batch):
-        return shine_loss(nnx.merge(dgraph, f), nnx.merge(hgraph, p), batch)
+        return shine_loss(nnx.merge(dgraph, f), nnx.merge(hgraph, p), batch, cfg.shine.loss, cfg.shine.kl_weight)
 
     labels = optim.param_labels(params, lambda names: optim.hypernet_group(names))
     tx = optim.make_optimizer(cfg.optim, cfg.steps, labels)
@@ -95,6 +95,10 @@ def plan(cfg, mesh_shape, hbm_bytes: int | None = None) -> dict:
 
     batch = {"evidence_ids": arr(tc), "evidence_mask": arr(tc), "input_ids": arr(tq), "attention_mask": arr(tq),
              "labels": arr(tq)}
+    if cfg.shine.loss != "nll":  # the KL loss's in-context teacher (shine_jax.data.pipelines.teacher_example)
+        from shine_jax.data.pipelines import teacher_length
+
+        batch.update(teacher_input_ids=arr(teacher_length(tc, tq)), teacher_attention_mask=arr(teacher_length(tc, tq)))
     step = jax.jit(make_train_step(loss_fn, tx), donate_argnums=(0,))
     with jax.set_mesh(mesh):  # activations are pinned to the batch sharding inside the mesh context
         compiled = step.lower(state, frozen, batch).compile()

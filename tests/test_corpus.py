@@ -12,6 +12,7 @@ import re
 import pytest
 
 from shine_jax.data import corpus as C
+from shine_jax.data import pipelines
 
 SEED = 0
 DOCS = {"train": 300, "validation": 100, "test": 300}
@@ -313,3 +314,51 @@ def test_read_jsonl_empty_and_non_utf8(tmp_path):
     latin.write_bytes(GOOD.replace("Velmora", "Vélmora").encode("latin-1") + b"\n")
     with pytest.raises(ValueError, match=r"latin1\.jsonl is not UTF-8"):
         C.read_jsonl(latin)
+
+
+def test_generated_syllables_are_disjoint():
+    assert not set(C.TRAIN_SYLLABLES) & set(C.FAMILY2_SYLLABLES)
+
+
+def test_fresh_documents_are_new_people_with_answerable_questions():
+    """The base model's reading curriculum: generated names (never the bundled lists), answers stated verbatim,
+    train phrasings only, deterministic in the seed, and other people every time."""
+    rng = random.Random("t")
+    docs = [C.fresh_document(rng, max_people=2) for _ in range(30)]
+    again = random.Random("t")
+    assert docs == [C.fresh_document(again, max_people=2) for _ in range(30)]
+    names = {q["question"] for d in docs for q in d["qa"]}
+    assert not any(first in n.split() for n in names for first in C.FIRST_NAMES[:40])
+    held_out = [C.template_pattern(t.text) for t in C.QUESTION_TEMPLATES if t.split == "test_only"]
+    for d in docs:
+        assert 1 <= len(d["context"].split("\n\n")) <= 2
+        for q in d["qa"]:
+            assert q["answers"][0] in d["context"]
+            assert not any(p.fullmatch(q["question"]) for p in held_out)
+    generated_cities = {d["context"] for d in docs if not any(c in d["context"] for c in C.CITIES)}
+    assert generated_cities  # some documents hold only generated places
+
+
+def test_family2_is_held_out_wording_and_syllables():
+    """The second test family: one person per document by default, its own phrasings (none of the corpus's
+    fact or question templates match), names built only from its own syllables."""
+    docs = C.make_family2_documents(20, seed=3)
+    assert docs == C.make_family2_documents(20, seed=3)
+    fact_patterns = [C.template_pattern(t.text) for t in C.FACT_TEMPLATES]
+    question_patterns = [C.template_pattern(t.text) for t in C.QUESTION_TEMPLATES]
+    for d in docs:
+        assert "\n\n" not in d["context"]
+        for q in d["qa"]:
+            assert q["answers"][0] in d["context"]
+            assert not any(p.fullmatch(q["question"]) for p in question_patterns)
+        for sentence in pipelines.SENTENCE_END.split(d["context"]):
+            assert not any(p.fullmatch(sentence) for p in fact_patterns), sentence
+    name = docs[0]["qa"][0]["question"]
+    words = [w for w in name.rstrip("?").split() if w[0].isupper() and w not in ("What", "Which", "Where", "Who", "In")]
+    assert words and all(_splits_into(w.lower(), C.FAMILY2_SYLLABLES) for w in words)
+    with pytest.raises(ValueError, match="min_people"):
+        C.make_family2_documents(2, min_people=3, max_people=2)
+
+
+def _splits_into(word: str, syllables) -> bool:
+    return word == "" or any(word.startswith(s) and _splits_into(word[len(s):], syllables) for s in syllables)

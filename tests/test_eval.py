@@ -48,6 +48,42 @@ def test_eval_writes_results_for_every_method(trained_workdir, test_records, tmp
 
 
 @pytest.mark.slow
+def test_wrong_doc_control_uses_the_next_documents_generated_lora(trained_workdir, test_records, tmp_path,
+                                                                  monkeypatch, capsys):
+    import numpy as np
+
+    from shine_jax.eval.harness import evaluate
+    from shine_jax.eval.methods import EvalSettings
+
+    shine = Shine.load(trained_workdir)
+    records = [dict(r, qa=r["qa"][:1]) for r in test_records[:3]]  # one turn: one generate call per batch
+    passed = []
+    generate = shine.base.generate
+    monkeypatch.setattr(shine.base, "generate", lambda *a, lora=None, **k: passed.append(lora) or generate(
+        *a, lora=lora, **k))
+    evaluate(shine, records, ["shine-wrong-doc"], EvalSettings(batch_size=2, max_new_tokens=2), show_progress=False)
+    ids, mask = shine.base.encode([r["context"] for r in records], shine.max_evidence_length)
+    own = shine.generate_lora(ids, mask)  # row i: document i's LoRA, generated in one batch
+    assert len(passed) == 2  # batches [0, 1] and [2]: document 1's LoRA comes from the other batch
+    for lora, batch in zip(passed, ([0, 1], [2])):
+        for row, i in enumerate(batch):
+            differs = False  # from document i's own LoRA: else the equality below would prove nothing
+            for key, leaf in own.items():
+                for ab in ("A", "B"):
+                    got, want = np.asarray(lora[key][ab][:, row]), np.asarray(leaf[ab][:, (i + 1) % 3])
+                    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=f"{key}.{ab} of doc {i}")
+                    differs |= not np.allclose(got, np.asarray(leaf[ab][:, i]), rtol=1e-5, atol=1e-7)
+            assert differs, i
+    data = tmp_path / "one.jsonl"
+    write_jsonl(records, data)
+    assert cli.main(["eval", "--workdir", str(trained_workdir), "--data", str(data), "--limit", "1",
+                     "--methods", "none,shine-wrong-doc", "--max-doc-tokens", "512", "--no-progress",
+                     "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error: method shine-wrong-doc needs at least 2 documents" in err[0], err
+
+
+@pytest.mark.slow
 def test_bad_documents_are_reported_and_skipped(trained_workdir, test_records, tmp_path, capsys):
     good = test_records[0]
     lines = [json.dumps(good), "{not json", json.dumps({"id": "noqa", "context": "x"}),
@@ -113,12 +149,19 @@ def test_demo_reuses_trained_stages_and_writes_the_table(trained_workdir, tmp_pa
     out = capsys.readouterr().out
     for stage in ("base_pretrain", "pretrain", "ift_mqa", "ift_1qa"):
         assert f"[demo] {stage}: already trained" in out
-    assert "SHINE F1 = " in out and "x none" in out and "x icl" in out
-    results = json.loads((wd / "eval" / "results.json").read_text())
-    assert set(results["methods"]) == set(METHODS) and results["stages"][-1] == "ift_1qa"
-    assert len((wd / "eval" / "test.jsonl").read_text().splitlines()) == 2
-    assert all(results["methods"][m]["questions"] == 4 for m in METHODS)  # --questions 2 on each of 2 documents
-    assert (wd / "eval" / "results.md").is_file() and (wd / "eval" / "results.png").is_file()
+    assert "SHINE F1 = " in out and "x none" in out and "x icl" in out and "wrong-document control F1 = " in out
+    demo_methods = (*METHODS, "shine-wrong-doc")
+    summary = json.loads((wd / "eval" / "results.json").read_text())
+    assert list(summary["sets"]) == ["one_person", "distractors"] and summary["stages"][-1] == "ift_1qa"
+    for name in ("one_person", "distractors"):
+        assert f"### {name}: 2 documents, 4 questions" in out
+        assert set(summary["sets"][name]["ratios"]) == {"shine/icl", "shine/none", "shine-wrong-doc/none"}
+        results = json.loads((wd / "eval" / name / "results.json").read_text())
+        assert set(results["methods"]) == set(demo_methods) and results["set"] == name
+        assert len((wd / "eval" / name / "test.jsonl").read_text().splitlines()) == 2
+        assert all(results["methods"][m]["questions"] == 4 for m in demo_methods)  # --questions 2, 2 documents
+        assert (wd / "eval" / name / "results.md").is_file() and (wd / "eval" / name / "results.png").is_file()
+    assert "### distractors" in (wd / "eval" / "results.md").read_text()
 
     # user errors are one line each, before any training
     for argv, message in [(["--stages", "base_pretrain"], "must end with a SHINE stage"),

@@ -44,7 +44,9 @@ def test_ift_examples(tok, records):
     rec = next(r for r in records if visible(tok, ex["evidence_ids"], ex["evidence_mask"]) == ws(r["context"]))
     answers = answers_of(tok, ex["labels"])
     gold = [qa["answers"][0] for qa in rec["qa"]]
-    assert len(answers) >= 5 and answers == gold[: len(answers)]  # a long conversation is cut at its end
+    # a long conversation is cut at its end, possibly inside an answer
+    assert len(answers) >= 5 and answers[:-1] == gold[: len(answers) - 1]
+    assert gold[len(answers) - 1].startswith(answers[-1])
     assert ex["input_ids"].shape == (400,) and ex["evidence_ids"].shape == (400,)
     assert ex["evidence_mask"][0] == 0 and ex["evidence_mask"][-1] == 1  # left padded
     single = pipelines.stage_dataset("ift_1qa", records, tok, cfg, seed=0, repeat=False)
@@ -203,3 +205,31 @@ def test_packed_base_pretrain_rows(tok, records):
                                                                          seed=0)[3]["input_ids"])  # deterministic
     val = pipelines.stage_dataset("base_pretrain", records, tok, packed_cfg, seed=0, repeat=False)
     assert len(val) == len(records)  # one example per validation row: val loss stays comparable
+
+
+def test_base_pretrain_fresh_people(tok, records):
+    """lm_fresh_share=1: every example is about generated people, whose names occur in no training record; the
+    answers are stated in the prompt (they can only be read); the people count follows lm_fresh_max_people."""
+    cfg = small_config("base_pretrain", extra=["data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_fresh_share=1.0",
+                                                "data.lm_fact_share=0.0", "data.lm_person_share=0.0",
+                                                "data.lm_fresh_max_people=1", "data.lm_answer_loss=True",
+                                                "data.lm_length=384"]).data
+    rng = np.random.default_rng(0)
+    known = {w for r in records for w in r["context"].split()}
+    for rec in records[:6]:
+        ex = pipelines.lm_example(rec, rng, tok, cfg)
+        prompt = visible(tok, ex["input_ids"], ex["attention_mask"]).split("Question:")[0]
+        assert ws(rec["context"]) not in prompt
+        assert "\n\n" not in prompt.strip()  # one person
+        answers = answers_of(tok, ex["labels"])
+        assert answers and all(a in prompt for a in answers)
+        name = prompt.split()[2:4]  # after "<|im_start|> user"
+        assert not set(name) <= known
+    with pytest.raises(Exception, match="lm_fresh_share"):
+        small_config("base_pretrain", extra=["data.lm_fresh_share=1.5"])
+
+
+def test_chatml_fast_path_equals_the_template(tok):
+    """The bundled tokenizer's chat is rendered without Jinja; it must equal what its template renders."""
+    turns = [("Where was Ada born?", "Dunmere"), ("Her job?", "florist"), ("And?", "x y")]
+    assert pipelines._render_chatml(turns) == pipelines._render_template(tok, turns, None)

@@ -115,6 +115,16 @@ def count_m2p_layers(sd: dict) -> tuple[str, int]:
 
 
 # ----------------------------------------------------------------------------------------------------- write
+def check_representable(memory_norm: str) -> None:
+    """Refuse what the official files cannot hold. A ``normal`` init of the memory tokens or position embeddings
+    is only their starting value (the files store the values), but a normalisation of the memory states is a
+    step the official M2P does not have: its output would silently change."""
+    if memory_norm != "none":
+        raise OfficialCheckpointError(
+            f"this SHINE normalises the memory states (memory_norm={memory_norm!r}), which the official M2P "
+            "cannot represent; only memory_norm='none' models export to an official checkpoint")
+
+
 def write_official(out_dir: str | os.PathLike, mem_tokens: np.ndarray, m2p: dict, metalora: dict,
                    extra_metalora: dict | None, cfg: ModelConfig, global_step: int = 0,
                    overwrite: bool = False) -> pathlib.Path:

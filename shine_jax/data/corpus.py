@@ -790,3 +790,146 @@ def read_jsonl(path: str | os.PathLike[str], *, skip_bad_lines: bool = False) ->
             raise ValueError(message)
         warnings.warn(f"{message}; skipping the line", stacklevel=2)
     return records
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generated people: a reading curriculum nobody can recall, and a second test family
+# ---------------------------------------------------------------------------------------------------------------
+
+# Syllables of generated names and values. The base model's pretraining reads documents about freshly generated
+# people (``fresh_document``): names and most values are new strings every time, so no answer can be recalled from
+# the corpus and the only way to lower the answer loss is to copy from the prompt. The second test family
+# (``make_family2_documents``) draws its names from FAMILY2_SYLLABLES, which share no syllable with the training
+# ones, and states and asks facts with phrasings no training text uses.
+TRAIN_SYLLABLES = (
+    "ba", "bel", "bo", "cal", "cor", "da", "dar", "del", "di", "dor", "e", "el", "en", "fa", "fel", "fen", "ga",
+    "gar", "gil", "ha", "hal", "hel", "i", "in", "is", "ja", "jor", "ka", "kas", "kel", "la", "lan", "le", "li",
+    "lis", "lo", "lor", "ma", "mar", "me", "mi", "mir", "mo", "mor", "na", "nel", "ni", "no", "nor", "o", "or",
+    "pa", "pel", "ra", "ral", "ren", "ri", "ro", "ros", "sa", "sel", "si", "so", "sor", "ta", "tal", "tan", "te",
+    "ti", "to", "tor", "ul", "va", "var", "vel", "ven", "vi", "vo", "wen", "wyn", "zel",
+)
+FAMILY2_SYLLABLES = (
+    "zu", "qua", "xo", "phy", "tsu", "gwy", "dzi", "khu", "yph", "ux", "oq", "bry", "kyo", "pya", "ruh", "shu",
+    "thy", "ngo", "mbe", "vuk", "jex", "fyr", "oph", "yss", "eck", "uba", "wix", "gno", "hyu", "azz",
+)
+FRESH_VALUE_SHARE = 0.5  # fresh people: share of cities, employer and school roots generated instead of drawn
+
+FAMILY2_FACT_PHRASINGS: dict[str, tuple[str, ...]] = {
+    "birth_date": ("The birth of {name} took place on {birth_date}.", "{Poss} birth was recorded on {birth_date}."),
+    "birth_city": ("{name} {is} a native of {birth_city}.", "{Poss} place of birth is the town of {birth_city}."),
+    "residence": ("At present {name} reside{s} in the city of {residence}.", "{name} rent{s} a flat in {residence}."),
+    "job": ("{name} {has} worked for years as {a_job}.", "{Poss} occupation is {a_job}."),
+    "employer": ("{name} draw{s} a salary from {employer}.", "{name} {is} currently with {employer}."),
+    "school": ("{name} {was} educated at {school}.", "{name} completed {pposs} studies at {school}."),
+    "hobby": ("{name} often spend{s} {pposs} evenings {hobby}.", "{Poss} favourite way to relax is {hobby}."),
+}
+FAMILY2_QUESTION_PHRASINGS: dict[str, tuple[str, ...]] = {
+    "birth_date": ("What was the birth date of {name}?", "Which date was {name} born on?"),
+    "birth_city": ("What is the native town of {name}?", "In what place was {name} born?"),
+    "residence": ("Where is {name} living at present?", "Which city does {name} reside in?"),
+    "job": ("What line of work is {name} in?", "What does {name} work as?"),
+    "employer": ("Which company is {name} working for?", "Who pays the salary of {name}?"),
+    "school": ("Where was {name} educated?", "Which institution did {name} complete studies at?"),
+    "hobby": ("Which pastime does {name} pursue?", "What does {name} do to relax?"),
+}
+FAMILY2_FACT_TEMPLATES = tuple(
+    Template(a, text, "family2") for a in ATTRIBUTES for text in FAMILY2_FACT_PHRASINGS[a])
+FAMILY2_QUESTION_TEMPLATES = tuple(
+    Template(a, text, "family2") for a in ATTRIBUTES for text in FAMILY2_QUESTION_PHRASINGS[a])
+
+
+def generated_word(rng: random.Random, syllables: Sequence[str], lo: int = 2, hi: int = 3) -> str:
+    """A capitalised word of ``lo..hi`` syllables."""
+    return "".join(rng.choice(syllables) for _ in range(rng.randint(lo, hi))).capitalize()
+
+
+def generated_person(rng: random.Random, syllables: Sequence[str] = TRAIN_SYLLABLES,
+                     value_share: float = FRESH_VALUE_SHARE) -> Person:
+    """A person with a generated name; each city, employer and school root is generated with probability
+    ``value_share`` (else drawn from the bundled pools); jobs, hobbies and dates come from their usual sources."""
+
+    def place() -> str:
+        return generated_word(rng, syllables) if rng.random() < value_share else rng.choice(CITIES)
+
+    def organisation(pool: Sequence[str], patterns: Sequence[str]) -> str:
+        if rng.random() < value_share:
+            return rng.choice(patterns).format(generated_word(rng, syllables))
+        return rng.choice(pool)
+
+    birth_city = place()
+    residence = place()
+    while residence == birth_city:
+        residence = place()
+    return Person(
+        first_name=generated_word(rng, syllables), last_name=generated_word(rng, syllables, 2, 4),
+        pronoun=_weighted(rng, PRONOUN_WEIGHTS), birth_date=_random_date(rng), birth_city=birth_city,
+        residence=residence, job=rng.choice(JOBS), employer=organisation(EMPLOYERS, EMPLOYER_PATTERNS),
+        school=organisation(SCHOOLS, SCHOOL_PATTERNS), hobby=rng.choice(HOBBIES),
+    )
+
+
+def _generated_group(rng: random.Random, n: int, syllables: Sequence[str], value_share: float) -> list[Person]:
+    group: list[Person] = []
+    while len(group) < n:
+        candidate = generated_person(rng, syllables, value_share)
+        if all(_compatible(candidate, other) for other in group):
+            group.append(candidate)
+    return group
+
+
+def _document(group: Sequence[Person], rng: random.Random, facts: tuple[int, int], bio, question) -> dict:
+    """Paragraphs of ``bio(person, attributes)`` and one ``question(attribute, person)`` per stated fact, shuffled."""
+    paragraphs, qa = [], []
+    for person in group:
+        attributes = rng.sample(ATTRIBUTES, rng.randint(*facts))
+        paragraphs.append(bio(person, attributes))
+        qa.extend({"question": question(a, person), "answers": [getattr(person, a)]} for a in attributes)
+    rng.shuffle(qa)
+    return {"context": "\n\n".join(paragraphs), "qa": qa}
+
+
+def fresh_document(rng: random.Random, min_people: int = 1, max_people: int = 4,
+                   min_facts: int = 4, max_facts: int = 7) -> dict[str, Any]:
+    """A training document about freshly generated people (train phrasings only), for the base model's reading
+    curriculum: its answers cannot be recalled from any other text, only read from this one."""
+    group = _generated_group(rng, rng.randint(min_people, max_people), TRAIN_SYLLABLES, FRESH_VALUE_SHARE)
+    record = _document(
+        group, rng, (min_facts, max_facts),
+        lambda person, attributes: _bio(person, attributes, rng, "train"),
+        lambda a, person: render_question(rng.choice(_allowed("question", a, "train")), person),
+    )
+    return {"id": "fresh", **record}
+
+
+def _family2_bio(person: Person, attributes: Sequence[str], rng: random.Random) -> str:
+    sentences = []
+    for i, attribute in enumerate(attributes):
+        options = [t for t in FAMILY2_FACT_TEMPLATES if t.attribute == attribute and (t.can_open or i > 0)]
+        referent = "full" if i == 0 else _weighted(rng, REFERENT_WEIGHTS)
+        sentences.append(render_fact(rng.choice(options), person, referent))
+    return " ".join(sentences)
+
+
+def make_family2_documents(num_docs: int, seed: int = 0, *, min_people: int = 1, max_people: int = 1,
+                           min_facts: int = 4, max_facts: int = 7) -> list[dict[str, Any]]:
+    """The second test family, never used in training: people named from FAMILY2_SYLLABLES (values from the bundled
+    pools or, half of the time, generated from the same syllables), facts stated with FAMILY2_FACT_PHRASINGS and asked with FAMILY2_QUESTION_PHRASINGS. Measures whether a
+    model reads the prompt rather than recalls the corpus's names and wording."""
+    if num_docs < 0:
+        raise ValueError(f"num_docs must be >= 0, got {num_docs}")
+    if not 1 <= min_people <= max_people:
+        raise ValueError(f"need 1 <= min_people <= max_people, got {min_people}, {max_people}")
+    if not 1 <= min_facts <= max_facts <= len(ATTRIBUTES):
+        raise ValueError(f"need 1 <= min_facts <= max_facts <= {len(ATTRIBUTES)}, got {min_facts}, {max_facts}")
+    rng = random.Random(f"{seed}/family2/documents")
+    records = []
+    for index in range(num_docs):
+        group = _generated_group(rng, rng.randint(min_people, max_people), FAMILY2_SYLLABLES, FRESH_VALUE_SHARE)
+        record = _document(
+            group, rng, (min_facts, max_facts),
+            lambda person, attributes: _family2_bio(person, attributes, rng),
+            lambda a, person: render_question(
+                rng.choice([t for t in FAMILY2_QUESTION_TEMPLATES if t.attribute == a]), person),
+        )
+        records.append({"id": f"family2-{index:06d}", **record})
+    return records

@@ -18,17 +18,22 @@ checkpoints, so a resumed run sees exactly the batches an uninterrupted run woul
 from __future__ import annotations
 
 import functools
+import random
 import re
 from typing import Sequence
 
 import grain
 import numpy as np
 
+from shine_jax.data import corpus
+from shine_jax.data.tokenizer import BOS_TOKEN, CHAT_TEMPLATE, EOS_TOKEN
+
 IGNORE = -100
 SEP = "<|endoftext|>"
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 LM_PACK_CANDIDATES = 12  # records offered to one packed base-pretraining row
 LM_PACK_MIN_ROOM = 24  # a row with less room left is full (the shortest examples are ~25 tokens)
+TEACHER_MARGIN = 16  # KL teacher: tokens beyond evidence + conversation for the in-context prompt's wrapping
 
 
 # ----------------------------------------------------------------------------------------------- tokenising
@@ -54,21 +59,41 @@ def chat_turns(tok, turns: Sequence[tuple[str, str]], system: str | None = None)
     An assistant span is labelled from the end of its generation prompt up to the start of the next user turn
     (answer, end-of-turn token, newline), found from the rendered prefixes and the tokenizer's offsets.
     """
+    if system is None and getattr(tok, "chat_template", None) == CHAT_TEMPLATE:
+        full, spans = _render_chatml(turns)  # the bundled tokenizer's template, without Jinja (~10x faster)
+    else:
+        full, spans = _render_template(tok, turns, system)
+    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    starts = np.array([a for a, _ in enc["offset_mapping"]], np.int64)
+    inside = np.zeros(len(ids), bool)
+    for s, e in spans:
+        inside |= (starts >= s) & (starts < e)
+    return ids, np.where(inside, ids, IGNORE).tolist()
+
+
+def _render_chatml(turns) -> tuple[str, list[tuple[int, int]]]:
+    """What ``CHAT_TEMPLATE`` renders for ``turns``, and each answer's character span."""
+    full, spans = "", []
+    for user, answer in turns:
+        full += f"{BOS_TOKEN}user\n{user}{EOS_TOKEN}\n{BOS_TOKEN}assistant\n"
+        start = len(full)
+        full += f"{answer}{EOS_TOKEN}\n"
+        spans.append((start, len(full)))
+    return full, spans
+
+
+def _render_template(tok, turns, system) -> tuple[str, list[tuple[int, int]]]:
+    """The tokenizer's own chat template; each answer span from the rendered prefix before and after it."""
     messages = [{"role": "system", "content": system}] if system else []
-    spans = []
+    spans, full = [], ""
     for user, answer in turns:
         messages.append({"role": "user", "content": user})
         start = len(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
         messages.append({"role": "assistant", "content": answer})
         full = tok.apply_chat_template(messages, tokenize=False)
         spans.append((start, len(full)))
-    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids = enc["input_ids"]
-    labels = [IGNORE] * len(ids)
-    for i, (a, _) in enumerate(enc["offset_mapping"]):
-        if any(s <= a < e for s, e in spans):
-            labels[i] = ids[i]
-    return ids, labels
+    return full, spans
 
 
 def generation_prompt(tok, user: str) -> list[int]:
@@ -82,13 +107,47 @@ def icl_user_text(context: str, question: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- examples
-def shine_example(tok, evidence: str, turns, lengths: tuple[int, int]) -> dict[str, np.ndarray]:
+def shine_example(tok, evidence: str, turns, lengths: tuple[int, int], teacher: bool = False) -> dict[str, np.ndarray]:
+    """Evidence and conversation, left-padded; ``teacher`` adds the in-context teacher of the KL loss."""
     ctx_len, conv_len = lengths
-    ev = left_pad(encode_text(tok, evidence), ctx_len, tok.pad_token_id)
+    ev_ids = encode_text(tok, evidence)
+    ev = left_pad(ev_ids, ctx_len, tok.pad_token_id)
     ids, labels = chat_turns(tok, turns)
     conv = left_pad(ids, conv_len, tok.pad_token_id, labels)
-    return {"evidence_ids": ev["ids"], "evidence_mask": ev["mask"], "input_ids": conv["ids"],
-            "attention_mask": conv["mask"], "labels": conv["labels"]}
+    out = {"evidence_ids": ev["ids"], "evidence_mask": ev["mask"], "input_ids": conv["ids"],
+           "attention_mask": conv["mask"], "labels": conv["labels"]}
+    if teacher:
+        out.update(teacher_example(tok, evidence, turns, ids, labels, conv_len, teacher_length(ctx_len, conv_len),
+                                   whole_evidence=len(ev_ids) <= ctx_len))
+    return out
+
+
+def teacher_length(context_length: int, conversation_length: int) -> int:
+    """The teacher's padded length: evidence + conversation + room for what ``icl_user_text`` adds around the
+    document (measured: 6 tokens with the tiny tokenizer, so a full evidence would not fit without it)."""
+    return context_length + conversation_length + TEACHER_MARGIN
+
+
+def teacher_example(tok, evidence: str, turns, ids: list[int], labels: list[int], conv_len: int, length: int,
+                    whole_evidence: bool = True) -> dict[str, np.ndarray]:
+    """The KL loss's teacher: the same conversation with the document before the first question (exactly the
+    ``icl`` baseline's prompt), left-padded to ``length``.
+
+    Student and teacher differ only up to the end of the first question, so once both are left-padded their last
+    tokens coincide: student position ``j`` is teacher position ``j + length - conv_len``. Where the student's
+    conversation is cut at ``conv_len`` the teacher is cut by as many tokens, which keeps that. The shared tail is
+    checked token by token; a row where it does not hold (the teacher does not fit ``length``, the evidence was
+    truncated so the teacher would read more than the student's LoRA saw, no label survived, or the tokenizer
+    merged across the question's end) is all padding, which the loss reads as "no teacher" (masked out)."""
+    (question, answer), rest = turns[0], list(turns[1:])
+    t_ids, _ = chat_turns(tok, [(icl_user_text(evidence, question), answer)] + rest)
+    cut = max(0, len(ids) - conv_len)  # tokens left_pad drops from the end of the student's conversation
+    t_ids = t_ids[:len(t_ids) - cut]
+    first = next((i for i, label in enumerate(labels[:conv_len]) if label != IGNORE), None)
+    tail = ids[first - 1:len(ids) - cut] if first else []  # from the position that predicts the first label
+    ok = whole_evidence and bool(tail) and len(t_ids) <= length and t_ids[len(t_ids) - len(tail):] == tail
+    padded = left_pad(t_ids if ok else [], length, tok.pad_token_id)
+    return {"teacher_input_ids": padded["ids"], "teacher_attention_mask": padded["mask"]}
 
 
 def qa_turns(record: dict) -> list[tuple[str, str]]:
@@ -146,9 +205,14 @@ def lm_sequence(record: dict, rng: np.random.Generator, tok, data_cfg) -> tuple[
     A share ``lm_fact_share`` of the in-context examples puts only the sentence that states the answer in the
     prompt, with one question: the shortest form of reading, a curriculum step towards whole documents. A share
     ``lm_person_share`` puts only the paragraph of the person asked about, with that person's questions: the
-    next step (find the right sentence), before whole documents (also find the right person).
+    next step (find the right sentence), before whole documents (also find the right person). A share
+    ``lm_fresh_share`` of the examples replaces the record by a document about freshly generated people
+    (``corpus.fresh_document``, 1..``lm_fresh_max_people`` people): their names and most values occur in no other
+    text, so the answer loss falls only by copying from the prompt, not by recalling the corpus.
     """
     mix, length, max_q = tuple(data_cfg.lm_mix), data_cfg.lm_length, data_cfg.lm_questions
+    if rng.random() < data_cfg.lm_fresh_share:  # people nobody can recall: the answers must be read
+        record = corpus.fresh_document(random.Random(int(rng.integers(2**63))), max_people=data_cfg.lm_fresh_max_people)
     turns = qa_turns(record)
     order = rng.permutation(len(turns))
     turns = [turns[i] for i in order]
@@ -211,8 +275,10 @@ def packed_lm_example(records: Sequence[dict], rng: np.random.Generator, tok, da
 
 # ----------------------------------------------------------------------------------------------- datasets
 def stage_dataset(stage: str, records: Sequence[dict], tok, data_cfg, seed: int, *, distractor_pool=None,
-                  shard_index: int = 0, shard_count: int = 1, repeat: bool = True) -> grain.MapDataset:
-    """A shuffled (per epoch), per-host-sharded MapDataset of single examples for ``stage``."""
+                  shard_index: int = 0, shard_count: int = 1, repeat: bool = True,
+                  teacher: bool = False) -> grain.MapDataset:
+    """A shuffled (per epoch), per-host-sharded MapDataset of single examples for ``stage``; ``teacher`` (IFT
+    stages) adds the KL loss's ``teacher_input_ids`` / ``teacher_attention_mask``."""
     ds = grain.MapDataset.source(list(records))
     if stage == "pretrain":
         texts = [r["context"] for r in records]
@@ -233,9 +299,8 @@ def stage_dataset(stage: str, records: Sequence[dict], tok, data_cfg, seed: int,
             return ds.random_map(functools.partial(_packed_lm_map, tok=tok, data_cfg=data_cfg), seed=seed + 1)
     elif stage in ("ift_mqa", "ift_1qa"):
         if stage == "ift_1qa":
-            from shine_jax.data.corpus import to_single_qa
-            ds = grain.MapDataset.source(to_single_qa(list(records)))
-        fn = functools.partial(_ift_map, tok=tok, data_cfg=data_cfg, pool=distractor_pool)
+            ds = grain.MapDataset.source(corpus.to_single_qa(list(records)))
+        fn = functools.partial(_ift_map, tok=tok, data_cfg=data_cfg, pool=distractor_pool, teacher=teacher)
     else:
         raise ValueError(f"unknown stage {stage!r}")
     ds = ds[shard_index::shard_count].shuffle(seed=seed)
@@ -256,10 +321,9 @@ def _packed_lm_map(records, rng, *, tok, data_cfg):
     return packed_lm_example(records, rng, tok, data_cfg)
 
 
-def _ift_map(record, rng, *, tok, data_cfg, pool):
+def _ift_map(record, rng, *, tok, data_cfg, pool, teacher=False):
     context = record["context"]
     if data_cfg.distractors and pool:
-        from shine_jax.data.corpus import add_distractors
-        import random
-        context = add_distractors(record, pool, data_cfg.distractors, random.Random(int(rng.integers(2**31))))["context"]
-    return shine_example(tok, context, qa_turns(record), (data_cfg.context_length, data_cfg.conversation_length))
+        context = corpus.add_distractors(record, pool, data_cfg.distractors, random.Random(int(rng.integers(2**31))))["context"]
+    return shine_example(tok, context, qa_turns(record), (data_cfg.context_length, data_cfg.conversation_length),
+                         teacher=teacher)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import tempfile
@@ -64,7 +65,7 @@ CHAT_TEMPLATE = (
 )
 
 _META_FILE = "shine_tokenizer.json"  # what a cached tiny tokenizer was trained from
-_TRAINER_REVISION = 3  # bump when the training recipe below changes, so cached tokenizers are retrained
+_TRAINER_REVISION = 4  # bump when the training recipe below changes, so cached tokenizers are retrained
 
 
 def render_qa_turn(question: str, answer: str) -> str:
@@ -196,8 +197,9 @@ def tiny_tokenizer(
     :func:`tiny_tokenizer_dir`) and reused when present.
 
     Training text: the first ``num_docs`` train documents of ``corpus.build_corpus(seed)`` (the same documents as
-    the first ``num_docs`` of the tfds ``mqa`` train split), their contexts and their chat-rendered QA turns, so
-    the chat words and the space-less answer variants are covered. Test people and test-only phrasings are never
+    the first ``num_docs`` of the tfds ``mqa`` train split) and ``num_docs // 2`` documents about generated people
+    (``corpus.fresh_document``, what the base model's reading curriculum reads), their contexts and their
+    chat-rendered QA turns, so the chat words and the space-less answer variants are covered. Test people and test-only phrasings are never
     seen. A cache built from different settings or a different ``corpus.py`` is retrained.
     """
     from transformers import AutoTokenizer
@@ -212,6 +214,9 @@ def tiny_tokenizer(
     if _is_cached(out_dir, meta):
         return AutoTokenizer.from_pretrained(out_dir)
     records = corpus.build_corpus(seed, docs_per_split={"train": num_docs, "validation": 0, "test": 0})["train"]
+    # and documents about generated people, so the syllables of their names and values become tokens as well
+    rng = random.Random(f"{seed}/tokenizer/fresh")
+    records += [corpus.fresh_document(rng) for _ in range(num_docs // 2)]
     # Train into a scratch directory and move it into place, so an interrupted run leaves no half-written cache.
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)

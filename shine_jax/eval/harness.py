@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from shine_jax.eval.methods import EvalSettings, Method, make_methods
+from shine_jax.eval.methods import EvalSettings, Method, check_document_count, make_methods
 from shine_jax.data.pipelines import left_pad
 from shine_jax.eval.metrics import best_em, best_f1
 
@@ -71,10 +71,12 @@ def run_method(shine, method: Method, records: list[dict], settings: EvalSetting
     f1s, ems, per_turn = [], [], {}
     prep_s = gen_s = 0.0
     predictions = []
+    # over the whole list, not per batch: the wrong-document control may take a LoRA from another batch
+    sources = method.memory_sources([r["context"] for r in records])
     for start in range(0, len(records), settings.batch_size):
         docs = records[start:start + settings.batch_size]
         t = time.perf_counter()
-        memory = method.prepare(shine, [d["context"] for d in docs])
+        memory = method.prepare(shine, sources[start:start + settings.batch_size])
         prep_s += time.perf_counter() - t
         histories = [[] for _ in docs]
         answers = [[] for _ in docs]
@@ -118,8 +120,10 @@ def evaluate(shine, records: Sequence[dict], method_names: Sequence[str], settin
     records = check_records(shine, records, max_doc, on_long, skip_bad)
     if not records:
         raise BadRecord("no document left to evaluate")
+    methods = make_methods(method_names, settings, max_doc)
+    check_document_count(method_names, len(records))  # before the first method runs, not after sft's minutes
     results: dict[str, Any] = {"settings": dataclasses.asdict(settings), "max_doc_tokens": max_doc, "methods": {}}
-    for method in make_methods(method_names, settings, max_doc):
+    for method in methods:
         bar = None
         if show_progress:
             from tqdm import tqdm

@@ -9,7 +9,11 @@ cost of SHINE's Table 1), then answers questions with it (``prompt`` decides wha
 * ``sft``   — test-time training: a rank-8 LoRA trained on the document's text with next-token loss for
   ``sft_epochs`` epochs (one epoch = one pass over the document), all documents of a batch trained at once as a
   per-example LoRA (rows never interact: per-row losses are summed and Adam is element-wise);
-* ``shine`` — one generated LoRA per document, reused for all of its questions.
+* ``shine`` — one generated LoRA per document, reused for all of its questions;
+* ``shine-wrong-doc`` — the control: ``shine``'s generation and prompt, but each document is answered with the
+  LoRA generated from *another* document of the evaluated list (``memory_sources``: document i gets document
+  (i + 1) mod n's). On a trained model it falls to the ``none`` level, which shows the adapter carries its own
+  document rather than a document-independent answering skill.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from shine_jax.data.pipelines import icl_user_text
 from shine_jax.model.hypernet import causal_lm_loss
 from shine_jax.model.lora import lora_shapes
 
-METHODS = ("none", "icl", "sft", "shine")
+METHODS = ("none", "icl", "sft", "shine", "shine-wrong-doc")
+MIN_DOCUMENTS = {"shine-wrong-doc": 2}  # the control needs another document to take the LoRA from
 
 
 @dataclasses.dataclass
@@ -44,6 +49,10 @@ class EvalSettings:
 
 class Method:
     name = "base"
+
+    def memory_sources(self, contexts: Sequence[str]) -> list[str]:
+        """The text each document's memory is built from, for the whole evaluated list: its own document."""
+        return list(contexts)
 
     def prepare(self, shine, docs: Sequence[str]) -> Any:
         return None
@@ -81,6 +90,16 @@ class GeneratedLoRA(Method):
         return select_rows(memory, rows)
 
 
+class WrongDocLoRA(GeneratedLoRA):
+    """Same generation and prompt as ``shine``; only the source of each LoRA differs (a derangement)."""
+
+    name = "shine-wrong-doc"
+
+    def memory_sources(self, contexts):
+        check_document_count([self.name], len(contexts))
+        return list(contexts[1:]) + list(contexts[:1])  # document i answers with document (i + 1) mod n's LoRA
+
+
 class TestTimeTraining(Method):
     name = "sft"
 
@@ -103,7 +122,7 @@ class TestTimeTraining(Method):
 def make_methods(names: Sequence[str], settings: EvalSettings, max_doc_tokens: int) -> list[Method]:
     table = {"none": lambda: NoMemory(), "icl": lambda: InContext(),
              "sft": lambda: TestTimeTraining(settings, max_doc_tokens),
-             "shine": lambda: GeneratedLoRA(max_doc_tokens)}
+             "shine": lambda: GeneratedLoRA(max_doc_tokens), "shine-wrong-doc": lambda: WrongDocLoRA(max_doc_tokens)}
     check_method_names(names)
     return [table[n]() for n in names]
 
@@ -112,6 +131,15 @@ def check_method_names(names: Sequence[str]) -> None:
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+
+
+def check_document_count(names: Sequence[str], num_docs: int) -> None:
+    """Methods that need several documents fail here, in one line, before any model runs."""
+    for name in names:
+        need = MIN_DOCUMENTS.get(name, 1)
+        if num_docs < need:
+            raise ValueError(f"method {name} needs at least {need} documents (it answers each with another "
+                             f"document's LoRA), got {num_docs}")
 
 
 def select_rows(lora, rows: np.ndarray):

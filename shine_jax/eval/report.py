@@ -1,10 +1,57 @@
 """Results files of an evaluation: ``results.json``, a Markdown table beside it, and a PNG of F1 per method
-(with the per-turn F1 curves when the data is multi-turn)."""
+(with the per-turn F1 curves when the data is multi-turn); for several test sets (the demo) one section per set
+with its F1 ratios, in a combined ``results.{json,md}`` (:func:`write_summary`)."""
 
 from __future__ import annotations
 
 import json
 import pathlib
+
+# (method, reference): the F1 ratios reported when both methods ran. The control's ratio to ``none`` should be
+# ~1 on a trained model: an adapter from the wrong document is no better than no adapter.
+RATIOS = (("shine", "icl"), ("shine", "none"), ("shine-wrong-doc", "none"))
+
+
+def f1_ratios(methods: dict) -> dict[str, float]:
+    """``{"shine/icl": F1(shine) / F1(icl), ...}`` for the pairs of :data:`RATIOS` that were evaluated."""
+    return {f"{m}/{ref}": methods[m]["f1"] / max(methods[ref]["f1"], 1e-9)
+            for m, ref in RATIOS if m in methods and ref in methods}
+
+
+def ratio_line(ratios: dict[str, float]) -> str:
+    shine = [f"{v:.2f}x {key.split('/')[1]}" for key, v in ratios.items() if key.startswith("shine/")]
+    control = [f"{v:.2f}x {key.split('/')[1]}" for key, v in ratios.items() if key.startswith("shine-wrong-doc/")]
+    parts = (["SHINE F1 = " + ", ".join(shine)] if shine else []) + (
+        ["wrong-document control F1 = " + ", ".join(control)] if control else [])
+    return "; ".join(parts)
+
+
+def set_section(name: str, results: dict) -> str:
+    """One test set's Markdown: a heading with its size, the table, the F1 ratios."""
+    first = next(iter(results["methods"].values()))
+    ratios = ratio_line(f1_ratios(results["methods"]))
+    source = f" ({results['data']})" if results.get("data") else ""
+    return (f"### {name}: {first['documents']} documents, {first['questions']} questions{source}"
+            f"\n\n{markdown_table(results)}" + (f"\n{ratios}\n" if ratios else ""))
+
+
+def summarize(results: dict) -> dict:
+    """A set's results without the predictions (they stay in the set's own results.json)."""
+    methods = {name: {k: v for k, v in r.items() if k != "predictions"} for name, r in results["methods"].items()}
+    return {"data": results.get("data"), "methods": methods, "ratios": f1_ratios(results["methods"])}
+
+
+def write_summary(sets: dict[str, dict], extra: dict, out: str | pathlib.Path) -> dict[str, pathlib.Path]:
+    """Every set's table and ratios in one ``results.json`` (``{"sets": {name: summary}, **extra}``) and one
+    Markdown file beside it."""
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**extra, "sets": {name: summarize(r) for name, r in sets.items()}}, indent=2))
+    tmp.replace(out)
+    md = out.with_suffix(".md")
+    md.write_text("\n".join(set_section(name, r) for name, r in sets.items()))
+    return {"json": out, "markdown": md}
 
 
 def markdown_table(results: dict) -> str:
@@ -27,10 +74,12 @@ def plot(results: dict, path: pathlib.Path) -> None:
     fig, axes = plt.subplots(1, 2 if multi_turn else 1, figsize=(11 if multi_turn else 5.5, 4), squeeze=False)
     ax = axes[0, 0]
     names = list(methods)
-    ax.bar(names, [methods[n]["f1"] for n in names], color=["#999", "#4a90d9", "#e8a33d", "#3aa655"][: len(names)])
+    colors = {"none": "#999", "icl": "#4a90d9", "sft": "#e8a33d", "shine": "#3aa655", "shine-wrong-doc": "#c9c9a0"}
+    ax.bar(names, [methods[n]["f1"] for n in names], color=[colors.get(n, "#777") for n in names])
+    ax.tick_params(axis="x", labelsize=8)  # five method names must fit under their bars
     ax.set_ylabel("token F1")
     ax.set_ylim(0, 1)
-    ax.set_title("F1 per method")
+    ax.set_title(f"F1 per method: {results['set']}" if results.get("set") else "F1 per method")
     for i, n in enumerate(names):
         ax.text(i, methods[n]["f1"] + 0.02, f"{methods[n]['f1']:.2f}", ha="center")
     if multi_turn:

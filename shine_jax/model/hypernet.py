@@ -19,6 +19,7 @@ from shine_jax.model.lora import concat_rank, lora_shapes, logical_axes as lora_
 from shine_jax.model.m2p import M2PConfig, make_m2p
 
 RESHAPE_METHODS = ("rl", "rr", "lr", "ll")
+INITS = ("zeros", "normal")  # of the memory tokens and the M2P position embeddings; zeros is SHINE's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,13 @@ class HyperConfig:
     scale: float = 1e-3  # both generated factors are multiplied by sqrt(scale)
     method: str = "rl"
     m2p: M2PConfig = M2PConfig()
+    # Symmetry breaking (not in SHINE): with zeros every memory token starts identical and M2P cannot tell them
+    # apart but by RoPE, a slow start. 0.02 is the usual embedding init (HF initializer_range, our scratch base),
+    # so a memory token starts like a fresh token embedding whatever the base, and the config stays base-free.
+    mem_init: str = "zeros"
+    mem_init_std: float = 0.02
+    m2p_pos_init: str = "zeros"  # M2P layer and token position embeddings
+    m2p_pos_init_std: float = 0.02  # BERT/GPT-2's position-embedding init
 
     def __post_init__(self):
         if self.method not in RESHAPE_METHODS:
@@ -38,6 +46,12 @@ class HyperConfig:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
         if self.scale <= 0:
             raise ValueError(f"scale must be positive, got {self.scale}")
+        for f in ("mem_init", "m2p_pos_init"):
+            if getattr(self, f) not in INITS:
+                raise ValueError(f"unknown {f} {getattr(self, f)!r}; use one of {', '.join(INITS)}")
+        for f in ("mem_init_std", "m2p_pos_init_std"):
+            if getattr(self, f) <= 0:
+                raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
 
 
 def num_memory_tokens(model: ModelConfig, hyper: HyperConfig) -> int:
@@ -68,6 +82,17 @@ class Hypernetwork(nnx.Module):
         if hyper.extra_metalora_rank:
             self.extra_metalora = _init_metalora(model, hyper.extra_metalora_rank, rngs)
         self.m2p = make_m2p(hyper.m2p, model.num_layers, self.num_tokens, h, rngs)
+        self._break_symmetry(rngs)
+
+    def _break_symmetry(self, rngs: nnx.Rngs) -> None:
+        """The ``normal`` inits, drawn after every other parameter: the Meta LoRA and M2P weights stay those of the
+        official init with the same seed, so a run differs from the official one only by these tensors."""
+        cfg = self.cfg
+        if cfg.mem_init == "normal":
+            self.mem_tokens[...] = cfg.mem_init_std * jax.random.normal(rngs.params(), self.mem_tokens.shape)
+        if cfg.m2p_pos_init == "normal":
+            for pe in (self.m2p.layer_pe, self.m2p.token_pe):
+                pe[...] = cfg.m2p_pos_init_std * jax.random.normal(rngs.params(), pe.shape)
 
     def metalora_pytree(self) -> dict:
         """The Meta LoRA as a decoder LoRA pytree (``[L, 1, in, R]`` / ``[L, 1, R, out]``); an IFT additional Meta
@@ -148,3 +173,21 @@ def causal_lm_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax
     nll = -jnp.take_along_axis(logp, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
     n = valid.sum()
     return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(n, 1), n
+
+
+def kl_distill_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
+                    teacher_valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Context distillation: KL(teacher || student) over the whole vocabulary at the positions that predict a
+    label, averaged over them as ``causal_lm_loss`` averages its NLL; float32, no gradient into the teacher.
+
+    Both logits are ``[B, T, V]`` and aligned position by position; ``teacher_valid`` ``[B, T]`` (optional) marks
+    the positions where the teacher holds the same token as the student (its attention mask, aligned), so a
+    row without a teacher contributes nothing. Returns (loss, n_positions)."""
+    s = jax.nn.log_softmax(student_logits[:, :-1].astype(jnp.float32), axis=-1)
+    t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits[:, :-1]).astype(jnp.float32), axis=-1)
+    valid = labels[:, 1:] != -100
+    if teacher_valid is not None:
+        valid = valid & teacher_valid[:, 1:].astype(bool)
+    kl = jnp.sum(jnp.exp(t) * (t - s), axis=-1)
+    n = valid.sum()
+    return jnp.sum(jnp.where(valid, kl, 0.0)) / jnp.maximum(n, 1), n

@@ -20,6 +20,7 @@ from flax import nnx
 from shine_jax.model.decoder import AXES_KEY
 
 M2P_TYPES = ("transformer", "linear", "lineargate")
+MEMORY_NORMS = ("none", "rmsnorm", "layernorm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +34,15 @@ class M2PConfig:
     mean_pool_size: int = 1
     linear_hidden_dim: int | None = None  # linear/lineargate: width of the inner layers (None = H)
     linear_bias: bool = False  # linear/lineargate: Linear layers with a bias
+    # Not in SHINE: normalise each memory state (per layer, per token) before the position embeddings are added.
+    # Residual-stream scales grow with depth, so without it the deep layers dominate M2P's first attention.
+    memory_norm: str = "none"
 
     def __post_init__(self):
         if self.type not in M2P_TYPES:
             raise ValueError(f"unknown M2P type {self.type!r}; use one of {', '.join(M2P_TYPES)}")
+        if self.memory_norm not in MEMORY_NORMS:
+            raise ValueError(f"unknown memory_norm {self.memory_norm!r}; use one of {', '.join(MEMORY_NORMS)}")
         if self.num_layers < 1:
             raise ValueError(f"M2P num_layers must be >= 1, got {self.num_layers}")
 
@@ -53,6 +59,31 @@ def layer_norm(x, w, b, eps):
     mean = jnp.mean(x, -1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), -1, keepdims=True)
     return (x - mean) * jax.lax.rsqrt(var + eps) * w + b
+
+
+def memory_norm(x, kind: str, scale, eps: float):
+    """The optional input normalisation over the hidden axis; only a scale is learnt, since the position
+    embeddings added right after it already are a learnt offset."""
+    if kind == "rmsnorm":
+        return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + eps) * scale
+    return layer_norm(x, scale, 0.0, eps)
+
+
+class PositionInput(nnx.Module):
+    """What both M2P variants start with: the (optionally normalised) memory states plus learned layer and token
+    position embeddings (zeros, as the official init; ``Hypernetwork`` may redraw them)."""
+
+    def _init_input(self, cfg: "M2PConfig", num_layers: int, num_tokens: int, hidden: int):
+        self.layer_pe = _param(jnp.zeros((num_layers, hidden)), ("layers", "m2p_embed"))
+        self.token_pe = _param(jnp.zeros((num_tokens, hidden)), ("mem_tokens", "m2p_embed"))
+        if cfg.memory_norm != "none":  # "norm" in the name: the no-weight-decay group, like the LayerNorms
+            self.mem_norm_scale = _param(jnp.ones((hidden,)), ("m2p_embed",))
+
+    def _input(self, memory_states: jax.Array) -> jax.Array:
+        x = memory_states
+        if self.cfg.memory_norm != "none":
+            x = memory_norm(x, self.cfg.memory_norm, self.mem_norm_scale[...], self.cfg.layer_norm_eps)
+        return x + self.layer_pe[...][None, :, None, :] + self.token_pe[...][None, None, :, :]
 
 
 class EncoderLayer(nnx.Module):
@@ -92,11 +123,10 @@ class EncoderLayer(nnx.Module):
         return layer_norm(x + ff, self.norm2_scale[...], self.norm2_bias[...], self.eps)
 
 
-class M2PTransformer(nnx.Module):
+class M2PTransformer(PositionInput):
     def __init__(self, cfg: M2PConfig, num_layers: int, num_tokens: int, hidden: int, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.layer_pe = _param(jnp.zeros((num_layers, hidden)), ("layers", "m2p_embed"))
-        self.token_pe = _param(jnp.zeros((num_tokens, hidden)), ("mem_tokens", "m2p_embed"))
+        self._init_input(cfg, num_layers, num_tokens, hidden)
         self.layers = nnx.List([EncoderLayer(hidden, cfg.num_heads, cfg.ffn_mult * hidden, cfg.layer_norm_eps, rngs)
                                 for _ in range(cfg.num_layers)])
 
@@ -106,7 +136,7 @@ class M2PTransformer(nnx.Module):
     def __call__(self, memory_states: jax.Array, return_intermediates: bool = False):
         """memory_states ``[B, L, M, H]`` -> flat ``[B, L*M'*H]`` (M' = M / mean_pool_size)."""
         b, nl, m, h = memory_states.shape
-        x = memory_states + self.layer_pe[...][None, :, None, :] + self.token_pe[...][None, None, :, :]
+        x = self._input(memory_states)
         outs = [x]
         for i, layer in enumerate(self.layers):
             if self.attends_across_layers(i):
@@ -119,13 +149,12 @@ class M2PTransformer(nnx.Module):
         return (flat, outs) if return_intermediates else flat
 
 
-class M2PLinear(nnx.Module):
+class M2PLinear(PositionInput):
     """The ``linear`` / ``lineargate`` ablations: per-token bias-free linears, GELU after each."""
 
     def __init__(self, cfg: M2PConfig, num_layers: int, num_tokens: int, hidden: int, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.layer_pe = _param(jnp.zeros((num_layers, hidden)), ("layers", "m2p_embed"))
-        self.token_pe = _param(jnp.zeros((num_tokens, hidden)), ("mem_tokens", "m2p_embed"))
+        self._init_input(cfg, num_layers, num_tokens, hidden)
         inner = cfg.linear_hidden_dim or hidden
         dims = [hidden] + [inner] * (cfg.num_layers - 1) + [2 * hidden if cfg.type == "lineargate" else hidden]
         self.weights = nnx.List([_param(_uniform(rngs.params(), (a, b), 1 / math.sqrt(a)), ("m2p_embed", "m2p_mlp"))
@@ -134,7 +163,7 @@ class M2PLinear(nnx.Module):
                                 for a, b in zip(dims[:-1], dims[1:])] if cfg.linear_bias else [])
 
     def __call__(self, memory_states: jax.Array, return_intermediates: bool = False):
-        x = memory_states + self.layer_pe[...][None, :, None, :] + self.token_pe[...][None, None, :, :]
+        x = self._input(memory_states)
         outs = [x]
         for i, w in enumerate(self.weights):
             x = x @ w[...] + (self.biases[i][...] if self.cfg.linear_bias else 0.0)

@@ -72,6 +72,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.shine.m2p_ffn_mult = 2
     c.shine.layer_transformer_first = True
     c.shine.train_mem_tokens = True  # the official DDP trainer never updates them (see README)
+    # Departures from SHINE for the hypernetwork's early plateau; every default below is the official behaviour.
+    c.shine.mem_init = "zeros"  # memory tokens: zeros (official) | normal (N(0, mem_init_std^2), breaks symmetry)
+    c.shine.mem_init_std = 0.02  # the usual embedding init: a memory token starts like a fresh token embedding
+    c.shine.m2p_pos_init = "zeros"  # M2P layer/token position embeddings: zeros (official) | normal
+    c.shine.m2p_pos_init_std = 0.02  # BERT/GPT-2's position-embedding init
+    c.shine.memory_norm = "none"  # none (official) | rmsnorm | layernorm of each memory state before M2P
+    c.shine.loss = "nll"  # nll (official) | kl (distil the base with the document in context) | nll+kl (IFT)
+    c.shine.kl_weight = 1.0  # nll+kl: loss = nll + kl_weight * kl
 
     c.data = ml_collections.ConfigDict()
     c.data.dir = ""  # where the bundled corpus and tokenizer are prepared ("" = <workdir>/data)
@@ -96,6 +104,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.lm_pack = False  # base_pretrain: several examples per row (no padding between them)
     c.data.lm_fact_share = 0.0  # base_pretrain: in-context examples with only the answer's sentence as the document
     c.data.lm_person_share = 0.0  # base_pretrain: in-context examples with only the asked person's paragraph
+    c.data.lm_fresh_share = 0.0  # base_pretrain: examples about freshly generated people (answers must be read)
+    c.data.lm_fresh_max_people = 4  # base_pretrain: people per fresh document, 1..this
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3
@@ -105,6 +115,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
+    c.optim.mem_tokens_lr_mult = 1.0  # lr multiplier of the memory tokens (1.0: one lr for all, as SHINE)
+    c.optim.m2p_lr_mult = 1.0  # ... of the M2P (weights, biases, norms, position embeddings)
+    c.optim.metalora_lr_mult = 1.0  # ... of the Meta LoRA (and the IFT additional Meta LoRA)
     return c
 
 
@@ -234,6 +247,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     for f in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every",
               "eval_every"):
         need(c[f] >= 1, f, f"must be >= 1, got {c[f]}")
+    need(0 <= c.seed <= 2**31 - 1, "seed", f"must lie in [0, 2**31 - 1], got {c.seed}")  # an int32 every RNG takes
     need(c.batch_size % c.grad_accum == 0, "grad_accum", f"{c.grad_accum} does not divide batch_size {c.batch_size}")
     need(len(c.mesh) == 3, "mesh", f"needs 3 entries (data, fsdp, tensor), got {c.mesh}")
     need(not checkpoint_dir_problem(c.checkpoint_dir), "checkpoint_dir", checkpoint_dir_problem(c.checkpoint_dir))
@@ -249,10 +263,25 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     need(0.0 <= c.data.lm_fact_share <= 1.0, "data.lm_fact_share", "must lie in [0, 1]")
     need(0.0 <= c.data.lm_person_share <= 1.0 - c.data.lm_fact_share, "data.lm_person_share",
          f"must lie in [0, 1 - lm_fact_share] = [0, {1.0 - c.data.lm_fact_share:g}]")
+    need(0.0 <= c.data.lm_fresh_share <= 1.0, "data.lm_fresh_share", "must lie in [0, 1]")
+    need(1 <= c.data.lm_fresh_max_people <= 4, "data.lm_fresh_max_people", "must lie in [1, 4]")
     need(c.data.lm_questions >= 0, "data.lm_questions", "must be >= 0 (0 = all that fit)")
+    need(0 <= c.data.distractors <= 8, "data.distractors", f"must lie in [0, 8], got {c.data.distractors}")
     need(c.shine.m2p_type in ("transformer", "linear", "lineargate"), "shine.m2p_type", f"{c.shine.m2p_type!r}")
     need(c.shine.method in ("rl", "rr", "lr", "ll"), "shine.method", f"{c.shine.method!r}")
     need(c.shine.scale > 0, "shine.scale", "must be positive")
+    for f in ("mem_init", "m2p_pos_init"):
+        need(c.shine[f] in ("zeros", "normal"), f"shine.{f}", f"{c.shine[f]!r} is not one of zeros, normal")
+    for f in ("mem_init_std", "m2p_pos_init_std", "kl_weight"):
+        need(c.shine[f] > 0, f"shine.{f}", "must be positive")
+    need(c.shine.memory_norm in ("none", "rmsnorm", "layernorm"), "shine.memory_norm",
+         f"{c.shine.memory_norm!r} is not one of none, rmsnorm, layernorm")
+    need(c.shine.loss in ("nll", "kl", "nll+kl"), "shine.loss", f"{c.shine.loss!r} is not one of nll, kl, nll+kl")
+    need(c.shine.loss == "nll" or c.stage in ("ift_mqa", "ift_1qa"), "shine.loss",
+         f"{c.shine.loss!r} distils answers to questions about a document; stage {c.stage} has none "
+         "(use it in ift_mqa / ift_1qa, e.g. --config.ift_mqa.shine.loss=...)")
+    for f in ("mem_tokens_lr_mult", "m2p_lr_mult", "metalora_lr_mult"):
+        need(c.optim[f] > 0, f"optim.{f}", "must be positive")
     need(c.optim.lr > 0, "optim.lr", "must be positive")
     need(0 <= c.optim.warmup_steps <= c.steps, "optim.warmup_steps", f"must lie in [0, steps={c.steps}]")
     need(c.model.compute_dtype in ("float32", "bfloat16"), "model.compute_dtype", "float32 or bfloat16")

@@ -105,9 +105,11 @@ def hyper_config(cfg) -> HyperConfig:
     s = cfg.shine
     extra = s.extra_metalora_rank if cfg.stage in ("ift_mqa", "ift_1qa") else 0
     return HyperConfig(lora_rank=s.lora_rank, metalora_rank=s.metalora_rank, extra_metalora_rank=extra,
-                       scale=s.scale, method=s.method,
+                       scale=s.scale, method=s.method, mem_init=s.mem_init, mem_init_std=s.mem_init_std,
+                       m2p_pos_init=s.m2p_pos_init, m2p_pos_init_std=s.m2p_pos_init_std,
                        m2p=M2PConfig(type=s.m2p_type, num_layers=s.m2p_layers, num_heads=s.m2p_heads,
-                                     ffn_mult=s.m2p_ffn_mult, layer_transformer_first=s.layer_transformer_first))
+                                     ffn_mult=s.m2p_ffn_mult, layer_transformer_first=s.layer_transformer_first,
+                                     memory_norm=s.memory_norm))
 
 
 def previous_final(cfg, workdir: pathlib.Path) -> pathlib.Path | None:
@@ -132,6 +134,9 @@ class Task:
     param_shardings: Any
     finalize: Any  # (params, out_dir) -> None
     step_flops: float
+    lr_mults: Any = None  # per-parameter lr multipliers (None: all 1)
+    eval_loss_fn: Any = None  # the validation loss when it is not the training loss
+    teacher: bool = False  # the training batches carry the KL loss's teacher fields
 
 
 def lm_task(cfg, base: BaseModel, mesh) -> Task:
@@ -159,6 +164,9 @@ def shine_task(cfg, base: BaseModel, mesh, workdir: pathlib.Path) -> Task:
         loaded = Shine.load(prev)
         if loaded.base.cfg != base.cfg:
             raise ConfigError(f"init_from {prev} was trained on another base model ({loaded.base.cfg.hidden_size=})")
+        if loaded.cfg.m2p.memory_norm != hcfg.m2p.memory_norm:
+            raise ConfigError(f"config field 'shine.memory_norm': {hcfg.m2p.memory_norm!r}, but {prev} was trained "
+                              f"with {loaded.cfg.m2p.memory_norm!r}")
         params = shine.hyper_params()
         old = loaded.hyper_params()
         for key in ("mem_tokens", "metalora", "m2p"):
@@ -169,6 +177,10 @@ def shine_task(cfg, base: BaseModel, mesh, workdir: pathlib.Path) -> Task:
     shardings = nnx.to_pure_dict(state_shardings(shine._hstate, mesh))
 
     def loss_fn(params, frozen, batch):
+        return shine_loss(nnx.merge(dgraph, frozen), nnx.merge(hgraph, params), batch, cfg.shine.loss,
+                          cfg.shine.kl_weight)
+
+    def nll_fn(params, frozen, batch):  # validation: the answer NLL whatever the training loss, comparable
         return shine_loss(nnx.merge(dgraph, frozen), nnx.merge(hgraph, params), batch)
 
     def finalize(params, out_dir):
@@ -182,7 +194,14 @@ def shine_task(cfg, base: BaseModel, mesh, workdir: pathlib.Path) -> Task:
     flops = flops_lib.shine_step_flops(base.cfg, cfg.batch_size, cfg.data.context_length, conv,
                                        shine.num_memory_tokens, hcfg.m2p.num_layers, hcfg.m2p.ffn_mult,
                                        hcfg.lora_rank)
-    return Task(params, base._state, loss_fn, optim.param_labels(params, group), shardings, finalize, flops)
+    mults = optim.lr_mults(params, lambda names: optim.hypernet_lr_mult(names, cfg.optim))
+    distil = cfg.shine.loss != "nll"
+    if distil:  # the teacher's forward pass (no backward), vocabulary logits on the conversation's positions only
+        t = pipelines.teacher_length(cfg.data.context_length, conv)
+        flops += (flops_lib.decoder_forward_flops(base.cfg, cfg.batch_size * t, t, False)
+                  + 2.0 * cfg.batch_size * conv * base.cfg.hidden_size * base.cfg.vocab_size)
+    return Task(params, base._state, loss_fn, optim.param_labels(params, group), shardings, finalize, flops,
+                lr_mults=mults, eval_loss_fn=nll_fn if distil else None, teacher=distil)
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -233,21 +252,21 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
     pool = [r["context"] for r in train_records] if cfg.data.distractors else None
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
     train_ds = pipelines.stage_dataset(cfg.stage, train_records, tok, cfg.data, cfg.seed, distractor_pool=pool,
-                                       **shard)
+                                       teacher=task.teacher, **shard)
     eval_ds = pipelines.stage_dataset(cfg.stage, eval_records, tok, cfg.data, cfg.seed + 1000,
                                       distractor_pool=[r["context"] for r in eval_records] if pool else None,
                                       repeat=False, **shard)
     per_host = cfg.batch_size // jax.process_count()
     train_it = batched_iterator(train_ds, per_host)
 
-    tx = optim.make_optimizer(cfg.optim, cfg.steps, task.labels)
+    tx = optim.make_optimizer(cfg.optim, cfg.steps, task.labels, task.lr_mults)
     params = jax.device_put(task.params, task.param_shardings)
     state_sh = train_state_shardings(tx, params, task.param_shardings, mesh)
     state = jax.jit(lambda p: init_state(p, tx), out_shardings=state_sh)(params)
     frozen_sh = None if task.frozen is None else jax.tree.map(lambda x: x.sharding, task.frozen)
     step_fn = jax.jit(make_train_step(task.loss_fn, tx), in_shardings=(state_sh, frozen_sh, None),
                       out_shardings=(state_sh, None), donate_argnums=(0,))
-    eval_fn = jax.jit(make_eval_step(task.loss_fn))
+    eval_fn = jax.jit(make_eval_step(task.eval_loss_fn or task.loss_fn))
 
     checkpointer = ckpt.StageCheckpointer(checkpoint_dir_of(cfg, stage_dir), cfg.keep_checkpoints)
     signature = ckpt.model_signature(task.params)

@@ -3,7 +3,9 @@
 Groups (SHINE_SPEC §7): ``decay`` = M2P weights and position embeddings (weight decay), ``no_decay`` = M2P biases
 and LayerNorm parameters, ``meta`` = the Meta LoRA (weight decay) and — our addition — the memory tokens, which
 the official multi-GPU trainer leaves out of every group. ``frozen`` parameters get zero updates. Each group is
-clipped to ``clip_norm`` separately, as the official loop calls ``clip_grad_norm_`` once per group.
+clipped to ``clip_norm`` separately, as the official loop calls ``clip_grad_norm_`` once per group. Optional
+learning-rate multipliers (``optim.{mem_tokens,m2p,metalora}_lr_mult``, not in SHINE) scale the updates of the
+memory tokens, the M2P and the Meta LoRA without changing the groups.
 """
 
 from __future__ import annotations
@@ -50,7 +52,24 @@ def param_labels(params: Any, group_fn: Callable[[list[str]], str]) -> Any:
     return jax.tree_util.tree_map_with_path(lambda p, _: group_fn(_path_names(p)), params)
 
 
-def make_optimizer(optim_cfg, total_steps: int, labels: Any) -> optax.GradientTransformation:
+def hypernet_lr_mult(names: list[str], optim_cfg) -> float:
+    """A hypernetwork parameter's learning-rate multiplier (``optim.*_lr_mult``)."""
+    if names[0] == "mem_tokens":
+        return float(optim_cfg.get("mem_tokens_lr_mult", 1.0))
+    if names[0] in ("metalora", "extra_metalora"):
+        return float(optim_cfg.get("metalora_lr_mult", 1.0))
+    return float(optim_cfg.get("m2p_lr_mult", 1.0))
+
+
+def lr_mults(params: Any, mult_fn: Callable[[list[str]], float]) -> Any:
+    """Per-parameter lr multipliers, or None when all are 1 (then the optimizer is exactly the official one)."""
+    mults = jax.tree_util.tree_map_with_path(lambda p, _: mult_fn(_path_names(p)), params)
+    return None if all(m == 1.0 for m in jax.tree.leaves(mults)) else mults
+
+
+def make_optimizer(optim_cfg, total_steps: int, labels: Any, mults: Any = None) -> optax.GradientTransformation:
+    """``mults`` (a tree like ``labels`` of floats, see ``lr_mults``) scales each parameter's final update, which
+    for AdamW (weight decay included) is the same as scaling its learning rate; the groups' clipping is unchanged."""
     schedule = warmup_linear_decay(optim_cfg.lr, optim_cfg.warmup_steps, total_steps)
 
     def adamw(wd):
@@ -60,4 +79,8 @@ def make_optimizer(optim_cfg, total_steps: int, labels: Any) -> optax.GradientTr
 
     transforms = {"decay": adamw(optim_cfg.weight_decay), "no_decay": adamw(0.0),
                   "meta": adamw(optim_cfg.weight_decay), "frozen": optax.set_to_zero()}
-    return optax.multi_transform(transforms, labels)
+    tx = optax.multi_transform(transforms, labels)
+    if mults is None:
+        return tx
+    scale = optax.stateless(lambda updates, params=None: jax.tree.map(lambda u, m: u * m, updates, mults))
+    return optax.chain(tx, scale)
