@@ -412,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--docs", type=int, default=32, help="test documents to evaluate per test set")
     d.add_argument("--sets", default=",".join(TEST_SETS),
                    help="test sets: one_person (one test person per document), distractors (the same documents "
-                        "padded with --distractors bios of other test people)")
+                        "padded with --distractors bios of other test people), family2 (one-person documents "
+                        "with names, values and phrasings no training text uses)")
     d.add_argument("--distractors", default="{}-{}".format(*DISTRACTORS),
                    help=f"distractor people per document, MIN-MAX (at most {MAX_DISTRACTORS})")
     d.add_argument("--questions", type=int, default=0, help="ask at most this many questions per document (0: all)")

@@ -13,7 +13,7 @@ from shine_jax.convert.official import OfficialCheckpointError
 from shine_jax.data import corpus, pipelines
 from shine_jax.model.base_model import BaseModel
 from shine_jax.model.config import ModelConfig
-from shine_jax.model.hypernet import HyperConfig, Hypernetwork, causal_lm_loss, kl_distill_loss
+from shine_jax.model.hypernet import HyperConfig, Hypernetwork, kl_distill_loss
 from shine_jax.model.m2p import M2PConfig
 from shine_jax.shine import Shine, shine_loss, teacher_logits
 from shine_jax.train import loop, optimizer as optim
@@ -81,7 +81,8 @@ def test_init_fields_reach_the_model_and_are_validated():
                                        "shine.mem_init_std=0.1", "shine.memory_norm='rmsnorm'"])
     h = loop.hyper_config(cfg)
     assert (h.mem_init, h.mem_init_std, h.m2p_pos_init, h.m2p.memory_norm) == ("normal", 0.1, "normal", "rmsnorm")
-    for override, field in [("shine.mem_init='ones'", "shine.mem_init"), ("shine.m2p_pos_init='x'", "shine.m2p_pos_init"),
+    for override, field in [("shine.mem_init='ones'", "shine.mem_init"),
+                            ("shine.m2p_pos_init='x'", "shine.m2p_pos_init"),
                             ("shine.mem_init_std=0.0", "shine.mem_init_std"),
                             ("shine.m2p_pos_init_std=-1.0", "shine.m2p_pos_init_std"),
                             ("shine.memory_norm='batchnorm'", "shine.memory_norm"), ("shine.loss='mse'", "shine.loss"),
@@ -167,27 +168,28 @@ def records():
     return corpus.build_corpus(0, num_people=300, docs_per_split={"train": 24, "validation": 0, "test": 0})["train"]
 
 
-@pytest.mark.parametrize("stage,conv_len", [("ift_mqa", 400), ("ift_mqa", 60), ("ift_1qa", 32)])
-def test_teacher_is_aligned_with_the_student(tok, records, stage, conv_len):
+@pytest.mark.parametrize("stage,ctx_len,conv_len", [("ift_mqa", 600, 400), ("ift_mqa", 300, 60), ("ift_1qa", 600, 32)])
+def test_teacher_is_aligned_with_the_student(tok, records, stage, ctx_len, conv_len):
     """Teacher position j + (Tt - Tq) holds the student's token j at every labelled position, also where the
-    student's conversation was cut; the teacher is the icl prompt (document, then the first question)."""
-    data = small_config(stage, extra=["data.context_length=600", f"data.conversation_length={conv_len}"]).data
+    student's conversation or evidence was cut; the teacher is the icl prompt (document, then the first question)."""
+    data = small_config(stage, extra=[f"data.context_length={ctx_len}", f"data.conversation_length={conv_len}"]).data
     plain = pipelines.stage_dataset(stage, records, tok, data, seed=0, repeat=False)
     assert "teacher_input_ids" not in plain[0]  # the default batch is as before
     ds = pipelines.stage_dataset(stage, records, tok, data, seed=0, repeat=False, teacher=True)
-    tt, tq = pipelines.teacher_length(600, conv_len), conv_len
-    with_teacher = cut = 0
+    tt, tq = pipelines.teacher_length(ctx_len, conv_len), conv_len
+    with_teacher = cut = truncated = 0
     for i in range(min(len(ds), 16)):
         ex = ds[i]
         for k in ("evidence_ids", "input_ids", "attention_mask", "labels"):
             np.testing.assert_array_equal(ex[k], plain[i][k])
         assert ex["teacher_input_ids"].shape == ex["teacher_attention_mask"].shape == (tt,)
-        # masked out only when the evidence was truncated or no label survived the conversation's cut
-        assert ex["teacher_attention_mask"].any() == (ex["evidence_mask"][0] == 0 and (ex["labels"] != -100).any())
+        # masked out only when no label survived the conversation's cut
+        assert ex["teacher_attention_mask"].any() == (ex["labels"] != -100).any()
         if not ex["teacher_attention_mask"].any():
             continue
         with_teacher += 1
         cut += bool(ex["attention_mask"][0])  # a full student row: its conversation was (probably) cut
+        truncated += bool(ex["evidence_mask"][0])  # a full evidence row: the document was (probably) truncated
         labelled = np.nonzero(ex["labels"] != -100)[0]
         assert len(labelled)
         aligned = labelled + tt - tq
@@ -200,7 +202,7 @@ def test_teacher_is_aligned_with_the_student(tok, records, stage, conv_len):
         assert teacher_text.startswith(f"<|im_start|> user {document} Question: {first_q} <|im_end|>")
     assert with_teacher >= 8
     if conv_len == 60:
-        assert cut > 0  # the cut conversations kept their teacher
+        assert cut > 0 and truncated > 0  # cut conversations and truncated documents kept their teacher
 
 
 def test_truncated_teacher_is_masked_out_not_misaligned(tok, records):
@@ -211,13 +213,15 @@ def test_truncated_teacher_is_masked_out_not_misaligned(tok, records):
     assert ok["teacher_attention_mask"].sum() > len(ids)
     short = pipelines.teacher_example(tok, records[0]["context"], turns, ids, labels, len(ids), doc_len + len(ids) - 5)
     assert not short["teacher_attention_mask"].any() and short["teacher_input_ids"].shape == (doc_len + len(ids) - 5,)
-    cut_doc = pipelines.teacher_example(tok, records[0]["context"], turns, ids, labels, len(ids), 4 * doc_len,
-                                        whole_evidence=False)
-    assert not cut_doc["teacher_attention_mask"].any()
-    # a too-short evidence length: every row of the stage is masked out, none misaligned
-    data = small_config("ift_1qa", extra=["data.context_length=8", "data.conversation_length=32"]).data
+    # a truncated evidence: the teacher reads the same truncated document the LoRA is generated from
+    data = small_config("ift_1qa", extra=["data.context_length=20", "data.conversation_length=48"]).data
     ds = pipelines.stage_dataset("ift_1qa", records, tok, data, seed=0, repeat=False, teacher=True)
-    assert not any(ds[i]["teacher_attention_mask"].any() for i in range(4))
+    for i in range(4):
+        ex = ds[i]
+        assert ex["evidence_mask"].all() and ex["teacher_attention_mask"].any()
+        document = ws(tok.decode(ex["evidence_ids"]))
+        assert ws(tok.decode(ex["teacher_input_ids"][ex["teacher_attention_mask"] == 1])).startswith(
+            f"<|im_start|> user {document} Question:")
 
 
 def test_kl_config_errors_name_the_field():

@@ -116,9 +116,9 @@ def shine_example(tok, evidence: str, turns, lengths: tuple[int, int], teacher: 
     conv = left_pad(ids, conv_len, tok.pad_token_id, labels)
     out = {"evidence_ids": ev["ids"], "evidence_mask": ev["mask"], "input_ids": conv["ids"],
            "attention_mask": conv["mask"], "labels": conv["labels"]}
-    if teacher:
-        out.update(teacher_example(tok, evidence, turns, ids, labels, conv_len, teacher_length(ctx_len, conv_len),
-                                   whole_evidence=len(ev_ids) <= ctx_len))
+    if teacher:  # the teacher reads what the LoRA is generated from: a truncated evidence truncated too
+        seen = evidence if len(ev_ids) <= ctx_len else tok.decode(ev_ids[:ctx_len])
+        out.update(teacher_example(tok, seen, turns, ids, labels, conv_len, teacher_length(ctx_len, conv_len)))
     return out
 
 
@@ -128,24 +128,24 @@ def teacher_length(context_length: int, conversation_length: int) -> int:
     return context_length + conversation_length + TEACHER_MARGIN
 
 
-def teacher_example(tok, evidence: str, turns, ids: list[int], labels: list[int], conv_len: int, length: int,
-                    whole_evidence: bool = True) -> dict[str, np.ndarray]:
+def teacher_example(tok, evidence: str, turns, ids: list[int], labels: list[int], conv_len: int,
+                    length: int) -> dict[str, np.ndarray]:
     """The KL loss's teacher: the same conversation with the document before the first question (exactly the
     ``icl`` baseline's prompt), left-padded to ``length``.
 
     Student and teacher differ only up to the end of the first question, so once both are left-padded their last
     tokens coincide: student position ``j`` is teacher position ``j + length - conv_len``. Where the student's
     conversation is cut at ``conv_len`` the teacher is cut by as many tokens, which keeps that. The shared tail is
-    checked token by token; a row where it does not hold (the teacher does not fit ``length``, the evidence was
-    truncated so the teacher would read more than the student's LoRA saw, no label survived, or the tokenizer
-    merged across the question's end) is all padding, which the loss reads as "no teacher" (masked out)."""
+    checked token by token; a row where it does not hold (the teacher does not fit ``length``, no label survived
+    the cut, or the tokenizer merged across the question's end) is all padding, which the loss reads as "no
+    teacher" (masked out)."""
     (question, answer), rest = turns[0], list(turns[1:])
     t_ids, _ = chat_turns(tok, [(icl_user_text(evidence, question), answer)] + rest)
     cut = max(0, len(ids) - conv_len)  # tokens left_pad drops from the end of the student's conversation
     t_ids = t_ids[:len(t_ids) - cut]
     first = next((i for i, label in enumerate(labels[:conv_len]) if label != IGNORE), None)
     tail = ids[first - 1:len(ids) - cut] if first else []  # from the position that predicts the first label
-    ok = whole_evidence and bool(tail) and len(t_ids) <= length and t_ids[len(t_ids) - len(tail):] == tail
+    ok = bool(tail) and len(t_ids) <= length and t_ids[len(t_ids) - len(tail):] == tail
     padded = left_pad(t_ids if ok else [], length, tok.pad_token_id)
     return {"teacher_input_ids": padded["ids"], "teacher_attention_mask": padded["mask"]}
 

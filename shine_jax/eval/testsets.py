@@ -3,7 +3,9 @@ training), built straight from ``corpus`` so that every set is a pure function o
 
 * ``one_person``  — one person per document (``corpus.make_documents`` with ``min_people = max_people = 1``);
 * ``distractors`` — the same documents and questions, each padded with k unrelated bios of other test-split
-  people, k drawn per document from a range (default 1-3; ``corpus.add_distractors``).
+  people, k drawn per document from a range (default 1-3; ``corpus.add_distractors``);
+* ``family2``     — one-person documents of the second test family, never used in training: other syllables,
+  other fact and question phrasings (``corpus.make_family2_documents``).
 
 A set is one entry of :data:`TEST_SETS` (name -> builder of a :class:`SetSpec`), so a third set is one line.
 The corpus seed, not the training seed, fixes the sets: runs with different ``--config.seed`` are scored on the
@@ -47,9 +49,16 @@ def with_distractors(spec: SetSpec) -> list[dict]:
     return [corpus.add_distractors(r, pool, rng.randint(low, high), rng) for r in records]
 
 
+def family2(spec: SetSpec) -> list[dict]:
+    """One-person documents of the second test family: names and values from syllables no training text uses,
+    facts and questions in phrasings of their own (``corpus.make_family2_documents``)."""
+    return corpus.make_family2_documents(spec.docs, spec.seed)
+
+
 TEST_SETS: dict[str, Callable[[SetSpec], list[dict]]] = {
     "one_person": one_person,
     "distractors": with_distractors,
+    "family2": family2,
 }
 
 
