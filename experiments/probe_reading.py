@@ -16,14 +16,18 @@ import json
 import types
 
 from shine_jax.data import corpus
+from shine_jax.eval import testsets
 from shine_jax.eval.harness import run_method
 from shine_jax.eval.methods import EvalSettings, make_methods
 from shine_jax.model.base_model import BaseModel
 
 
-def family1(num_docs: int, seed: int, people: int, num_people: int = 10_000) -> list[dict]:
-    test_people = corpus.split_people(corpus.make_people(num_people, seed), seed)["test"]
-    return corpus.make_documents(test_people, seed + 7, "test", num_docs, min_people=people, max_people=people)
+def family1(num_docs: int, seed: int, people: int) -> list[dict]:
+    """The demo's ``one_person`` set (``people`` = 1), or the same construction with more people per document."""
+    spec = testsets.SetSpec(testsets.people_of_test_split(corpus.DEFAULT_NUM_PEOPLE, seed), num_docs, seed)
+    if people == 1:
+        return testsets.one_person(spec)
+    return corpus.make_documents(spec.people, seed, "test", num_docs, min_people=people, max_people=people)
 
 
 def family2(num_docs: int, seed: int, people: int) -> list[dict]:

@@ -229,7 +229,9 @@ def demo_test_sets(cfg, args, set_names, distractors) -> dict[str, tuple[str, li
 
     corpus = make_config(cfg.data.builder_config, **corpus_overrides(cfg))  # the corpus the stages trained on
     spec = SetSpec(people_of_test_split(corpus.num_people, corpus.seed), args.docs, corpus.seed, distractors)
-    return {name: (f"bundled test split, {name}", records) for name, records in build_sets(set_names, spec).items()}
+    source = {"family2": "second test family (names, values and phrasings no training text uses)"}
+    return {name: (source.get(name, f"bundled test split, {name}"), records)
+            for name, records in build_sets(set_names, spec).items()}
 
 
 def cmd_demo(args) -> None:

@@ -152,7 +152,7 @@ def test_demo_reuses_trained_stages_and_writes_the_table(trained_workdir, tmp_pa
     assert "SHINE F1 = " in out and "x none" in out and "x icl" in out and "wrong-document control F1 = " in out
     demo_methods = (*METHODS, "shine-wrong-doc")
     summary = json.loads((wd / "eval" / "results.json").read_text())
-    assert list(summary["sets"]) == ["one_person", "distractors"] and summary["stages"][-1] == "ift_1qa"
+    assert list(summary["sets"]) == ["one_person", "distractors", "family2"] and summary["stages"][-1] == "ift_1qa"
     for name in ("one_person", "distractors"):
         assert f"### {name}: 2 documents, 4 questions" in out
         assert set(summary["sets"][name]["ratios"]) == {"shine/icl", "shine/none", "shine-wrong-doc/none"}

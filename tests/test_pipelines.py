@@ -224,7 +224,7 @@ def test_base_pretrain_fresh_people(tok, records):
         answers = answers_of(tok, ex["labels"])
         assert answers and all(a in prompt for a in answers)
         name = prompt.split()[2:4]  # after "<|im_start|> user"
-        assert not set(name) <= known
+        assert set(name).isdisjoint(known)
     with pytest.raises(Exception, match="lm_fresh_share"):
         small_config("base_pretrain", extra=["data.lm_fresh_share=1.5"])
 
@@ -233,3 +233,15 @@ def test_chatml_fast_path_equals_the_template(tok):
     """The bundled tokenizer's chat is rendered without Jinja; it must equal what its template renders."""
     turns = [("Where was Ada born?", "Dunmere"), ("Her job?", "florist"), ("And?", "x y")]
     assert pipelines._render_chatml(turns) == pipelines._render_template(tok, turns, None)
+
+
+def test_base_pretrain_copy_examples(tok, records):
+    """lm_copy_share=1: the prompt asks for one person's bio back, and the labels are exactly that bio."""
+    cfg = small_config("base_pretrain", extra=["data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_copy_share=1.0",
+                                                "data.lm_length=384"]).data
+    rng = np.random.default_rng(0)
+    for rec in records[:4]:
+        ex = pipelines.lm_example(rec, rng, tok, cfg)
+        prompt = visible(tok, ex["input_ids"], ex["attention_mask"])
+        (answer,) = answers_of(tok, ex["labels"])
+        assert pipelines.COPY_PROMPT in prompt and answer == ws(rec["context"].split("\n\n")[0])

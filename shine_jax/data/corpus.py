@@ -332,7 +332,8 @@ VALUE_POOLS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Template:
-    """One phrasing. ``split`` is ``"train"`` (usable everywhere) or ``"test_only"`` (test documents only)."""
+    """One phrasing. ``split`` is ``"train"`` (usable everywhere), ``"test_only"`` (test documents only) or
+    ``"family2"`` (the second test family only)."""
 
     attribute: str
     text: str
@@ -912,9 +913,10 @@ def _family2_bio(person: Person, attributes: Sequence[str], rng: random.Random) 
 
 def make_family2_documents(num_docs: int, seed: int = 0, *, min_people: int = 1, max_people: int = 1,
                            min_facts: int = 4, max_facts: int = 7) -> list[dict[str, Any]]:
-    """The second test family, never used in training: people named from FAMILY2_SYLLABLES (values from the bundled
-    pools or, half of the time, generated from the same syllables), facts stated with FAMILY2_FACT_PHRASINGS and asked with FAMILY2_QUESTION_PHRASINGS. Measures whether a
-    model reads the prompt rather than recalls the corpus's names and wording."""
+    """The second test family, never used in training: people named from FAMILY2_SYLLABLES (values from the
+    bundled pools or, half of the time, generated from the same syllables), facts stated with
+    FAMILY2_FACT_PHRASINGS and asked with FAMILY2_QUESTION_PHRASINGS. Measures whether a model reads the prompt
+    rather than recalls the corpus's names and wording."""
     if num_docs < 0:
         raise ValueError(f"num_docs must be >= 0, got {num_docs}")
     if not 1 <= min_people <= max_people:

@@ -29,6 +29,7 @@ from shine_jax.data import corpus
 from shine_jax.data.tokenizer import BOS_TOKEN, CHAT_TEMPLATE, EOS_TOKEN
 
 IGNORE = -100
+COPY_PROMPT = "Repeat the text."  # base_pretrain copy examples: this line, the document, then the document again
 SEP = "<|endoftext|>"
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 LM_PACK_CANDIDATES = 12  # records offered to one packed base-pretraining row
@@ -208,11 +209,20 @@ def lm_sequence(record: dict, rng: np.random.Generator, tok, data_cfg) -> tuple[
     next step (find the right sentence), before whole documents (also find the right person). A share
     ``lm_fresh_share`` of the examples replaces the record by a document about freshly generated people
     (``corpus.fresh_document``, 1..``lm_fresh_max_people`` people): their names and most values occur in no other
-    text, so the answer loss falls only by copying from the prompt, not by recalling the corpus.
+    text, so the answer loss falls only by copying from the prompt, not by recalling the corpus. A share
+    ``lm_copy_share`` asks for the document back verbatim (``COPY_PROMPT``, answer-scored): every answer token is
+    a copy, which teaches the copying circuit long before question answering alone would.
     """
     mix, length, max_q = tuple(data_cfg.lm_mix), data_cfg.lm_length, data_cfg.lm_questions
-    if rng.random() < data_cfg.lm_fresh_share:  # people nobody can recall: the answers must be read
-        record = corpus.fresh_document(random.Random(int(rng.integers(2**63))), max_people=data_cfg.lm_fresh_max_people)
+    # a share of 0 draws nothing, so the default stream of examples is what it was before these options
+    if data_cfg.lm_fresh_share > 0 and rng.random() < data_cfg.lm_fresh_share:  # answers nobody can recall
+        record = corpus.fresh_document(random.Random(int(rng.integers(2**63))),
+                                       max_people=data_cfg.lm_fresh_max_people)
+    if data_cfg.lm_copy_share > 0 and rng.random() < data_cfg.lm_copy_share:  # the plainest lesson in reading
+        paragraph = record["context"].split("\n\n")[0]  # one person's bio: short enough to pack
+        ids, labels = chat_turns(tok, [(f"{COPY_PROMPT}\n\n{paragraph}", paragraph)])
+        if len(ids) <= length:  # a longer one would lose its prompt to the row's cut: ask questions instead
+            return ids, labels
     turns = qa_turns(record)
     order = rng.permutation(len(turns))
     turns = [turns[i] for i in order]
@@ -324,6 +334,7 @@ def _packed_lm_map(records, rng, *, tok, data_cfg):
 def _ift_map(record, rng, *, tok, data_cfg, pool, teacher=False):
     context = record["context"]
     if data_cfg.distractors and pool:
-        context = corpus.add_distractors(record, pool, data_cfg.distractors, random.Random(int(rng.integers(2**31))))["context"]
+        rng_py = random.Random(int(rng.integers(2**31)))
+        context = corpus.add_distractors(record, pool, data_cfg.distractors, rng_py)["context"]
     return shine_example(tok, context, qa_turns(record), (data_cfg.context_length, data_cfg.conversation_length),
                          teacher=teacher)

@@ -199,8 +199,9 @@ def tiny_tokenizer(
     Training text: the first ``num_docs`` train documents of ``corpus.build_corpus(seed)`` (the same documents as
     the first ``num_docs`` of the tfds ``mqa`` train split) and ``num_docs // 2`` documents about generated people
     (``corpus.fresh_document``, what the base model's reading curriculum reads), their contexts and their
-    chat-rendered QA turns, so the chat words and the space-less answer variants are covered. Test people and test-only phrasings are never
-    seen. A cache built from different settings or a different ``corpus.py`` is retrained.
+    chat-rendered QA turns, so the chat words and the space-less answer variants are covered. Test people,
+    test-only phrasings and the second test family are never seen. A cache built from different settings or a
+    different ``corpus.py`` is retrained.
     """
     from transformers import AutoTokenizer
 
