@@ -224,3 +224,17 @@ def test_demo_seeds_aggregates_mean_std_min():
     assert agg["methods"]["shine"]["f1"] == pytest.approx({"mean": 0.4, "std": 2 ** 0.5 * 0.1, "min": 0.3, "n": 2})
     assert agg["ratios"]["shine/none"]["min"] == pytest.approx(3.0)
     assert agg["methods"]["none"]["em"]["std"] == 0.0
+
+
+def test_wrong_doc_never_takes_a_document_naming_the_same_person():
+    """On the distractor set the next document may hold this document's person as a distractor; the control then
+    skips to the next document that names none of its people."""
+    from shine_jax.data import corpus
+    from shine_jax.eval.methods import WrongDocLoRA
+
+    people = corpus.make_people(60, 0)
+    a, b, c = (corpus.make_documents([p], 0, "train", 1, min_people=1, max_people=1, min_facts=2, max_facts=2)[0]
+               for p in people[:3])
+    b_with_a = {**b, "context": b["context"] + "\n\n" + a["context"]}
+    sources = WrongDocLoRA(64).memory_sources([a["context"], b_with_a["context"], c["context"]])
+    assert sources == [c["context"], c["context"], a["context"]]

@@ -245,3 +245,33 @@ def test_base_pretrain_copy_examples(tok, records):
         prompt = visible(tok, ex["input_ids"], ex["attention_mask"])
         (answer,) = answers_of(tok, ex["labels"])
         assert pipelines.COPY_PROMPT in prompt and answer == ws(rec["context"].split("\n\n")[0])
+
+
+def test_copy_warmup_rows_then_the_curriculum(tok, records):
+    """lm_copy_warmup_steps: the first rows of the base-pretraining stream are synthetic copying (random token
+    spans, a separator, the same span labelled), deterministic per row index; later rows are the usual ones."""
+    cfg = small_config("base_pretrain", extra=["data.lm_pack=True", "data.lm_length=128",
+                                                "data.lm_copy_warmup_steps=1"]).data
+    ds = pipelines.stage_dataset("base_pretrain", records, tok, cfg, seed=0, copy_warmup_rows=2)
+    again = pipelines.stage_dataset("base_pretrain", records, tok, cfg, seed=0, copy_warmup_rows=2)
+    for i in range(2):
+        row = ds[i]
+        assert np.array_equal(row["input_ids"], again[i]["input_ids"])
+        real = row["attention_mask"] == 1
+        ids, labels = row["input_ids"][real].tolist(), row["labels"][real].tolist()
+        runs, j = 0, 0
+        while j < len(ids):  # every labelled run repeats the span right before the separator that precedes it
+            if labels[j] == -100:
+                j += 1
+                continue
+            k = j
+            while k < len(ids) and labels[k] != -100:
+                k += 1
+            n = k - j
+            assert ids[j - 1] == tok.eos_token_id and ids[j - 1 - n:j - 1] == ids[j:k] and n >= 8
+            runs, j = runs + 1, k
+        assert runs >= 2 and sum(t != -100 for t in labels) > 0.4 * len(ids)
+    text = visible(tok, ds[2]["input_ids"], ds[2]["attention_mask"])
+    assert "<|im_start|> assistant" in text or "<|im_end|>" in text  # the curriculum after the warm-up rows
+    with pytest.raises(Exception, match="lm_copy_warmup_steps"):
+        small_config("base_pretrain", extra=["data.lm_copy_warmup_steps=5", "data.lm_pack=False"])

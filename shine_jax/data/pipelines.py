@@ -284,8 +284,26 @@ def packed_lm_example(records: Sequence[dict], rng: np.random.Generator, tok, da
 
 
 # ----------------------------------------------------------------------------------------------- datasets
+def copy_warmup_row(rng: np.random.Generator, tok, length: int) -> dict[str, np.ndarray]:
+    """A base-pretraining row of synthetic copying: spans of random tokens, each followed by a separator and the
+    same span again, labelled on the repeat only. A from-scratch decoder learns this within ~150 steps (an
+    induction circuit that copies any token, measured: loss 7.0 -> 0.8 between steps 100 and 200 at d=128),
+    whereas from the bios alone copying had not appeared after 1000 steps; with the circuit in place the reading
+    curriculum only has to learn where to copy from."""
+    first = len(tok.all_special_ids) and max(tok.all_special_ids) + 1
+    ids: list[int] = []
+    labels: list[int] = []
+    while length - len(ids) >= 2 * 8 + 1:
+        n = int(rng.integers(8, min(32, (length - len(ids) - 1) // 2) + 1))
+        span = rng.integers(first, len(tok), n).tolist()
+        ids += span + [tok.eos_token_id] + span
+        labels += [IGNORE] * (n + 1) + span
+    out = left_pad(ids, length, tok.pad_token_id, labels)
+    return {"input_ids": out["ids"], "attention_mask": out["mask"], "labels": out["labels"]}
+
+
 def stage_dataset(stage: str, records: Sequence[dict], tok, data_cfg, seed: int, *, distractor_pool=None,
-                  shard_index: int = 0, shard_count: int = 1, repeat: bool = True,
+                  shard_index: int = 0, shard_count: int = 1, repeat: bool = True, copy_warmup_rows: int = 0,
                   teacher: bool = False) -> grain.MapDataset:
     """A shuffled (per epoch), per-host-sharded MapDataset of single examples for ``stage``; ``teacher`` (IFT
     stages) adds the KL loss's ``teacher_input_ids`` / ``teacher_attention_mask``."""
@@ -306,6 +324,9 @@ def stage_dataset(stage: str, records: Sequence[dict], tok, data_cfg, seed: int,
         if data_cfg.lm_pack and repeat:  # training stream only: validation rows stay one example each
             ds = ds[shard_index::shard_count].shuffle(seed=seed).repeat(None)
             ds = ds.batch(LM_PACK_CANDIDATES, batch_fn=list)  # the records offered to one row
+            if copy_warmup_rows:  # the first rows teach copying (copy_warmup_row), then the curriculum
+                return ds.map_with_index(functools.partial(_warm_or_packed_lm_map, tok=tok, data_cfg=data_cfg,
+                                                           seed=(seed, shard_index), warm_rows=copy_warmup_rows))
             return ds.random_map(functools.partial(_packed_lm_map, tok=tok, data_cfg=data_cfg), seed=seed + 1)
     elif stage in ("ift_mqa", "ift_1qa"):
         if stage == "ift_1qa":
@@ -328,6 +349,13 @@ def _lm_map(record, rng, *, tok, data_cfg):
 
 
 def _packed_lm_map(records, rng, *, tok, data_cfg):
+    return packed_lm_example(records, rng, tok, data_cfg)
+
+
+def _warm_or_packed_lm_map(index, records, *, tok, data_cfg, seed, warm_rows):
+    rng = np.random.default_rng([*seed, index])  # a function of (seed, host, row index): exact resume
+    if index < warm_rows:
+        return copy_warmup_row(rng, tok, data_cfg.lm_length)
     return packed_lm_example(records, rng, tok, data_cfg)
 
 

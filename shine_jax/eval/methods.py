@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from shine_jax.data.corpus import find_full_names
 from shine_jax.data.pipelines import icl_user_text
 from shine_jax.model.hypernet import causal_lm_loss
 from shine_jax.model.lora import lora_shapes
@@ -96,8 +97,13 @@ class WrongDocLoRA(GeneratedLoRA):
     name = "shine-wrong-doc"
 
     def memory_sources(self, contexts):
+        """Document i answers with the LoRA of the next document (cyclically) that names none of its people: with
+        distractor bios, document i + 1 may hold document i's person, and its LoRA would then carry the answers."""
         check_document_count([self.name], len(contexts))
-        return list(contexts[1:]) + list(contexts[:1])  # document i answers with document (i + 1) mod n's LoRA
+        names = [set(find_full_names(c)) for c in contexts]
+        n = len(contexts)
+        return [contexts[next((j for j in ((i + k) % n for k in range(1, n)) if not names[i] & names[j]),
+                              (i + 1) % n)] for i in range(n)]
 
 
 class TestTimeTraining(Method):
