@@ -285,20 +285,16 @@ def packed_lm_example(records: Sequence[dict], rng: np.random.Generator, tok, da
 
 # ----------------------------------------------------------------------------------------------- datasets
 def copy_warmup_row(rng: np.random.Generator, tok, length: int) -> dict[str, np.ndarray]:
-    """A base-pretraining row of synthetic copying: spans of random tokens, each followed by a separator and the
-    same span again, labelled on the repeat only. A from-scratch decoder learns this within ~150 steps (an
-    induction circuit that copies any token, measured: loss 7.0 -> 0.8 between steps 100 and 200 at d=128),
-    whereas from the bios alone copying had not appeared after 1000 steps; with the circuit in place the reading
-    curriculum only has to learn where to copy from."""
-    first = len(tok.all_special_ids) and max(tok.all_special_ids) + 1
-    ids: list[int] = []
-    labels: list[int] = []
-    while length - len(ids) >= 2 * 8 + 1:
-        n = int(rng.integers(8, min(32, (length - len(ids) - 1) // 2) + 1))
-        span = rng.integers(first, len(tok), n).tolist()
-        ids += span + [tok.eos_token_id] + span
-        labels += [IGNORE] * (n + 1) + span
-    out = left_pad(ids, length, tok.pad_token_id, labels)
+    """A base-pretraining row of synthetic copying: one span of 16-32 random tokens, a separator and the same span
+    again, labelled on the repeat only, left-padded to ``length``. A from-scratch decoder learns this within ~100
+    steps (an induction circuit that copies any token; measured at d=128: loss 7.6 -> 0.9 by step 100), whereas
+    from the bios alone copying had not appeared after 1000 steps; with the circuit in place the reading
+    curriculum only has to learn where to copy from. One short span per row, not a row full of them: with several
+    spans in a 192-token row the same model was still at the uniform loss after 175 steps."""
+    first = max(tok.all_special_ids) + 1
+    n = int(rng.integers(16, min(32, (length - 1) // 2) + 1))
+    span = rng.integers(first, len(tok), n).tolist()
+    out = left_pad(span + [tok.eos_token_id] + span, length, tok.pad_token_id, [IGNORE] * (n + 1) + span)
     return {"input_ids": out["ids"], "attention_mask": out["mask"], "labels": out["labels"]}
 
 
