@@ -9,6 +9,10 @@ from tests.conftest import ws
 from tests.train_utils import small_config
 
 
+# configs/tiny.py trains its base on generated people with copy examples; these tests read the bundled records
+BUNDLED = ["data.lm_fresh_share=0.0", "data.lm_copy_share=0.0", "data.lm_copy_warmup=0.0"]
+
+
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     return tiny_tokenizer(tmp_path_factory.mktemp("tok"), vocab_size=512, num_docs=300)
@@ -94,7 +98,7 @@ def test_pack_groups():
 
 
 def test_determinism_and_process_sharding(tok, records):
-    cfg = small_config("base_pretrain").data
+    cfg = small_config("base_pretrain", extra=BUNDLED).data
     a = pipelines.stage_dataset("base_pretrain", records, tok, cfg, seed=1)
     b = pipelines.stage_dataset("base_pretrain", records, tok, cfg, seed=1)
     c = pipelines.stage_dataset("base_pretrain", records, tok, cfg, seed=2)
@@ -114,7 +118,7 @@ def test_determinism_and_process_sharding(tok, records):
 
 def test_base_pretrain_in_context_examples(tok, records):
     """In-context QA keeps the whole document, asks as many questions as fit, and (optionally) scores answers only."""
-    cfg = small_config("base_pretrain", extra=["data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_questions=0",
+    cfg = small_config("base_pretrain", extra=[*BUNDLED, "data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_questions=0",
                                                 "data.lm_fact_share=0.0", "data.lm_answer_loss=True",
                                                 "data.lm_length=384"]).data
     rng = np.random.default_rng(0)
@@ -145,7 +149,7 @@ def _questions_in_order(text, asked):
 
 def test_base_pretrain_fact_examples(tok, records):
     """lm_fact_share=1: the prompt holds only the sentence stating the answer, and one question is asked."""
-    cfg = small_config("base_pretrain", extra=["data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_fact_share=1.0",
+    cfg = small_config("base_pretrain", extra=[*BUNDLED, "data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_fact_share=1.0",
                                                 "data.lm_answer_loss=True"]).data
     rng = np.random.default_rng(0)
     for rec in records[:8]:
@@ -157,7 +161,7 @@ def test_base_pretrain_fact_examples(tok, records):
 
 def test_base_pretrain_person_examples(tok, records):
     """lm_person_share=1: the prompt holds only the asked person's paragraph, and only their questions follow."""
-    cfg = small_config("base_pretrain", extra=["data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_fact_share=0.0",
+    cfg = small_config("base_pretrain", extra=[*BUNDLED, "data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_fact_share=0.0",
                                                 "data.lm_person_share=1.0", "data.lm_answer_loss=True",
                                                 "data.lm_length=384"]).data
     rng = np.random.default_rng(0)
@@ -173,13 +177,13 @@ def test_base_pretrain_person_examples(tok, records):
         several += len(answers) > 1
     assert several >= 2
     with pytest.raises(Exception, match="lm_person_share"):
-        small_config("base_pretrain", extra=["data.lm_fact_share=0.7", "data.lm_person_share=0.5"])
+        small_config("base_pretrain", extra=[*BUNDLED, "data.lm_fact_share=0.7", "data.lm_person_share=0.5"])
 
 
 def test_packed_base_pretrain_rows(tok, records):
     """lm_pack: a training row holds several whole examples back to back (first fit), far less padding than one
     example per row, labels aligned with their own example; validation rows stay one example each."""
-    extra = ["data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_fact_share=0.7", "data.lm_answer_loss=True",
+    extra = [*BUNDLED, "data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_fact_share=0.7", "data.lm_answer_loss=True",
              "data.lm_length=192", "data.lm_questions=0"]
     packed_cfg = small_config("base_pretrain", extra=extra + ["data.lm_pack=True"]).data
     single_cfg = small_config("base_pretrain", extra=extra).data
@@ -210,7 +214,7 @@ def test_packed_base_pretrain_rows(tok, records):
 def test_base_pretrain_fresh_people(tok, records):
     """lm_fresh_share=1: every example is about generated people, whose names occur in no training record; the
     answers are stated in the prompt (they can only be read); the people count follows lm_fresh_max_people."""
-    cfg = small_config("base_pretrain", extra=["data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_fresh_share=1.0",
+    cfg = small_config("base_pretrain", extra=[*BUNDLED, "data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_fresh_share=1.0",
                                                 "data.lm_fact_share=0.0", "data.lm_person_share=0.0",
                                                 "data.lm_fresh_max_people=1", "data.lm_answer_loss=True",
                                                 "data.lm_length=384"]).data
@@ -226,7 +230,7 @@ def test_base_pretrain_fresh_people(tok, records):
         name = prompt.split()[2:4]  # after "<|im_start|> user"
         assert set(name).isdisjoint(known)
     with pytest.raises(Exception, match="lm_fresh_share"):
-        small_config("base_pretrain", extra=["data.lm_fresh_share=1.5"])
+        small_config("base_pretrain", extra=[*BUNDLED, "data.lm_fresh_share=1.5"])
 
 
 def test_chatml_fast_path_equals_the_template(tok):
@@ -237,7 +241,7 @@ def test_chatml_fast_path_equals_the_template(tok):
 
 def test_base_pretrain_copy_examples(tok, records):
     """lm_copy_share=1: the prompt asks for one person's bio back, and the labels are exactly that bio."""
-    cfg = small_config("base_pretrain", extra=["data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_copy_share=1.0",
+    cfg = small_config("base_pretrain", extra=[*BUNDLED, "data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_copy_share=1.0",
                                                 "data.lm_length=384"]).data
     rng = np.random.default_rng(0)
     for rec in records[:4]:
@@ -248,10 +252,10 @@ def test_base_pretrain_copy_examples(tok, records):
 
 
 def test_copy_warmup_rows_then_the_curriculum(tok, records):
-    """lm_copy_warmup_steps: the first rows of the base-pretraining stream are synthetic copying (random token
+    """lm_copy_warmup: the first rows of the base-pretraining stream are synthetic copying (random token
     spans, a separator, the same span labelled), deterministic per row index; later rows are the usual ones."""
-    cfg = small_config("base_pretrain", extra=["data.lm_pack=True", "data.lm_length=128",
-                                                "data.lm_copy_warmup_steps=1"]).data
+    cfg = small_config("base_pretrain", extra=[*BUNDLED, "data.lm_pack=True", "data.lm_length=128",
+                                                "data.lm_copy_warmup=0.5"]).data
     ds = pipelines.stage_dataset("base_pretrain", records, tok, cfg, seed=0, copy_warmup_rows=2)
     again = pipelines.stage_dataset("base_pretrain", records, tok, cfg, seed=0, copy_warmup_rows=2)
     for i in range(2):
@@ -273,5 +277,7 @@ def test_copy_warmup_rows_then_the_curriculum(tok, records):
         assert runs >= 2 and sum(t != -100 for t in labels) > 0.4 * len(ids)
     text = visible(tok, ds[2]["input_ids"], ds[2]["attention_mask"])
     assert "<|im_start|> assistant" in text or "<|im_end|>" in text  # the curriculum after the warm-up rows
-    with pytest.raises(Exception, match="lm_copy_warmup_steps"):
-        small_config("base_pretrain", extra=["data.lm_copy_warmup_steps=5", "data.lm_pack=False"])
+    with pytest.raises(Exception, match="lm_copy_warmup"):
+        small_config("base_pretrain", extra=[*BUNDLED, "data.lm_copy_warmup=0.5", "data.lm_pack=False"])
+    with pytest.raises(Exception, match="lm_copy_warmup"):
+        small_config("base_pretrain", extra=[*BUNDLED, "data.lm_copy_warmup=1.0"])

@@ -107,7 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.lm_fresh_share = 0.0  # base_pretrain: examples about freshly generated people (answers must be read)
     c.data.lm_fresh_max_people = 4  # base_pretrain: people per fresh document, 1..this
     c.data.lm_copy_share = 0.0  # base_pretrain: examples that ask for the document back verbatim
-    c.data.lm_copy_warmup_steps = 0  # base_pretrain (packed): first steps on synthetic copying of random tokens
+    c.data.lm_copy_warmup = 0.0  # base_pretrain (packed): this share of the first steps copies random token spans
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3
@@ -266,9 +266,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     need(0.0 <= c.data.lm_person_share <= 1.0 - c.data.lm_fact_share, "data.lm_person_share",
          f"must lie in [0, 1 - lm_fact_share] = [0, {1.0 - c.data.lm_fact_share:g}]")
     need(0.0 <= c.data.lm_fresh_share <= 1.0, "data.lm_fresh_share", "must lie in [0, 1]")
-    need(0 <= c.data.lm_copy_warmup_steps <= c.steps, "data.lm_copy_warmup_steps",
-         f"must lie in [0, steps={c.steps}]")
-    need(c.data.lm_copy_warmup_steps == 0 or c.data.lm_pack, "data.lm_copy_warmup_steps", "needs data.lm_pack=True")
+    need(0.0 <= c.data.lm_copy_warmup < 1.0, "data.lm_copy_warmup", "must lie in [0, 1) (a share of the steps)")
+    need(c.data.lm_copy_warmup == 0 or c.data.lm_pack, "data.lm_copy_warmup", "needs data.lm_pack=True")
     need(0.0 <= c.data.lm_copy_share <= 1.0, "data.lm_copy_share", "must lie in [0, 1]")
     need(1 <= c.data.lm_fresh_max_people <= 4, "data.lm_fresh_max_people", "must lie in [1, 4]")
     need(c.data.lm_questions >= 0, "data.lm_questions", "must be >= 0 (0 = all that fit)")

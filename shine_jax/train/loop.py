@@ -251,7 +251,7 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
     eval_records = load_records(cfg, workdir, "validation")
     pool = [r["context"] for r in train_records] if cfg.data.distractors else None
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
-    warm_rows = cfg.data.lm_copy_warmup_steps * (cfg.batch_size // jax.process_count()) \
+    warm_rows = round(cfg.data.lm_copy_warmup * cfg.steps) * (cfg.batch_size // jax.process_count()) \
         if cfg.stage == "base_pretrain" else 0
     train_ds = pipelines.stage_dataset(cfg.stage, train_records, tok, cfg.data, cfg.seed, distractor_pool=pool,
                                        teacher=task.teacher, copy_warmup_rows=warm_rows, **shard)
