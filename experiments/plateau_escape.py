@@ -44,7 +44,8 @@ def main() -> None:
     p.add_argument("--base", required=True, help="a trained base_pretrain stage folder")
     p.add_argument("--workdir", required=True)
     p.add_argument("--seeds", default="0,1,2,3,4")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=300, help="multi-QA steps")
+    p.add_argument("--pretrain-steps", type=int, default=100, help="RECON/COMP steps before them")
     p.add_argument("--margin", type=float, default=0.05)
     p.add_argument("--taskset", default="", help="CPU list for taskset -c (e.g. 0)")
     p.add_argument("--config", default="configs/tiny.py")
@@ -73,21 +74,24 @@ def main() -> None:
                 elif head not in stage_extra:
                     stage_extra[stage].append(item)
         run([exe, "train", "--config", f"{a.config}:pretrain", "--workdir", str(w), *common,
+             f"--config.steps={a.pretrain_steps}", f"--config.optim.warmup_steps={min(20, a.pretrain_steps)}",
              *stage_extra["pretrain"]], a.taskset, w / "train.log")
         run([exe, "train", "--config", f"{a.config}:ift_mqa", "--workdir", str(w), *common,
              f"--config.steps={a.steps}", "--config.eval_every=25", "--config.log_every=25",
+             "--config.checkpoint_every=1000",
              *stage_extra["ift_mqa"]], a.taskset, w / "train.log")
         step, curve = escape_step(w / "ift_mqa" / "metrics.jsonl", a.margin)
         results.append({"seed": seed, "escape_step": step, "val_curve": curve})
         print(f"seed {seed}: escape step {step}  (val {curve[0][1]:.3f} -> {curve[-1][1]:.3f})", flush=True)
     steps = [r["escape_step"] if r["escape_step"] is not None else a.steps + 25 for r in results]
-    summary = {"name": a.name, "extra": extra, "margin": a.margin, "steps": a.steps, "taskset": a.taskset,
+    summary = {"name": a.name, "extra": extra, "margin": a.margin, "steps": a.steps,
+               "pretrain_steps": a.pretrain_steps, "taskset": a.taskset,
                "seeds": results, "escaped": sum(r["escape_step"] is not None for r in results),
-               "mean_escape": statistics.mean(steps), "stdev_escape": statistics.pstdev(steps),
+               "mean_escape": statistics.mean(steps), "stdev_escape": statistics.stdev(steps) if len(steps) > 1 else 0.0,
                "final_val_mean": statistics.mean(r["val_curve"][-1][1] for r in results)}
     (out / "escape.json").write_text(json.dumps(summary, indent=1))
     print(f"{a.name or 'recipe'}: escaped {summary['escaped']}/{len(results)}, escape step mean "
-          f"{summary['mean_escape']:.0f} (sd {summary['stdev_escape']:.0f}; not escaped counted as {a.steps + 25}), "
+          f"{summary['mean_escape']:.0f} (sample sd {summary['stdev_escape']:.0f}; not escaped counted as {a.steps + 25}), "
           f"final val mean {summary['final_val_mean']:.3f}")
 
 

@@ -1,0 +1,51 @@
+"""The demo on the small trained run (its own file, so pytest-xdist's --dist loadfile runs it beside test_eval.py's
+evaluation tests instead of after them)."""
+
+import json
+
+import pytest
+
+from shine_jax import cli
+
+METHODS = ("none", "icl", "sft", "shine")
+
+
+@pytest.mark.slow
+def test_demo_reuses_trained_stages_and_writes_the_table(trained_workdir, tmp_path, capsys):
+    import shutil
+
+    from tests.conftest import REPO
+    from tests.train_utils import SMALL
+
+    wd = tmp_path / "demo"
+    shutil.copytree(trained_workdir, wd)
+    overrides = [f"--config.{o}" for o in SMALL] + ["--config.ift_mqa.steps=20"]
+    # two of the three sets (the distractor set is built and checked in test_eval_sets.py)
+    assert cli.main(["demo", "--workdir", str(wd), "--docs", "2", "--questions", "2", "--sft-epochs", "2",
+                     "--max-new-tokens", "4", "--no-progress", "--sets", "one_person,family2", *overrides]) == 0
+    out = capsys.readouterr().out
+    for stage in ("base_pretrain", "pretrain", "ift_mqa", "ift_1qa"):
+        assert f"[demo] {stage}: already trained" in out
+    assert "SHINE F1 = " in out and "x none" in out and "x icl" in out and "wrong-document control F1 = " in out
+    demo_methods = (*METHODS, "shine-wrong-doc")
+    summary = json.loads((wd / "eval" / "results.json").read_text())
+    assert list(summary["sets"]) == ["one_person", "family2"] and summary["stages"][-1] == "ift_1qa"
+    for name in ("one_person", "family2"):
+        assert f"### {name}: 2 documents, 4 questions" in out
+        assert set(summary["sets"][name]["ratios"]) == {"shine/icl", "shine/none", "shine-wrong-doc/none"}
+        results = json.loads((wd / "eval" / name / "results.json").read_text())
+        assert set(results["methods"]) == set(demo_methods) and results["set"] == name
+        assert len((wd / "eval" / name / "test.jsonl").read_text().splitlines()) == 2
+        assert all(results["methods"][m]["questions"] == 4 for m in demo_methods)  # --questions 2, 2 documents
+        assert (wd / "eval" / name / "results.md").is_file() and (wd / "eval" / name / "results.png").is_file()
+    assert "### family2" in (wd / "eval" / "results.md").read_text()
+
+    # user errors are one line each, before any training
+    for argv, message in [(["--stages", "base_pretrain"], "must end with a SHINE stage"),
+                          (["--stages", "pretrain,ift_mq"], "--stages must list stages from"),
+                          (["--methods", "none,rag"], "unknown method(s) rag"),
+                          (["--config.ift_9qa.steps=2"], "unknown config field 'ift_9qa'"),
+                          (["--config", f"{REPO}/configs/smollm2_135m.py"], "was trained with config 'tiny'")]:
+        assert cli.main(["demo", "--workdir", str(wd), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
