@@ -21,7 +21,7 @@ from flax import nnx
 
 from shine_jax.model.base_model import BaseModel
 from shine_jax.model.config import ModelConfig
-from shine_jax.model.hypernet import causal_lm_loss
+from shine_jax.model.losses import causal_lm_loss
 
 
 def rows(rng, batch: int, span: tuple[int, int], vocab: int, length: int):

@@ -24,7 +24,8 @@ from shine_jax.convert import official as off
 from shine_jax.model.base_model import BaseModel, lora_shardings, state_shardings
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.decoder import positions_from_mask
-from shine_jax.model.hypernet import HyperConfig, Hypernetwork, causal_lm_loss, kl_distill_loss, num_memory_tokens
+from shine_jax.model.hypernet import HyperConfig, Hypernetwork, num_memory_tokens
+from shine_jax.model.losses import causal_lm_loss, kl_distill_loss
 from shine_jax.model.m2p import M2PConfig
 
 SHINE_JSON = "shine.json"
@@ -308,11 +309,11 @@ def shine_loss(decoder, hyper: Hypernetwork, batch: dict, loss: str = "nll",
     batch's ``teacher_*`` fields, see ``pipelines.teacher_example``) into the answer pass with the generated LoRA;
     ``nll+kl`` adds ``kl_weight`` times it to the NLL (then the count is the NLL's)."""
     lora = hyper.generate_lora(decoder, batch["evidence_ids"], batch["evidence_mask"])
-    logits = decoder(batch["input_ids"], batch["attention_mask"], loras=(lora,))
-    if loss == "nll":
-        return causal_lm_loss(logits, batch["labels"])
+    if loss == "nll":  # only the labelled positions reach the LM head
+        return decoder.lm_loss(batch["input_ids"], batch["attention_mask"], batch["labels"], loras=(lora,))
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
+    logits = decoder(batch["input_ids"], batch["attention_mask"], loras=(lora,))
     n = logits.shape[1]
     teacher = teacher_logits(decoder, batch["teacher_input_ids"], batch["teacher_attention_mask"], n)
     kl, n_kl = kl_distill_loss(logits, teacher, batch["labels"], batch["teacher_attention_mask"][:, -n:])

@@ -13,7 +13,8 @@ from shine_jax.convert.official import OfficialCheckpointError
 from shine_jax.data import corpus, pipelines
 from shine_jax.model.base_model import BaseModel
 from shine_jax.model.config import ModelConfig
-from shine_jax.model.hypernet import HyperConfig, Hypernetwork, kl_distill_loss
+from shine_jax.model.hypernet import HyperConfig, Hypernetwork
+from shine_jax.model.losses import kl_distill_loss
 from shine_jax.model.m2p import M2PConfig
 from shine_jax.shine import Shine, shine_loss, teacher_logits
 from shine_jax.train import loop, optimizer as optim

@@ -30,7 +30,7 @@ import optax
 
 from shine_jax.data.corpus import find_full_names
 from shine_jax.data.pipelines import icl_user_text
-from shine_jax.model.hypernet import causal_lm_loss
+from shine_jax.model.losses import causal_lm_loss
 from shine_jax.model.lora import lora_shapes
 
 METHODS = ("none", "icl", "sft", "shine", "shine-wrong-doc")

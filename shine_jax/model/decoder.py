@@ -20,6 +20,7 @@ from shine_jax import sharding as shd
 from shine_jax.model import layers as L
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.lora import apply_loras
+from shine_jax.model.losses import chunked_lm_loss
 
 AXES_KEY = "logical_axes"
 
@@ -159,14 +160,26 @@ class Decoder(nnx.Module):
             new_cache = dict(cache, k=kv_out[0], v=kv_out[1], index=cache["index"] + t)
         return x, collected, new_cache
 
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, positions: jax.Array | None = None,
-                 loras: Sequence[dict] = ()) -> jax.Array:
-        """Logits ``[B, T, V]`` (float32) for a left- (or right-) padded batch."""
+    def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array, positions: jax.Array | None = None,
+                      loras: Sequence[dict] = ()) -> jax.Array:
+        """The last residual stream ``[B, T, H]`` (before the final norm) of a left- (or right-) padded batch."""
         if positions is None:
             positions = positions_from_mask(attention_mask)
         x = self.embed_tokens(input_ids)
         x, _, _ = self.run_layers(x, attention_mask.astype(bool), positions, loras)
-        return self.project_logits(x)
+        return x
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, positions: jax.Array | None = None,
+                 loras: Sequence[dict] = ()) -> jax.Array:
+        """Logits ``[B, T, V]`` (float32) for a left- (or right-) padded batch."""
+        return self.project_logits(self.hidden_states(input_ids, attention_mask, positions, loras))
+
+    def lm_loss(self, input_ids: jax.Array, attention_mask: jax.Array, labels: jax.Array,
+                loras: Sequence[dict] = ()) -> tuple[jax.Array, jax.Array]:
+        """Next-token NLL over ``labels`` != -100 (HF shift), projecting only the labelled positions onto the
+        vocabulary (``losses.chunked_lm_loss``). Returns (mean loss, labelled positions)."""
+        x = self.hidden_states(input_ids, attention_mask, loras=loras)
+        return chunked_lm_loss(x, self.project_logits, labels)
 
     # -- KV cache -----------------------------------------------------------------------------------------
     def init_cache(self, batch: int, length: int, dtype=None) -> dict:

@@ -162,32 +162,3 @@ def slice_lora(flat: jax.Array, model: ModelConfig, hyper: HyperConfig) -> dict:
         bb = bb.reshape(b, nl, r, d_out) if b_rows_first else jnp.swapaxes(bb.reshape(b, nl, d_out, r), -1, -2)
         out[m] = {"A": jnp.swapaxes(a, 0, 1) * root, "B": jnp.swapaxes(bb, 0, 1) * root}  # -> [L, B, ...]
     return out
-
-
-def causal_lm_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """HF ``ForCausalLMLoss``: shift by one, cross-entropy over labels != -100, mean. Returns (loss, n_tokens)."""
-    logits = logits[:, :-1].astype(jnp.float32)
-    targets = labels[:, 1:]
-    valid = targets != -100
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
-    n = valid.sum()
-    return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(n, 1), n
-
-
-def kl_distill_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
-                    teacher_valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """Context distillation: KL(teacher || student) over the whole vocabulary at the positions that predict a
-    label, averaged over them as ``causal_lm_loss`` averages its NLL; float32, no gradient into the teacher.
-
-    Both logits are ``[B, T, V]`` and aligned position by position; ``teacher_valid`` ``[B, T]`` (optional) marks
-    the positions where the teacher holds the same token as the student (its attention mask, aligned), so a
-    row without a teacher contributes nothing. Returns (loss, n_positions)."""
-    s = jax.nn.log_softmax(student_logits[:, :-1].astype(jnp.float32), axis=-1)
-    t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits[:, :-1]).astype(jnp.float32), axis=-1)
-    valid = labels[:, 1:] != -100
-    if teacher_valid is not None:
-        valid = valid & teacher_valid[:, 1:].astype(bool)
-    kl = jnp.sum(jnp.exp(t) * (t - s), axis=-1)
-    n = valid.sum()
-    return jnp.sum(jnp.where(valid, kl, 0.0)) / jnp.maximum(n, 1), n

@@ -39,18 +39,63 @@ def attention_mask(key_valid: jax.Array, query_offset: jax.Array | int, num_quer
     return causal[None] & key_valid[:, None, :].astype(bool)
 
 
+def _scores(q: jax.Array, k: jax.Array, bias: jax.Array) -> jax.Array:
+    """Masked attention logits in float32: q ``[B, K, G, T, D]``, k ``[B, K, S, D]``, bias ``[B, 1, 1, T, S]``."""
+    b, nk, g, t, d = q.shape
+    s = q.reshape(b, nk, g * t, d) @ k.swapaxes(-1, -2)
+    return s.astype(jnp.float32).reshape(b, nk, g, t, -1) * (d**-0.5) + bias
+
+
+@jax.custom_vjp
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(d) + bias) v per KV group; q ``[B, K, G, T, D]``, k/v ``[B, K, S, D]``."""
+    return _attend_fwd(q, k, v, bias)[0]
+
+
+def _attend_fwd(q, k, v, bias):
+    scores = _scores(q, k, bias)
+    top = jnp.max(scores, axis=-1, keepdims=True)
+    unnormalized = jnp.exp(scores - top)
+    total = jnp.sum(unnormalized, axis=-1, keepdims=True)
+    probs = (unnormalized / total).astype(v.dtype)  # as jax.nn.softmax rounds
+    lse = top + jnp.log(total)
+    b, nk, g, t, d = q.shape
+    out = (probs.reshape(b, nk, g * t, -1) @ v).reshape(q.shape)
+    return out, (q, k, v, bias, out, lse)
+
+
+def _attend_bwd(res, d_out):
+    """The probabilities are recomputed from q, k and the row log-sum-exp instead of being stored, and the
+    softmax backward uses ``rowsum(dP * P) = rowsum(dO * O)`` (FlashAttention's identity), so no ``[T, S]``
+    tensor is saved per layer and none is reduced in the backward pass."""
+    q, k, v, bias, out, lse = res
+    b, nk, g, t, d = q.shape
+    probs = jnp.exp(_scores(q, k, bias) - lse)  # float32 [B, K, G, T, S]
+    flat = lambda x: x.reshape(b, nk, g * t, -1)  # noqa: E731
+    d_v = flat(probs.astype(v.dtype)).swapaxes(-1, -2) @ flat(d_out)
+    d_p = (flat(d_out) @ v.swapaxes(-1, -2)).astype(jnp.float32).reshape(probs.shape)
+    row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+    d_s = (probs * (d_p - row) * (d**-0.5)).astype(q.dtype)
+    d_q = (flat(d_s) @ k).reshape(q.shape)
+    d_k = flat(d_s).swapaxes(-1, -2) @ flat(q)
+    return d_q, d_k, d_v.astype(v.dtype), jnp.zeros_like(bias)
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
+
+
 def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """q ``[B, T, nh, hd]``, k/v ``[B, S, nkv, hd]``, mask ``[B, T, S]`` -> ``[B, T, nh, hd]``.
 
-    Query rows with no visible key (left padding) return zeros, as PyTorch SDPA does, instead of NaN.
+    Heads-first batched matmuls with the query heads of a KV group folded into the query axis, the mask added as a
+    bias, and a hand-written backward pass (``_attend_bwd``); on CPU this backward is ~3x faster than autodiff of
+    5-D grouped einsums with a select on the scores (``benchmarks/train_step_speed.py``). Query rows with no
+    visible key (left padding) return zeros, as PyTorch SDPA does, instead of NaN.
     """
     b, t, nh, hd = q.shape
     nkv = k.shape[2]
-    qg = q.reshape(b, t, nkv, nh // nkv, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k).astype(jnp.float32) * (hd**-0.5)
-    m = mask[:, None, None, :, :]
-    scores = jnp.where(m, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = jnp.where(jnp.any(m, axis=-1, keepdims=True), probs, 0.0).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, nh, hd)
+    qh = q.reshape(b, t, nkv, nh // nkv, hd).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, D]
+    bias = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None, None]  # [B, 1, 1, T, S]
+    out = _attend(qh, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), bias)
+    out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, nh, hd)
+    return out * jnp.any(mask, axis=-1)[:, :, None, None].astype(out.dtype)

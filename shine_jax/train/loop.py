@@ -22,7 +22,7 @@ from shine_jax import multihost, sharding as shd
 from shine_jax.data import pipelines
 from shine_jax.model.base_model import BaseModel, state_shardings
 from shine_jax.model.config import ModelConfig
-from shine_jax.model.hypernet import HyperConfig, causal_lm_loss
+from shine_jax.model.hypernet import HyperConfig
 from shine_jax.model.m2p import M2PConfig
 from shine_jax.shine import Shine, shine_loss, with_shine_tokens
 from shine_jax.train import checkpoint as ckpt
@@ -145,7 +145,7 @@ def lm_task(cfg, base: BaseModel, mesh) -> Task:
 
     def loss_fn(params, frozen, batch):
         decoder = nnx.merge(graphdef, params)
-        return causal_lm_loss(decoder(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        return decoder.lm_loss(batch["input_ids"], batch["attention_mask"], batch["labels"])
 
     def finalize(params, out_dir):
         base.set_params(multihost.to_host(params))  # gathers the shards of other hosts too
