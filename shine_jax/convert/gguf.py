@@ -30,6 +30,8 @@ import sys
 import tempfile
 from typing import Any
 
+from shine_jax.extras import require_torch
+
 # Never touch the network: the GGUF file and everything derived from it are local. Set before the lazy
 # transformers imports below (and before anything else imports transformers / huggingface_hub).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -150,7 +152,7 @@ def _check_architecture(model_type: str, gguf_path: pathlib.Path) -> None:
 
 def _load_gguf_model(gguf_path: pathlib.Path) -> Any:
     """De-quantise the GGUF file into a float32 transformers model (~15 s for SmolLM2-135M on CPU)."""
-    import torch
+    torch = require_torch("reading a GGUF model (SmolLM2)")
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
@@ -196,7 +198,7 @@ def _clean_config(config: Any) -> Any:
 
 def _fresh_model_with_weights(gguf_model: Any) -> Any:
     """A newly built model (same class and weights as ``gguf_model``) that ``save_pretrained`` accepts."""
-    import torch
+    torch = require_torch("reading a GGUF model (SmolLM2)")
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_config(_clean_config(gguf_model.config), dtype=torch.float32)

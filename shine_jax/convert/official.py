@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from shine_jax.extras import require_torch
 from shine_jax.fileutil import atomic_dir
 from shine_jax.model.config import ModelConfig
 
@@ -41,7 +42,7 @@ class OfficialCheckpointError(ValueError):
 # ----------------------------------------------------------------------------------------------------- read
 def load_tensor_archive(path: pathlib.Path) -> Any:
     """``torch.load`` restricted to tensors/containers (no code execution), tensors -> numpy float32."""
-    import torch
+    torch = require_torch("reading an official SHINE checkpoint")
 
     if not path.is_file():
         raise OfficialCheckpointError(f"{path} is missing; an official checkpoint holds {MEM_TOKENS}, {M2P_FILE}, {METALORA}")
@@ -128,7 +129,7 @@ def check_representable(memory_norm: str) -> None:
 def write_official(out_dir: str | os.PathLike, mem_tokens: np.ndarray, m2p: dict, metalora: dict,
                    extra_metalora: dict | None, cfg: ModelConfig, global_step: int = 0,
                    overwrite: bool = False) -> pathlib.Path:
-    import torch
+    torch = require_torch("writing an official SHINE checkpoint")
 
     t = lambda a: torch.tensor(np.asarray(a, np.float32))  # noqa: E731
     with atomic_dir(out_dir, overwrite) as tmp:

@@ -21,6 +21,9 @@ PREVIOUS_STAGE = {"pretrain": None, "ift_mqa": "pretrain", "ift_1qa": "ift_mqa"}
 MODEL_SOURCES = ("scratch", "hf", "smollm2")
 
 
+TRACKERS = ("tensorboard", "wandb", "none")  # where a stage's scalars go besides metrics.jsonl
+
+
 class ConfigError(ValueError):
     """A configuration field that is unknown or inconsistent: the message names it."""
 
@@ -36,6 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 50
     c.keep_checkpoints = 2
     c.log_every = 10
+    c.tracker = "tensorboard"  # besides metrics.jsonl: tensorboard (event files) | wandb (offline run) | none
+    c.tracker_project = "shine_jax"  # the W&B project
     c.eval_every = 50
     c.eval_batches = 4
     c.mesh = (1, -1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
@@ -249,6 +254,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     for f in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every",
               "eval_every"):
         need(c[f] >= 1, f, f"must be >= 1, got {c[f]}")
+    need(c.tracker in TRACKERS, "tracker", f"{c.tracker!r} is not one of {', '.join(TRACKERS)}")
     need(0 <= c.seed <= 2**31 - 1, "seed", f"must lie in [0, 2**31 - 1], got {c.seed}")  # an int32 every RNG takes
     need(c.batch_size % c.grad_accum == 0, "grad_accum", f"{c.grad_accum} does not divide batch_size {c.batch_size}")
     need(len(c.mesh) == 3, "mesh", f"needs 3 entries (data, fsdp, tensor), got {c.mesh}")

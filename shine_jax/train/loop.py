@@ -282,10 +282,13 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
                               f"({mismatch or meta.get('stage')}); use another workdir (or checkpoint_dir)")
         state, _ = checkpointer.restore(latest, ckpt.abstract_like(state), train_it)
         start = latest
-    log = MetricsLog(stage_dir, resume_step=start)
+    tracker = cfg.tracker if jax.process_index() == 0 else "none"  # one tracker run per stage, not per host
+    log = MetricsLog(stage_dir, resume_step=start, tracker=tracker, run_name=f"{cfg.name}:{cfg.stage}",
+                     project=cfg.tracker_project)
     meta = {"stage": cfg.stage, "signature": signature, "config": cfg.to_dict()}
 
     initial_eval = evaluate(eval_fn, state["params"], task.frozen, eval_ds, cfg, mesh) if start == 0 else {}
+    log.hparams(cfg.to_dict(), initial_eval)
     if initial_eval:
         log.write(0, initial_eval)
     kill_after = int(os.environ.get(KILL_ENV, "-1"))

@@ -1,12 +1,15 @@
-"""Training metrics: CLU metric writers (TensorBoard event files) + ``metrics.jsonl`` + a console progress bar."""
-
+"""Training metrics: ``metrics.jsonl``, a tracker (TensorBoard event files via tensorboardX, or W&B), and the CLU
+metric collection the step averages over a logging window."""
 
 import json
+import os
 import pathlib
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from clu import metrics as clu_metrics
+
+from shine_jax.train.config import TRACKERS, ConfigError
 
 
 @clu_metrics.flax.struct.dataclass
@@ -15,20 +18,83 @@ class TrainMetrics(clu_metrics.Collection):
     grad_norm: clu_metrics.Average.from_output("grad_norm")
 
 
-class MetricsLog:
-    """Writes one JSON object per logged step to ``metrics.jsonl`` and the same scalars to TensorBoard."""
+def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """A nested config as one level of ``a.b`` keys with scalar values (sequences and None become strings), the
+    form TensorBoard's HParams plugin and W&B's config table take."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flat_hparams(value, f"{name}."))
+        else:
+            out[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return out
 
-    def __init__(self, directory: pathlib.Path, resume_step: int = 0, tensorboard: bool = True):
+
+class TensorBoardTracker:
+    """Scalars and the stage's hyperparameters as TensorBoard event files, written by tensorboardX (no
+    TensorFlow)."""
+
+    def __init__(self, directory: pathlib.Path):
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(logdir=str(directory), flush_secs=30)
+
+    def hparams(self, hparams: dict, metrics: dict) -> None:
+        from tensorboardX.summary import hparams as hparams_summaries
+
+        # into this writer's file: SummaryWriter.add_hparams opens a second writer, whose file name (time and
+        # host) can be this one's
+        for summary in hparams_summaries(hparams, metrics):
+            self.writer.file_writer.add_summary(summary)
+
+    def scalars(self, step: int, scalars: dict[str, float]) -> None:
+        for key, value in scalars.items():
+            self.writer.add_scalar(key, value, global_step=step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbTracker:
+    """A Weights & Biases run (offline unless ``WANDB_MODE`` says otherwise, so a run never needs the network;
+    ``wandb sync DIR`` uploads it later). Its files go under the stage folder."""
+
+    def __init__(self, directory: pathlib.Path, name: str, project: str):
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("tracker=wandb needs the wandb package: pip install -e '.[wandb]'") from None
+        self.wandb = wandb
+        self.run = wandb.init(project=project, name=name, dir=str(directory), mode=os.environ.get("WANDB_MODE",
+                              "offline"), reinit="create_new")
+
+    def hparams(self, hparams: dict, metrics: dict) -> None:
+        self.run.config.update(hparams, allow_val_change=True)
+
+    def scalars(self, step: int, scalars: dict[str, float]) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MetricsLog:
+    """Writes one JSON object per logged step to ``metrics.jsonl`` and the same scalars to the tracker."""
+
+    def __init__(self, directory: pathlib.Path, resume_step: int = 0, tracker: str = "tensorboard",
+                 run_name: str = "run", project: str = "shine_jax"):
+        if tracker not in TRACKERS:
+            raise ConfigError(f"tracker must be one of {', '.join(TRACKERS)}, got {tracker!r}")
         self.directory = pathlib.Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / "metrics.jsonl"
         self._truncate_after(resume_step)
-        self.writer = None
-        if tensorboard:
-            from clu import metric_writers  # imports TensorFlow: only when we write event files
-
-            self.writer = metric_writers.create_default_writer(str(self.directory / "tensorboard"),
-                                                               just_logging=False)
+        self.tracker = None
+        if tracker == "tensorboard":
+            self.tracker = TensorBoardTracker(self.directory / "tensorboard")
+        elif tracker == "wandb":
+            self.tracker = WandbTracker(self.directory, run_name, project)
 
     def _truncate_after(self, step: int) -> None:
         """On resume, drop lines logged after the restored checkpoint, so the log equals an uninterrupted run's."""
@@ -38,17 +104,21 @@ class MetricsLog:
                 if line.strip() and json.loads(line)["step"] <= step]
         self.path.write_text("".join(line + "\n" for line in keep))
 
+    def hparams(self, config: Mapping[str, Any], metrics: dict[str, float] | None = None) -> None:
+        """Record the stage's configuration once (TensorBoard HParams / W&B config)."""
+        if self.tracker is not None:
+            self.tracker.hparams(flat_hparams(config), dict(metrics or {}))
+
     def write(self, step: int, scalars: dict[str, Any]) -> None:
         row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.writer is not None:
-            self.writer.write_scalars(step, {k: v for k, v in row.items() if k != "step"})
+        if self.tracker is not None:
+            self.tracker.scalars(int(step), {k: v for k, v in row.items() if k != "step"})
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 def read_metrics(path: str | pathlib.Path) -> list[dict]:

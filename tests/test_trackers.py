@@ -1,0 +1,98 @@
+"""Trackers: TensorBoard event files written without TensorFlow hold the logged scalars and the stage's
+hyperparameters; an offline W&B run records the same; a bad tracker name is one config error."""
+
+import json
+import struct
+import sys
+
+import pytest
+
+from shine_jax.train.config import ConfigError, load_config
+from shine_jax.train.metrics import MetricsLog, flat_hparams, read_metrics
+from tests.conftest import REPO
+
+
+def read_events(directory):
+    """Every Event in the TFRecord event files of ``directory`` (length, crc, payload, crc per record)."""
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for path in sorted(directory.rglob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        at = 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[at + 12:at + 12 + length])
+            events.append(event)
+            at += 12 + length + 4
+    return events
+
+
+def scalars_of(events):
+    return {(v.tag, e.step): v.simple_value for e in events for v in e.summary.value if v.HasField("simple_value")}
+
+
+def test_no_tensorflow_is_imported_by_a_training_stage(trained_workdir):
+    assert "tensorflow" not in sys.modules, "a TensorFlow import crept back into the training path"
+
+
+@pytest.mark.slow
+def test_tensorboard_event_files_hold_the_logged_scalars_and_hparams(trained_workdir):
+    stage = trained_workdir / "pretrain"
+    events = read_events(stage / "tensorboard")
+    logged = scalars_of(events)
+    rows = read_metrics(stage / "metrics.jsonl")
+    assert rows
+    for row in rows:
+        for key, value in row.items():
+            if key != "step":
+                assert logged[(key, row["step"])] == pytest.approx(value, rel=1e-6), (key, row["step"])
+    plugin = [v for e in events for v in e.summary.value if v.metadata.plugin_data.plugin_name == "hparams"]
+    assert plugin, "no HParams summary"
+    blob = b"".join(v.metadata.plugin_data.content for v in plugin)
+    assert b"optim.lr" in blob and b"shine.lora_rank" in blob
+
+
+def test_metrics_log_writes_hparams_and_scalars(tmp_path):
+    log = MetricsLog(tmp_path, tracker="tensorboard")
+    log.hparams({"a": {"b": 1, "c": (1, 2)}, "d": None}, {"val_loss": 2.0})
+    log.write(3, {"loss": 1.5})
+    log.close()
+    assert scalars_of(read_events(tmp_path / "tensorboard"))[("loss", 3)] == 1.5
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 3, "loss": 1.5}
+    assert flat_hparams({"a": {"b": 1, "c": (1, 2)}, "d": None}) == {"a.b": 1, "a.c": "(1, 2)", "d": "None"}
+
+
+def test_tracker_none_writes_only_the_jsonl(tmp_path):
+    log = MetricsLog(tmp_path, tracker="none")
+    log.hparams({"a": 1})
+    log.write(1, {"loss": 1.0})
+    log.close()
+    assert not (tmp_path / "tensorboard").exists() and read_metrics(tmp_path / "metrics.jsonl")
+
+
+def test_unknown_tracker_is_a_config_error():
+    with pytest.raises(ConfigError, match="'tracker'"):
+        load_config(f"{REPO}/configs/tiny.py:pretrain", ["tracker=mlflow"])
+
+
+def test_wandb_offline_run_records_config_and_scalars(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")  # in requirements-test.txt; the [wandb] extra elsewhere
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    log = MetricsLog(tmp_path, tracker="wandb", run_name="tiny:pretrain", project="shine_jax_test")
+    log.hparams({"optim": {"lr": 0.001}})
+    log.write(1, {"loss": 2.5})
+    log.write(2, {"loss": 2.0})
+    run_dir = log.tracker.run.dir
+    log.close()
+    assert wandb.run is None
+    offline = list(tmp_path.glob("wandb/offline-run-*"))
+    assert len(offline) == 1, list(tmp_path.rglob("*"))[:20]
+    assert str(offline[0]) in run_dir
+    # the run's record log (what `wandb sync` uploads): protobuf records, their values JSON-encoded
+    (records,) = offline[0].glob("run-*.wandb")
+    data = records.read_bytes()
+    assert b"optim.lr" in data and b"0.001" in data
+    assert b"loss" in data and b"2.5" in data and b"2.0" in data
