@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import pathlib
+import re
 import sys
 import time
 
@@ -154,13 +155,33 @@ def cmd_ask(args) -> None:
         print(shine.ask(read_document(args.doc), args.question, max_new_tokens=args.max_new_tokens))
 
 
+def adapter_folder_names(ids: list[str]) -> list[str]:
+    """Record ids -> folder names that stay inside the output folder: characters other than letters, digits,
+    ``.``, ``_`` and ``-`` become ``_``, leading dots go (no ``..``, no hidden folder), at most 100 characters.
+    Two ids that map to one folder are refused rather than overwrite each other."""
+    names, seen = [], {}
+    for n, rid in enumerate(ids):
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", rid).lstrip(".")[:100] or f"doc{n:05d}"
+        if name in seen:
+            raise ValueError(f"record ids {seen[name]!r} and {rid!r} both map to the adapter folder {name!r}; "
+                             f"make the ids unique")
+        seen[name] = rid
+        names.append(name)
+    return names
+
+
 def cmd_internalize(args) -> None:
     from shine_jax.data.corpus import read_jsonl
     from shine_jax.shine import Shine
 
     shine = Shine.load(args.workdir)
     if args.jsonl:
-        docs = [(r.get("id") or f"doc{n:05d}", r["context"]) for n, r in enumerate(read_jsonl(args.jsonl))]
+        docs = []
+        for n, r in enumerate(read_jsonl(args.jsonl)):
+            if not str(r["context"]).strip():  # the rule ask and eval follow: no adapter of nothing
+                raise ValueError(f"{args.jsonl}: record {n + 1} ({r.get('id') or 'no id'}) has an empty context")
+            docs.append((str(r.get("id") or f"doc{n:05d}"), r["context"]))
+        docs = [(name, text) for name, text in zip(adapter_folder_names([d for d, _ in docs]), (t for _, t in docs))]
     else:
         docs = [(pathlib.Path(d).stem, read_document(d)) for d in args.doc]
     if not docs:
@@ -179,6 +200,8 @@ def cmd_internalize(args) -> None:
 
 # ------------------------------------------------------------------------------------------------ plan
 def cmd_plan(args, overrides: list[str]) -> None:
+    if args.devices < 1:
+        raise ValueError(f"--devices must be >= 1, got {args.devices}")
     if "jax" in sys.modules:  # the fake device count must be set before JAX starts
         import jax
         if jax.device_count() != args.devices:
@@ -235,6 +258,13 @@ def demo_test_sets(cfg, args, set_names, distractors) -> dict[str, tuple[str, li
 
 
 def cmd_demo(args) -> None:
+    from shine_jax.fileutil import workdir_lock
+
+    with workdir_lock(args.workdir):  # one writer: its stages and evaluation
+        _demo(args)
+
+
+def _demo(args) -> None:
     """The embedded default: bundled data -> every stage of the config's pipeline (for ``tiny``: base, RECON/COMP
     pretraining, multi-QA, single-QA) -> none, icl, sft, shine and the wrong-document control on each test set
     (test-split documents of one person, and the same documents with 1-3 distractor people)."""

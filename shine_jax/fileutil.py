@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import shutil
+import socket
 import tempfile
+import warnings
 from typing import Iterator
 
 
@@ -35,3 +38,64 @@ def atomic_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class WorkdirBusyError(ValueError):
+    """Another live process holds the workdir (a user-facing error: the CLI prints one line)."""
+
+
+LOCK_NAME = ".shine_jax.lock"
+
+
+def _holder(path: pathlib.Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | os.PathLike) -> Iterator[None]:
+    """One writer per workdir: ``<workdir>/.shine_jax.lock`` names the holder (pid, host). A second process gets
+    ``WorkdirBusyError``; a lock left by a dead process of this host is taken over with a warning. Re-entrant
+    within a process (``demo`` holds it around stages that take it too)."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / LOCK_NAME
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(path)
+            if holder == me:
+                yield  # already ours: the outer holder releases it
+                return
+            if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+                warnings.warn(f"taking over the stale lock {path} of process {holder['pid']}, which is gone",
+                              stacklevel=3)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                continue
+            who = f"process {holder.get('pid', '?')} on {holder.get('host', '?')}" if holder else "another process"
+            raise WorkdirBusyError(f"{workdir} is in use by {who} (lock {path}); wait for it to finish or use "
+                                   f"another workdir")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me))
+        break
+    try:
+        yield
+    finally:
+        if _holder(path) == me:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()

@@ -92,3 +92,61 @@ def test_workdir_of_another_model_is_refused(trained_workdir, tmp_path):
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "different model" in last
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_step(trained_workdir, tmp_path, damage):
+    """The newest step of a finished stage loses its state (folder deleted, or every file truncated): rerunning
+    warns once, sets the step aside (kept, renamed), resumes from the previous step and ends with the same losses;
+    when no step restores, one error says so."""
+    import shutil
+
+    from shine_jax.train.checkpoint import CheckpointError
+    from tests.train_utils import SMALL
+
+    wd = tmp_path / "wd"
+    shutil.copytree(trained_workdir / "ift_mqa" / "final", wd / "ift_mqa" / "final")
+    overrides = SMALL + RESUME + [f"data.dir='{trained_workdir / 'data'}'", "steps=8"]
+    cfg = load_config(f"{REPO}/configs/tiny.py:ift_1qa", overrides)
+    run_stage(cfg, wd, progress=False)
+    first = read_metrics(wd / "ift_1qa" / "metrics.jsonl")
+    ckpts = wd / "ift_1qa" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == ["4", "8"]
+
+    def spoil(step):
+        state = ckpts / str(step) / "state"
+        if damage == "delete":
+            shutil.rmtree(state)
+        else:
+            for f in state.rglob("*"):
+                if f.is_file():
+                    f.write_bytes(b"")
+
+    spoil(8)
+    with pytest.warns(UserWarning, match=r"checkpoint step 8 .* set aside as \.unreadable-8"):
+        summary = run_stage(cfg, wd, progress=False)
+    assert summary["resumed_from"] == 4
+    assert (ckpts / ".unreadable-8" / "state").exists() or damage == "delete"
+    again = read_metrics(wd / "ift_1qa" / "metrics.jsonl")  # steps 5-8 again, the same losses
+    assert [(r["step"], r.get("loss"), r.get("val_loss")) for r in again] == \
+        [(r["step"], r.get("loss"), r.get("val_loss")) for r in first]
+
+    spoil(8)  # the rerun saved a new step 8: now both kept steps are spoiled
+    spoil(4)
+    with pytest.raises(CheckpointError, match="no checkpoint .* can be restored"), pytest.warns(UserWarning):
+        run_stage(cfg, wd, progress=False)
+    assert {".unreadable-4", ".unreadable-8.1"} <= {p.name for p in ckpts.iterdir()}
+
+
+@pytest.mark.slow
+def test_diverged_stage_is_one_error_and_writes_no_final(trained_workdir, tmp_path):
+    import shutil
+
+    wd = tmp_path / "wd"
+    shutil.copytree(trained_workdir / "ift_mqa" / "final", wd / "ift_mqa" / "final")
+    proc = _train_cli(wd, "ift_1qa", 4, [f"data.dir='{trained_workdir / 'data'}'", "optim.lr=1e39"])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: stage ift_1qa diverged: validation loss")
+    assert not (wd / "ift_1qa" / "final").exists()

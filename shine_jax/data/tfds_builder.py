@@ -37,12 +37,14 @@ import io
 import json
 import logging
 import os
+import pathlib
 import random
 import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import filelock  # noqa: E402
 import grain  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
@@ -352,6 +354,14 @@ def _download_and_prepare(builder: ShineBios, download_config: Any) -> None:
         raise
 
 
+def _build_lock(data_dir: str | os.PathLike[str] | None, cfg: ShineBiosConfig) -> filelock.FileLock:
+    """Processes preparing the same config in one data dir take turns: the second waits, then finds the split
+    built and reuses it (tfds alone would race on its incomplete.* rename)."""
+    root = pathlib.Path(os.path.expanduser(data_dir or "~/tensorflow_datasets"))
+    root.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(str(root / f".shine_bios-{cfg.name}.lock"))
+
+
 def prepare(
     data_dir: str | os.PathLike[str] | None,
     config: str | ShineBiosConfig = "mqa",
@@ -367,7 +377,7 @@ def prepare(
     progress bars and messages.
     """
     cfg = make_config(config, **overrides)
-    with _quiet(verbose):
+    with _quiet(verbose), _build_lock(data_dir, cfg):
         builder = _builder(data_dir, cfg)
         if builder.is_prepared():
             reason = _stale_reason(builder, cfg)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any
+import warnings
+from typing import Any, Callable
 
 import grain
 from etils import epath
@@ -19,6 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+
+class CheckpointError(ValueError):
+    """No checkpoint of a stage can be restored (a user-facing error: the CLI prints one line)."""
 
 
 class StageCheckpointer:
@@ -50,6 +55,45 @@ class StageCheckpointer:
             data=grain.checkpoint.CheckpointRestore(iterator),
             meta=ocp.args.JsonRestore()))
         return out["state"], out["meta"]
+
+    def restore_latest_good(self, abstract_state: Any, iterator,
+                            check: Callable[[dict], None] = lambda meta: None) -> tuple[int, Any, dict] | None:
+        """Restore the newest step that restores; None when there is no checkpoint at all.
+
+        A step that fails to read (a file deleted or truncated, a crash mid-copy) is set aside as
+        ``.unreadable-<step>`` beside the steps, never deleted, with one warning line, and the next older step is
+        tried. ``check(meta)`` vets a readable step (a different model raises there, which is not corruption). When
+        every step fails, one error says so."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                meta = self.read_meta(step)
+            except Exception as e:  # noqa: BLE001 - any failure to read means this step is unusable
+                self._set_aside(step, e)
+                continue
+            check(meta)
+            try:
+                state, meta = self.restore(step, abstract_state, iterator)
+            except Exception as e:  # noqa: BLE001
+                self._set_aside(step, e)
+                continue
+            return step, state, meta
+        if steps:
+            raise CheckpointError(f"no checkpoint in {self.directory} can be restored (steps {steps} set aside as "
+                                  f".unreadable-*); move them away to start the stage over")
+        return None
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        source = self.directory / str(step)
+        target = self.directory / f".unreadable-{step}"
+        n = 1
+        while target.exists():
+            target, n = self.directory / f".unreadable-{step}.{n}", n + 1
+        source.rename(target)
+        self.manager.reload()
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+        warnings.warn(f"checkpoint step {step} in {self.directory} does not restore ({type(error).__name__}: "
+                      f"{reason}); set aside as {target.name}, trying the previous step", stacklevel=2)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

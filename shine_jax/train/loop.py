@@ -7,6 +7,7 @@ next stage starts. Running the same command again after a crash resumes from the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -20,6 +21,7 @@ from jax.sharding import NamedSharding
 
 from shine_jax import multihost, sharding as shd
 from shine_jax.data import pipelines
+from shine_jax.fileutil import workdir_lock
 from shine_jax.model.base_model import BaseModel, state_shardings
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.hypernet import HyperConfig
@@ -234,7 +236,9 @@ def run_stage(cfg, workdir: str | os.PathLike, progress: bool = True) -> dict:
     stage_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     mesh = shd.make_mesh(cfg.mesh)
-    with jax.set_mesh(mesh):  # activations are pinned to the batch sharding inside the mesh context
+    # one writer per workdir (process 0 of a multi-host run holds it for all)
+    lock = workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock, jax.set_mesh(mesh):  # activations are pinned to the batch sharding inside the mesh context
         return _run_stage(cfg, workdir, stage_dir, mesh, t_start, progress)
 
 
@@ -272,16 +276,16 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
 
     checkpointer = ckpt.StageCheckpointer(checkpoint_dir_of(cfg, stage_dir), cfg.keep_checkpoints)
     signature = ckpt.model_signature(task.params)
-    start = 0
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        meta = checkpointer.read_meta(latest)
+    def same_model(meta):
         mismatch = ckpt.describe_mismatch(meta["signature"], signature)
         if mismatch or meta.get("stage") != cfg.stage:
             raise ConfigError(f"{checkpointer.directory} holds a checkpoint of a different model "
                               f"({mismatch or meta.get('stage')}); use another workdir (or checkpoint_dir)")
-        state, _ = checkpointer.restore(latest, ckpt.abstract_like(state), train_it)
-        start = latest
+
+    start = 0
+    restored = checkpointer.restore_latest_good(ckpt.abstract_like(state), train_it, same_model)
+    if restored is not None:
+        start, state, _ = restored
     tracker = cfg.tracker if jax.process_index() == 0 else "none"  # one tracker run per stage, not per host
     log = MetricsLog(stage_dir, resume_step=start, tracker=tracker, run_name=f"{cfg.name}:{cfg.stage}",
                      project=cfg.tracker_project)
@@ -328,6 +332,9 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
     log.close()
     if bar is not None:
         bar.close()
+    if not np.isfinite(last_eval.get("val_loss", 0.0)):  # a diverged stage leaves no final/ to build on
+        raise ConfigError(f"stage {cfg.stage} diverged: validation loss {last_eval['val_loss']} at step {step} "
+                          f"(no final/ written; lower optim.lr, or check the data)")
     task.finalize(state["params"], stage_dir / "final")
     summary = {"config": cfg.name, "stage": cfg.stage, "steps": cfg.steps, "resumed_from": start,
                "wall_s": time.time() - t_start, "skipped_steps": int(state["skipped"]), **last_eval,
