@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import pathlib
@@ -152,7 +153,8 @@ def cmd_ask(args) -> None:
 
     shine = Shine.load(args.workdir)
     with warnings_to_stderr():
-        print(shine.ask(read_document(args.doc), args.question, max_new_tokens=args.max_new_tokens))
+        print(shine.ask(read_document(args.doc), args.question, max_new_tokens=args.max_new_tokens,
+                        on_long=args.on_long))
 
 
 def adapter_folder_names(ids: list[str]) -> list[str]:
@@ -411,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--doc", required=True)
     a.add_argument("--question", required=True)
     a.add_argument("--max-new-tokens", type=int, default=32)
+    a.add_argument("--on-long", choices=["truncate", "refuse"], default="truncate",
+                   help="a document longer than the evidence length: truncate with a warning, or refuse")
     a.set_defaults(func=cmd_ask)
 
     i = sub.add_parser("internalize", help="document(s) -> PEFT LoRA adapter folder(s)")
@@ -476,7 +480,36 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except Exception as e:
+        problem = storage_problem(e)
+        if problem is None:
+            raise  # an internal bug keeps its traceback
+        print(f"error: {problem}; free space or choose a writable folder, then rerun (training resumes from its "
+              f"last checkpoint; outputs are written aside and only then renamed into place)", file=sys.stderr)
+        return 2
     return 0
+
+
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}
+STORAGE_MESSAGES = {"No space left on device": "no space left on the device",
+                    "Read-only file system": "read-only file system"}
+
+
+def storage_problem(error: BaseException) -> str | None:
+    """Disk full, quota, read-only or forbidden output, found anywhere in the chain of causes (Orbax, tfds and
+    safetensors wrap the OSError in their own exceptions): one line naming the path where known, else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+            where = f"writing {error.filename}: " if error.filename else ""
+            return f"{where}{STORAGE_ERRNOS[error.errno]}"
+        for text, reason in STORAGE_MESSAGES.items():
+            if text in str(error):
+                return f"{reason} ({type(error).__name__}: {str(error).splitlines()[0][:160]})"
+        error = error.__cause__ or error.__context__
+    return None
 
 
 if __name__ == "__main__":

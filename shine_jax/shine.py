@@ -107,14 +107,21 @@ class Shine:
         return _loss_fn(self.base._graphdef, self.base._state, self._hgraph, self._hstate, batch)[0]
 
     def ask(self, document: str, question: str | Sequence[str], max_new_tokens: int = 64,
-            max_evidence_length: int | None = None) -> str | list[str]:
-        """Greedy answer(s) to question(s) about ``document`` from its generated LoRA (document not in prompt)."""
+            max_evidence_length: int | None = None, on_long: str = "truncate") -> str | list[str]:
+        """Greedy answer(s) to question(s) about ``document`` from its generated LoRA (document not in prompt).
+
+        A document longer than the evidence length is truncated with a warning giving both lengths, or refused
+        with ``on_long="refuse"`` (the rule ``eval`` follows)."""
         if not document.strip():
             raise ValueError("the document is empty")
+        if on_long not in ("truncate", "refuse"):
+            raise ValueError(f"on_long must be 'truncate' or 'refuse', got {on_long!r}")
         questions = [question] if isinstance(question, str) else list(question)
         limit = max_evidence_length or self.max_evidence_length
         n = len(self.base.tokenizer(document, add_special_tokens=False)["input_ids"])
         if n > limit:
+            if on_long == "refuse":
+                raise ValueError(f"the document has {n} tokens, more than the maximum {limit} (--on-long refuse)")
             import warnings
             warnings.warn(f"the document has {n} tokens, more than the maximum {limit}; truncated", stacklevel=2)
         ev_ids, ev_mask = self.base.encode([document], limit)

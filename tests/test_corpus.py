@@ -312,8 +312,14 @@ def test_read_jsonl_empty_and_non_utf8(tmp_path):
         C.read_jsonl(blank)
     latin = tmp_path / "latin1.jsonl"
     latin.write_bytes(GOOD.replace("Velmora", "Vélmora").encode("latin-1") + b"\n")
-    with pytest.raises(ValueError, match=r"latin1\.jsonl is not UTF-8"):
+    with pytest.raises(ValueError, match=r"latin1\.jsonl, line 1: not UTF-8 \(invalid byte at column \d+\)"):
         C.read_jsonl(latin)
+    # one non-UTF-8 line among good ones is one skippable bad line
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(GOOD.encode() + b"\n" + GOOD.replace("Velmora", "V\xe9lmora").encode("latin-1") + b"\n"
+                      + GOOD.encode() + b"\n")
+    with pytest.warns(UserWarning, match=r"mixed\.jsonl, line 2: not UTF-8 .*; skipping the line"):
+        assert len(C.read_jsonl(mixed, skip_bad_lines=True)) == 2
 
 
 def test_generated_syllables_are_disjoint():

@@ -1,6 +1,7 @@
 """The evaluation harness on a small trained run: every method runs, results files are well formed, bad input."""
 
 import json
+import re
 
 import pytest
 
@@ -132,3 +133,18 @@ def test_ask_and_internalize(trained_workdir, test_records, tmp_path, capsys):
     empty.write_text("\n")
     assert cli.main(["ask", "--workdir", str(trained_workdir), "--doc", str(empty), "--question", "q"]) == 2
     assert "is empty" in capsys.readouterr().err
+    # the fixture's document is longer than the fixture model's evidence length: refused on request
+    assert cli.main(["ask", "--workdir", str(trained_workdir), "--doc", str(doc), "--question", question,
+                     "--on-long", "refuse"]) == 2
+    assert re.search(r"error: the document has \d+ tokens, more than the maximum \d+", capsys.readouterr().err)
+    # internalize: ids with path parts stay inside --out; an empty context is one error line
+    hostile = [dict(test_records[0], id="../escaped"), dict(test_records[1], id="/tmp/abs")]
+    write_jsonl(hostile, data)
+    out = tmp_path / "inside"
+    assert cli.main(["internalize", "--workdir", str(trained_workdir), "--jsonl", str(data), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["_escaped", "_tmp_abs"]
+    assert not (tmp_path / "escaped").exists()
+    write_jsonl([dict(test_records[0], context="  ")], data)
+    assert cli.main(["internalize", "--workdir", str(trained_workdir), "--jsonl", str(data), "--out", str(out),
+                     "--overwrite"]) == 2
+    assert "has an empty context" in capsys.readouterr().err

@@ -75,3 +75,39 @@ def test_ids_that_collide_after_sanitising_are_refused():
 def test_plan_with_no_devices_is_one_error_line(capsys):
     assert cli.main(["plan", "--config", f"{REPO}/configs/tiny.py:pretrain", "--devices", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --devices must be >= 1, got 0"
+
+
+@pytest.mark.parametrize("raise_it,expected", [
+    (lambda: (_ for _ in ()).throw(OSError(28, "No space left on device", "/out/adapter/x.safetensors")),
+     "error: writing /out/adapter/x.safetensors: no space left on the device; free space"),
+    (lambda: (_ for _ in ()).throw(OSError(30, "Read-only file system", "/ro/results.json")),
+     "error: writing /ro/results.json: read-only file system; free space"),
+])
+def test_disk_full_and_read_only_outputs_are_one_error_line(monkeypatch, capsys, raise_it, expected):
+    monkeypatch.setattr(cli, "cmd_plan", lambda args, overrides: raise_it())
+    assert cli.main(["plan", "--config", f"{REPO}/configs/tiny.py:pretrain"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(expected)
+
+
+def test_wrapped_disk_full_error_is_found_in_the_cause_chain(monkeypatch, capsys):
+    def fail(args, overrides):
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as e:
+            raise RuntimeError('Failed to finalize writing of split "train"') from e
+
+    monkeypatch.setattr(cli, "cmd_plan", fail)
+    assert cli.main(["plan", "--config", f"{REPO}/configs/tiny.py:pretrain"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: no space left on the device; free space")
+    # a message-only wrapper (safetensors, Orbax) is recognised too
+    monkeypatch.setattr(cli, "cmd_plan", lambda a, o: (_ for _ in ()).throw(
+        RuntimeError("SafetensorError: Error while serializing: IoError(No space left on device (os error 28))")))
+    assert cli.main(["plan", "--config", f"{REPO}/configs/tiny.py:pretrain"]) == 2
+    assert "no space left on the device (RuntimeError: SafetensorError" in capsys.readouterr().err
+
+
+def test_other_internal_errors_keep_their_traceback(monkeypatch):
+    monkeypatch.setattr(cli, "cmd_plan", lambda a, o: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["plan", "--config", f"{REPO}/configs/tiny.py:pretrain"])

@@ -765,24 +765,27 @@ def read_jsonl(path: str | os.PathLike[str], *, skip_bad_lines: bool = False) ->
     """
     with open(path, "rb") as f:
         raw = f.read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{os.fspath(path)} is not UTF-8 (invalid byte at offset {e.start})") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    if not text.strip():
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    if not raw.strip():
         raise ValueError(f"{os.fspath(path)} is empty")
     records = []
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
+    for lineno, raw_line in enumerate(raw.split(b"\n"), start=1):  # decoded line by line: one bad line is one line
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            problem: str | None = f"invalid JSON ({e.msg} at column {e.colno})"
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line, problem = "", f"not UTF-8 (invalid byte at column {e.start + 1})"
         else:
-            problem = _record_problem(record)
+            problem = None
+        if problem is None and not line.strip():
+            continue
+        if problem is None:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                problem = f"invalid JSON ({e.msg} at column {e.colno})"
+            else:
+                problem = _record_problem(record)
         if problem is None:
             records.append(record)
             continue
