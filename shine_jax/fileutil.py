@@ -70,6 +70,7 @@ def workdir_lock(workdir: str | os.PathLike) -> Iterator[None]:
     ``WorkdirBusyError``; a lock left by a dead process of this host is taken over with a warning. Re-entrant
     within a process (``demo`` holds it around stages that take it too)."""
     workdir = pathlib.Path(workdir)
+    created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname()}
@@ -99,3 +100,6 @@ def workdir_lock(workdir: str | os.PathLike) -> Iterator[None]:
         if _holder(path) == me:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        if created:  # a run refused before writing anything leaves no empty workdir behind
+            with contextlib.suppress(OSError):
+                workdir.rmdir()
