@@ -84,11 +84,12 @@ def kl_distill_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels
     Both logits are ``[B, T, V]`` and aligned position by position; ``teacher_valid`` ``[B, T]`` (optional) marks
     the positions where the teacher holds the same token as the student (its attention mask, aligned), so a
     row without a teacher contributes nothing. Returns (loss, n_positions)."""
-    s = jax.nn.log_softmax(student_logits[:, :-1].astype(jnp.float32), axis=-1)
-    t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits[:, :-1]).astype(jnp.float32), axis=-1)
-    valid = labels[:, 1:] != IGNORE
+    # masks shifted, logits whole: as in causal_lm_loss, the backward pass pads no [B, T, V] gradient
+    s = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
+    t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32), axis=-1)
+    valid = shifted_targets(labels) != IGNORE
     if teacher_valid is not None:
-        valid = valid & teacher_valid[:, 1:].astype(bool)
+        valid = valid & (shifted_targets(teacher_valid.astype(jnp.int32)) > 0)
     kl = jnp.sum(jnp.exp(t) * (t - s), axis=-1)
     n = valid.sum()
     return jnp.sum(jnp.where(valid, kl, 0.0)) / jnp.maximum(n, 1), n

@@ -65,7 +65,6 @@ class WandbTracker:
             import wandb
         except ImportError:
             raise ConfigError("tracker=wandb needs the wandb package: pip install -e '.[wandb]'") from None
-        self.wandb = wandb
         self.run = wandb.init(project=project, name=name, dir=str(directory), mode=os.environ.get("WANDB_MODE",
                               "offline"), reinit="create_new")
 
