@@ -26,14 +26,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from shine_jax import sharding as shd
 from shine_jax.model import decoder as decoder_lib
 from shine_jax.model import layers
 from shine_jax.model.base_model import BaseModel
-from shine_jax.model.losses import causal_lm_loss
-from shine_jax.train import loop, optimizer as optim
+from shine_jax.train import loop
+from shine_jax.train import optimizer as optim
 from shine_jax.train.config import load_config
 from shine_jax.train.step import init_state, make_train_step
 

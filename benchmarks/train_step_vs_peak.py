@@ -44,7 +44,8 @@ def main():
     from shine_jax.eval.methods import EvalSettings, TestTimeTraining
     from shine_jax.model.base_model import BaseModel
     from shine_jax.shine import Shine
-    from shine_jax.train import loop, optimizer as optim
+    from shine_jax.train import loop
+    from shine_jax.train import optimizer as optim
     from shine_jax.train.config import load_config
     from shine_jax.train.step import init_state, make_train_step
 

@@ -2,11 +2,10 @@
 shine-jax train --config configs/qwen3_0p6b.py:pretrain --workdir W --config.model.hf_dir=/path/to/Qwen3-0.6B"""
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _paper import paper_config  # noqa: E402
+from shine_jax.train.paper import paper_config
 
 
 def get_config(arg=None):
-    return paper_config("qwen3_0p6b", os.environ.get("SHINE_JAX_HF_DIR", "checkpoints/Qwen3-0.6B"), hidden=1024, stage=arg, preset="qwen3-0.6b")
+    hf_dir = os.environ.get("SHINE_JAX_HF_DIR", "checkpoints/Qwen3-0.6B")
+    return paper_config("qwen3_0p6b", hf_dir, hidden=1024, stage=arg, preset="qwen3-0.6b")

@@ -2,11 +2,10 @@
 shine-jax train --config configs/qwen3_1p7b.py:pretrain --workdir W --config.model.hf_dir=/path/to/Qwen3-1.7B"""
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _paper import paper_config  # noqa: E402
+from shine_jax.train.paper import paper_config
 
 
 def get_config(arg=None):
-    return paper_config("qwen3_1p7b", os.environ.get("SHINE_JAX_HF_DIR", "checkpoints/Qwen3-1.7B"), hidden=2048, stage=arg, preset="qwen3-1.7b")
+    hf_dir = os.environ.get("SHINE_JAX_HF_DIR", "checkpoints/Qwen3-1.7B")
+    return paper_config("qwen3_1p7b", hf_dir, hidden=2048, stage=arg, preset="qwen3-1.7b")

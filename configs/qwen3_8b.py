@@ -2,11 +2,10 @@
 shine-jax train --config configs/qwen3_8b.py:pretrain --workdir W --config.model.hf_dir=/path/to/Qwen3-8B"""
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _paper import paper_config  # noqa: E402
+from shine_jax.train.paper import paper_config
 
 
 def get_config(arg=None):
-    return paper_config("qwen3_8b", os.environ.get("SHINE_JAX_HF_DIR", "checkpoints/Qwen3-8B"), hidden=4096, stage=arg, preset="qwen3-8b")
+    hf_dir = os.environ.get("SHINE_JAX_HF_DIR", "checkpoints/Qwen3-8B")
+    return paper_config("qwen3_8b", hf_dir, hidden=4096, stage=arg, preset="qwen3-8b")

@@ -58,13 +58,13 @@ def main() -> None:
 
     held_out = batch_of([val[i] for i in range(64)])
     shine = Shine.create(base, hyper_config(cfg), seed=0, max_evidence_length=a.evidence)
-    params = nnx.to_pure_dict(shine._hstate)
+    params = nnx.to_pure_dict(shine.hyper_state)
     if a.mem_init_std > 0:
         params["mem_tokens"] = jnp.asarray(np.random.default_rng(0).normal(0, a.mem_init_std, params["mem_tokens"].shape), jnp.float32)
     if a.token_pe_std > 0:
         pe = params["m2p"]["token_pe"]
         params["m2p"]["token_pe"] = jnp.asarray(np.random.default_rng(1).normal(0, a.token_pe_std, pe.shape), jnp.float32)
-    dgraph, dstate, hgraph, hstate = base._graphdef, base._state, shine._hgraph, shine._hstate
+    dgraph, dstate, hgraph, hstate = base.graphdef, base.state, shine.hyper_graphdef, shine.hyper_state
 
     def hyper(p_):
         state = nnx.State(hstate)

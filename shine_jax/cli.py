@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import os
 import pathlib
@@ -12,12 +11,13 @@ import re
 import sys
 import time
 
+from shine_jax.errors import InputError, user_message
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 DEFAULT_SMOLLM2_DIR = pathlib.Path("artifacts") / "smollm2-135m-instruct"
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ConnectionError)
 
 
 # ------------------------------------------------------------------------------------------------ convert
@@ -37,7 +37,7 @@ def cmd_convert(args) -> None:
         from shine_jax.shine import Shine
 
         if not args.hf:
-            raise ValueError("official-to-jax needs --hf BASE_MODEL_DIR (the base model is not in the checkpoint)")
+            raise InputError("official-to-jax needs --hf BASE_MODEL_DIR (the base model is not in the checkpoint)")
         Shine.from_official(args.src, args.hf, m2p_heads=args.m2p_heads, scale=args.scale,
                             method=args.method).save(args.out, overwrite=args.overwrite)
     else:  # jax-to-official
@@ -116,9 +116,9 @@ def read_document(path: str) -> str:
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"document {path} is not UTF-8 text (byte {e.start})") from None
+        raise InputError(f"document {path} is not UTF-8 text (byte {e.start})") from None
     if not text.strip():
-        raise ValueError(f"document {path} is empty")
+        raise InputError(f"document {path} is empty")
     return text
 
 
@@ -128,22 +128,15 @@ def cmd_eval(args) -> None:
 
 
 def _eval(args) -> None:
-    from shine_jax.data.corpus import read_jsonl
-    from shine_jax.eval.harness import evaluate
     from shine_jax.eval.methods import EvalSettings
-    from shine_jax.eval.report import markdown_table, write_results
-    from shine_jax.shine import Shine
+    from shine_jax.eval.report import markdown_table
+    from shine_jax.eval.run import evaluate_jsonl
 
-    records = read_jsonl(args.data, skip_bad_lines=args.skip_bad_lines)
-    if args.limit:
-        records = records[: args.limit]
-    shine = Shine.load(args.workdir)
     settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                             sft_epochs=args.sft_epochs, sft_lr=args.sft_lr, max_doc_tokens=args.max_doc_tokens)
-    results = evaluate(shine, records, [m.strip() for m in args.methods.split(",") if m.strip()], settings,
-                       on_long=args.on_long, skip_bad=args.skip_bad_lines, show_progress=not args.no_progress)
-    results["data"] = str(args.data)
-    files = write_results(results, args.out)
+    results, files = evaluate_jsonl(args.workdir, args.data, [m.strip() for m in args.methods.split(",") if m.strip()],
+                                    settings, args.out, limit=args.limit, on_long=args.on_long,
+                                    skip_bad=args.skip_bad_lines, progress=not args.no_progress)
     print(markdown_table(results), end="")
     print(f"results: {files['json']}  table: {files['markdown']}  plot: {files['png']}")
 
@@ -165,7 +158,7 @@ def adapter_folder_names(ids: list[str]) -> list[str]:
     for n, rid in enumerate(ids):
         name = re.sub(r"[^A-Za-z0-9._-]", "_", rid).lstrip(".")[:100] or f"doc{n:05d}"
         if name in seen:
-            raise ValueError(f"record ids {seen[name]!r} and {rid!r} both map to the adapter folder {name!r}; "
+            raise InputError(f"record ids {seen[name]!r} and {rid!r} both map to the adapter folder {name!r}; "
                              f"make the ids unique")
         seen[name] = rid
         names.append(name)
@@ -181,13 +174,13 @@ def cmd_internalize(args) -> None:
         docs = []
         for n, r in enumerate(read_jsonl(args.jsonl)):
             if not str(r["context"]).strip():  # the rule ask and eval follow: no adapter of nothing
-                raise ValueError(f"{args.jsonl}: record {n + 1} ({r.get('id') or 'no id'}) has an empty context")
+                raise InputError(f"{args.jsonl}: record {n + 1} ({r.get('id') or 'no id'}) has an empty context")
             docs.append((str(r.get("id") or f"doc{n:05d}"), r["context"]))
         docs = [(name, text) for name, text in zip(adapter_folder_names([d for d, _ in docs]), (t for _, t in docs))]
     else:
         docs = [(pathlib.Path(d).stem, read_document(d)) for d in args.doc]
     if not docs:
-        raise ValueError("nothing to internalize: pass --doc FILE (repeatable) or --jsonl FILE")
+        raise InputError("nothing to internalize: pass --doc FILE (repeatable) or --jsonl FILE")
     out = pathlib.Path(args.out)
     single = len(docs) == 1 and not args.jsonl
     for start in range(0, len(docs), args.batch_size):
@@ -203,11 +196,11 @@ def cmd_internalize(args) -> None:
 # ------------------------------------------------------------------------------------------------ plan
 def cmd_plan(args, overrides: list[str]) -> None:
     if args.devices < 1:
-        raise ValueError(f"--devices must be >= 1, got {args.devices}")
+        raise InputError(f"--devices must be >= 1, got {args.devices}")
     if "jax" in sys.modules:  # the fake device count must be set before JAX starts
         import jax
         if jax.device_count() != args.devices:
-            raise ValueError(f"plan needs a fresh process to create {args.devices} devices (JAX already started)")
+            raise InputError(f"plan needs a fresh process to create {args.devices} devices (JAX already started)")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={args.devices}")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -219,7 +212,7 @@ def cmd_plan(args, overrides: list[str]) -> None:
     try:
         mesh = tuple(int(x) for x in args.mesh.split(","))
     except ValueError:
-        raise ValueError(f"--mesh must be three integers data,fsdp,tensor (e.g. 1,8,8), got {args.mesh!r}") from None
+        raise InputError(f"--mesh must be three integers data,fsdp,tensor (e.g. 1,8,8), got {args.mesh!r}") from None
     cfg = load_config(args.config, overrides)
     report = plan(cfg, mesh, parse_bytes(args.hbm) if args.hbm else None)
     print(format_report(report))
@@ -234,7 +227,7 @@ def cmd_sweep(args) -> None:
     rows = run_sweep(args.config, args.workdir, names=args.points, do_eval=args.eval, point_index=args.point_index,
                      num_shards=args.num_shards, shard_index=args.shard_index, dry_run=args.dry_run)
     if args.dry_run and any("error" in r for r in rows):
-        raise ValueError(f"{sum('error' in r for r in rows)} point(s) would fail (see BAD POINT above)")
+        raise InputError(f"{sum('error' in r for r in rows)} point(s) would fail (see BAD POINT above)")
 
 
 # ------------------------------------------------------------------------------------------------ demo
@@ -272,12 +265,22 @@ def _demo(args) -> None:
     (test-split documents of one person, and the same documents with 1-3 distractor people)."""
     from shine_jax.data.corpus import write_jsonl
     from shine_jax.eval.harness import evaluate
-    from shine_jax.eval.methods import METHODS, EvalSettings, check_document_count, check_method_names
+    from shine_jax.eval.methods import (
+        METHODS,
+        EvalSettings,
+        check_document_count,
+        check_method_names,
+    )
     from shine_jax.eval.report import set_section, write_results, write_summary
     from shine_jax.eval.testsets import check_set_names, parse_range
     from shine_jax.shine import Shine
-    from shine_jax.train.config import (ConfigError, check_stages, load_config, pipeline_stages,
-                                        split_stage_overrides)
+    from shine_jax.train.config import (
+        ConfigError,
+        check_stages,
+        load_config,
+        pipeline_stages,
+        split_stage_overrides,
+    )
     from shine_jax.train.loop import run_stage
 
     workdir = pathlib.Path(args.workdir)
@@ -341,7 +344,11 @@ def _demo(args) -> None:
 
 # ------------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
-    from shine_jax.eval.testsets import DISTRACTORS, MAX_DISTRACTORS, TEST_SETS  # pure Python: no JAX yet
+    from shine_jax.eval.testsets import (  # pure Python: no JAX yet
+        DISTRACTORS,
+        MAX_DISTRACTORS,
+        TEST_SETS,
+    )
 
     p = argparse.ArgumentParser(prog="shine-jax", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -476,40 +483,13 @@ def main(argv: list[str] | None = None) -> int:
             args.func(args, overrides)
         else:
             args.func(args)
-    except USER_ERRORS as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
     except Exception as e:
-        problem = storage_problem(e)
-        if problem is None:
+        message = user_message(e)
+        if message is None:
             raise  # an internal bug keeps its traceback
-        print(f"error: {problem}; free space or choose a writable folder, then rerun (training resumes from its "
-              f"last checkpoint; outputs are written aside and only then renamed into place)", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
-
-
-STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-                  errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}
-STORAGE_MESSAGES = {"No space left on device": "no space left on the device",
-                    "Read-only file system": "read-only file system"}
-
-
-def storage_problem(error: BaseException) -> str | None:
-    """Disk full, quota, read-only or forbidden output, found anywhere in the chain of causes (Orbax, tfds and
-    safetensors wrap the OSError in their own exceptions): one line naming the path where known, else None."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
-            where = f"writing {error.filename}: " if error.filename else ""
-            return f"{where}{STORAGE_ERRNOS[error.errno]}"
-        for text, reason in STORAGE_MESSAGES.items():
-            if text in str(error):
-                return f"{reason} ({type(error).__name__}: {str(error).splitlines()[0][:160]})"
-        error = error.__cause__ or error.__context__
-    return None
 
 
 if __name__ == "__main__":

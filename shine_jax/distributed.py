@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from shine_jax.errors import InputError
+
 ENV = {"coordinator": "SHINE_JAX_COORDINATOR", "num_processes": "SHINE_JAX_NUM_PROCESSES",
        "process_id": "SHINE_JAX_PROCESS_ID", "timeout": "SHINE_JAX_INIT_TIMEOUT"}
 
@@ -29,7 +31,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     import jax
 
     if coordinator and (num_processes is None or process_id is None):
-        raise ValueError(f"coordinator {coordinator} given but not both the number of processes and this process's "
+        raise InputError(f"coordinator {coordinator} given but not both the number of processes and this process's "
                          f"id (set {ENV['num_processes']} and {ENV['process_id']})")
     if coordinator and process_id != 0:  # process 0 hosts the coordinator; the others must reach it first
         wait_for_coordinator(coordinator, timeout_s, process_id, num_processes)
@@ -52,7 +54,7 @@ def wait_for_coordinator(address: str, timeout_s: float, process_id=None, num_pr
 
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"coordinator address {address!r} must look like host:port")
+        raise InputError(f"coordinator address {address!r} must look like host:port")
     deadline = time.monotonic() + timeout_s
     while True:
         try:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from shine_jax.errors import UserError
 
-class MissingExtraError(ValueError):
+
+class MissingExtraError(UserError):
     """An optional dependency the requested feature needs is not installed."""
 
 

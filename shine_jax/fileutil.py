@@ -10,7 +10,25 @@ import shutil
 import socket
 import tempfile
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
+from typing import Any
+
+from shine_jax.errors import UserError
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically: a temporary file of its own per call (processes sharing a
+    workdir may race), renamed into place, so a reader never sees half a file."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def prepare_output_dir(out_dir: pathlib.Path, overwrite: bool) -> None:
@@ -25,22 +43,34 @@ def prepare_output_dir(out_dir: pathlib.Path, overwrite: bool) -> None:
 @contextlib.contextmanager
 def atomic_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[pathlib.Path]:
     """Yield a temporary sibling of ``out_dir`` to write into; on success it replaces ``out_dir``, on any error
-    it is removed, so a crash never leaves a half-written folder behind."""
+    it is removed, so a crash never leaves a half-written folder behind.
+
+    An existing ``out_dir`` is first renamed aside (``.NAME.replaced-PID``) and deleted only once the new folder
+    is in place: a crash between the two renames leaves both complete folders on disk, never neither."""
     out_dir = pathlib.Path(out_dir).absolute()
     prepare_output_dir(out_dir, overwrite)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders
         if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-        os.chmod(out_dir, 0o755)  # mkdtemp makes 0700 folders
+            aside = out_dir.with_name(f".{out_dir.name}.replaced-{os.getpid()}")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(out_dir, aside)
+            try:
+                os.replace(tmp, out_dir)
+            except BaseException:
+                os.replace(aside, out_dir)  # put the old folder back
+                raise
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-class WorkdirBusyError(ValueError):
+class WorkdirBusyError(UserError):
     """Another live process holds the workdir (a user-facing error: the CLI prints one line)."""
 
 
@@ -90,7 +120,7 @@ def workdir_lock(workdir: str | os.PathLike) -> Iterator[None]:
                 continue
             who = f"process {holder.get('pid', '?')} on {holder.get('host', '?')}" if holder else "another process"
             raise WorkdirBusyError(f"{workdir} is in use by {who} (lock {path}); wait for it to finish or use "
-                                   f"another workdir")
+                                   f"another workdir") from None
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(me))
         break

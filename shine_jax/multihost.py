@@ -24,7 +24,8 @@ import pathlib
 import secrets
 import tarfile
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np

@@ -16,6 +16,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from shine_jax import sharding as shd
+from shine_jax.errors import InputError
 from shine_jax.model.base_model import as_dtype, state_shardings
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.decoder import Decoder
@@ -33,7 +34,7 @@ _UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 def parse_bytes(text: str) -> int:
     m = re.fullmatch(r"\s*([\d.]+)\s*([a-zA-Z]*)\s*", text)
     if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"cannot read the size {text!r}; write e.g. 16GiB, 80GB or 1.5e10")
+        raise InputError(f"cannot read the size {text!r}; write e.g. 16GiB, 80GB or 1.5e10")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
@@ -67,7 +68,7 @@ def _abstract(module_fn, mesh):
 
 def plan(cfg, mesh_shape, hbm_bytes: int | None = None) -> dict:
     from shine_jax.shine import shine_loss
-    from shine_jax.train.loop import hyper_config
+    from shine_jax.train.loop import hyper_config, shine_param_groups
 
     mesh = shd.make_mesh(mesh_shape)
     mcfg = model_config_of(cfg)
@@ -80,8 +81,8 @@ def plan(cfg, mesh_shape, hbm_bytes: int | None = None) -> dict:
     def loss_fn(p, f, batch):
         return shine_loss(nnx.merge(dgraph, f), nnx.merge(hgraph, p), batch, cfg.shine.loss, cfg.shine.kl_weight)
 
-    labels = optim.param_labels(params, lambda names: optim.hypernet_group(names))
-    tx = optim.make_optimizer(cfg.optim, cfg.steps, labels)
+    labels, mults = shine_param_groups(cfg, params)  # the optimizer training builds, groups and multipliers alike
+    tx = optim.make_optimizer(cfg.optim, cfg.steps, labels, mults)
     shardings = train_state_shardings(tx, params, jax.tree.map(lambda a: a.sharding, params), mesh)
     state_shapes = jax.eval_shape(lambda p: init_state(p, tx), params)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state_shapes, shardings)

@@ -12,11 +12,14 @@ through the scan body without annotating every intermediate, which Explicit axes
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from shine_jax.errors import InputError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -44,16 +47,16 @@ def make_mesh(shape: Sequence[int] = (1, 1, 1), devices=None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     shape = list(shape)
     if len(shape) != 3:
-        raise ValueError(f"mesh shape must have 3 entries (data, fsdp, tensor), got {tuple(shape)}")
+        raise InputError(f"mesh shape must have 3 entries (data, fsdp, tensor), got {tuple(shape)}")
     if shape.count(-1) > 1:
-        raise ValueError(f"mesh shape {tuple(shape)}: at most one entry may be -1")
+        raise InputError(f"mesh shape {tuple(shape)}: at most one entry may be -1")
     if -1 in shape:
         known = math.prod(s for s in shape if s != -1)
         if len(devices) % known:
-            raise ValueError(f"mesh shape {tuple(shape)} does not divide {len(devices)} devices")
+            raise InputError(f"mesh shape {tuple(shape)} does not divide {len(devices)} devices")
         shape[shape.index(-1)] = len(devices) // known
     if math.prod(shape) != len(devices):
-        raise ValueError(
+        raise InputError(
             f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices but {len(devices)} are available; "
             "make data*fsdp*tensor equal the device count (or use -1 for one axis)"
         )

@@ -7,12 +7,13 @@ files (``from_official``/``to_official``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
 import os
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,8 @@ from flax import nnx
 
 from shine_jax import multihost
 from shine_jax.convert import official as off
-from shine_jax.model.base_model import BaseModel, lora_shardings, state_shardings
+from shine_jax.errors import InputError
+from shine_jax.model.base_model import BaseModel, build_decoder, lora_shardings, state_shardings
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.decoder import positions_from_mask
 from shine_jax.model.hypernet import HyperConfig, Hypernetwork, num_memory_tokens
@@ -66,9 +68,18 @@ class Shine:
     def num_memory_tokens(self) -> int:
         return self.hyper.num_tokens
 
+    # the functional split of the hypernetwork (read-only: use set_params/shard to change)
+    @property
+    def hyper_graphdef(self) -> nnx.GraphDef:
+        return self._hgraph
+
+    @property
+    def hyper_state(self) -> nnx.State:
+        return self._hstate
+
     @classmethod
     def create(cls, base: BaseModel, hyper_cfg: HyperConfig, seed: int = 0,
-               max_evidence_length: int | None = None) -> "Shine":
+               max_evidence_length: int | None = None) -> Shine:
         """A fresh hypernetwork with the official initialisation on top of ``base``."""
         return cls(base, Hypernetwork(base.cfg, hyper_cfg, nnx.Rngs(seed)), max_evidence_length)
 
@@ -79,7 +90,7 @@ class Shine:
     def hyper_params(self) -> dict:
         return jax.tree.map(np.asarray, nnx.to_pure_dict(self._hstate))
 
-    def shard(self, mesh) -> "Shine":
+    def shard(self, mesh) -> Shine:
         self.base.shard(mesh)
         self.mesh = mesh
         self._hstate = jax.device_put(self._hstate, state_shardings(self._hstate, mesh))
@@ -89,11 +100,11 @@ class Shine:
     # -- the public contract -----------------------------------------------------------------------------
     def memory_states(self, evidence_ids, evidence_mask=None) -> jax.Array:
         ids, mask = self._evidence(evidence_ids, evidence_mask)
-        return _memory_states_fn(self.base._graphdef, self.base._state, self._hgraph, self._hstate, ids, mask)
+        return _memory_states_fn(self.base.graphdef, self.base.state, self._hgraph, self._hstate, ids, mask)
 
     def generate_lora(self, evidence_ids, evidence_mask=None) -> dict:
         ids, mask = self._evidence(evidence_ids, evidence_mask)
-        return _generate_lora_fn(self.base._graphdef, self.base._state, self._hgraph, self._hstate, ids, mask,
+        return _generate_lora_fn(self.base.graphdef, self.base.state, self._hgraph, self._hstate, ids, mask,
                                  self.mesh)
 
     def logits(self, input_ids, attention_mask=None, lora=None, positions=None) -> jax.Array:
@@ -104,7 +115,7 @@ class Shine:
         batch = {k: jnp.asarray(v) for k, v in dict(input_ids=input_ids, attention_mask=attention_mask,
                                                      labels=labels, evidence_ids=evidence_ids,
                                                      evidence_mask=evidence_mask).items()}
-        return _loss_fn(self.base._graphdef, self.base._state, self._hgraph, self._hstate, batch)[0]
+        return _loss_fn(self.base.graphdef, self.base.state, self._hgraph, self._hstate, batch)[0]
 
     def ask(self, document: str, question: str | Sequence[str], max_new_tokens: int = 64,
             max_evidence_length: int | None = None, on_long: str = "truncate") -> str | list[str]:
@@ -113,15 +124,15 @@ class Shine:
         A document longer than the evidence length is truncated with a warning giving both lengths, or refused
         with ``on_long="refuse"`` (the rule ``eval`` follows)."""
         if not document.strip():
-            raise ValueError("the document is empty")
+            raise InputError("the document is empty")
         if on_long not in ("truncate", "refuse"):
-            raise ValueError(f"on_long must be 'truncate' or 'refuse', got {on_long!r}")
+            raise InputError(f"on_long must be 'truncate' or 'refuse', got {on_long!r}")
         questions = [question] if isinstance(question, str) else list(question)
         limit = max_evidence_length or self.max_evidence_length
         n = len(self.base.tokenizer(document, add_special_tokens=False)["input_ids"])
         if n > limit:
             if on_long == "refuse":
-                raise ValueError(f"the document has {n} tokens, more than the maximum {limit} (--on-long refuse)")
+                raise InputError(f"the document has {n} tokens, more than the maximum {limit} (--on-long refuse)")
             import warnings
             warnings.warn(f"the document has {n} tokens, more than the maximum {limit}; truncated", stacklevel=2)
         ev_ids, ev_mask = self.base.encode([document], limit)
@@ -136,7 +147,7 @@ class Shine:
         """Example ``index`` of a generated LoRA as a PEFT adapter folder (see ``convert/peft.py``)."""
         from shine_jax.convert.peft import write_peft_adapter
 
-        name = base_name if base_name is not None else str((self.hf_source or ""))
+        name = base_name if base_name is not None else str(self.hf_source or "")
         return write_peft_adapter(self.base.cfg, lora, out_dir, index, name, overwrite)
 
     @property
@@ -153,7 +164,7 @@ class Shine:
             raise ValueError(f"evidence_mask shape {mask.shape} != evidence_ids shape {ids.shape}")
         if ids.size and (ids.min() < 0 or ids.max() >= self.base.cfg.vocab_size):
             raise ValueError(f"evidence token ids must lie in [0, {self.base.cfg.vocab_size})")
-        return self.base._put_batch(ids, mask)
+        return self.base.put_batch(ids, mask)
 
     # -- our format --------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> pathlib.Path:
@@ -163,14 +174,14 @@ class Shine:
         parameters are gathered and every host gets a complete copy (see ``shine_jax.multihost``)."""
         from shine_jax.fileutil import atomic_dir
 
-        base_state = self.base._save_state()
+        base_state = self.base.host_params()
         hyper = nnx.to_pure_dict(self._hstate)
         if jax.process_count() > 1:
             hyper = multihost.to_host(hyper)
 
         def write(out_dir):
             with atomic_dir(out_dir, overwrite) as tmp:
-                self.base._write(tmp / "base", base_state, overwrite=False)
+                self.base.write_local(tmp / "base", base_state, overwrite=False)
                 with multihost.local_checkpointer() as ckptr:
                     ckptr.save(tmp / "hyper", hyper)
                 (tmp / SHINE_JSON).write_text(json.dumps({"hyper": hyper_config_to_dict(self.cfg),
@@ -179,7 +190,7 @@ class Shine:
         return multihost.write_on_every_host(path, write, overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Shine":
+    def load(cls, path: str | os.PathLike) -> Shine:
         path = resolve_shine_dir(path)
         meta = json.loads((path / SHINE_JSON).read_text())
         hcfg = hyper_config_from_dict(meta["hyper"])
@@ -191,7 +202,7 @@ class Shine:
     @classmethod
     def from_official(cls, ckpt_dir: str | os.PathLike, hf_dir: str | os.PathLike, m2p_heads: int | None = None,
                       scale: float = 1e-3, method: str = "rl", layer_transformer_first: bool = True,
-                      base: BaseModel | None = None) -> "Shine":
+                      base: BaseModel | None = None) -> Shine:
         """Load an official checkpoint on top of the HF base model in ``hf_dir``.
 
         Hyper-parameters not stored in the files (M2P heads, scale, reshape method) are arguments; the rest
@@ -269,11 +280,11 @@ def official_to_params(raw: dict, cfg: ModelConfig) -> dict:
 def with_shine_tokens(base: BaseModel) -> BaseModel:
     """Add SHINE's ``<RECON>``, ``<COMP>``, ``<NOTHING>`` tokens and resize the vocabulary to ``len(tokenizer)``
     as the official trainer does (rows are copied; rows beyond the old vocabulary start at the mean embedding)."""
-    tok = base.tokenizer
+    tok = copy.deepcopy(base.tokenizer)  # the caller's tokenizer stays as it was
     tok.add_tokens(list(SPECIAL_TOKENS))
     n = len(tok)
     if n == base.cfg.vocab_size:
-        return base
+        return base if len(base.tokenizer) == n else BaseModel(base.decoder, tok, base.hf_config)
     params = base.params()
 
     def resize(table, axis):
@@ -285,7 +296,6 @@ def with_shine_tokens(base: BaseModel) -> BaseModel:
     params["embed"] = resize(params["embed"], 0)
     if "lm_head" in params:
         params["lm_head"] = resize(params["lm_head"], 1)
-    from shine_jax.model.base_model import build_decoder
     cfg = dataclasses.replace(base.cfg, vocab_size=n)
     hf = dict(base.hf_config or {}, vocab_size=n)
     return BaseModel(build_decoder(cfg, params, param_dtype=str(params["embed"].dtype)), tok, hf)

@@ -12,7 +12,7 @@ A sweep file (``configs/sweeps/X.py``, big_vision style) defines ``get_config(ar
 ``points``   a list of ``dict(name, base, overrides={})``
 ``eval``     (optional) ``dict(methods="none,shine", docs=8, max_new_tokens=16, batch_size=8)`` for ``--eval``
 
-``run_sweep`` runs each point's stages as child processes (``python -m shine_jax.cli train``) in
+``run_sweep`` runs each point's stages as child processes (``python -m shine_jax.train``, never the CLI) in
 ``W/points/<name>/``, where training resumes from its Orbax checkpoints; a finished point (``result.json`` with
 status ``finished``) is skipped; a point that fails (a bad shape found before it starts, or a non-zero exit) is
 recorded with its one-line error and the sweep goes on. After every point ``W/results.csv`` and ``W/results.md``
@@ -38,14 +38,23 @@ import threading
 import time
 from typing import Any
 
-from shine_jax.train.config import STAGES, ConfigError, apply_override, import_get_config, load_config, validate
+from shine_jax.errors import UserError
+from shine_jax.fileutil import write_json_atomic
+from shine_jax.train.config import (
+    STAGES,
+    ConfigError,
+    apply_override,
+    import_get_config,
+    load_config,
+    validate,
+)
 
 SWEEP_FIELDS = ("name", "stages", "bases", "points", "eval")
 EVAL_DEFAULTS = {"methods": "none,shine", "docs": 8, "max_new_tokens": 16, "batch_size": 8, "split": "test"}
 SHINE_STAGES = tuple(s for s in STAGES if s != "base_pretrain")
 
 
-class SweepError(ValueError):
+class SweepError(UserError):
     """A sweep file or a command line that cannot be run at all (the CLI prints one line and exits 2)."""
 
 
@@ -245,35 +254,22 @@ def _leaves(tree):
         yield tree
 
 
-def stage_record(stage_dir: pathlib.Path, flops_per_step: float | None) -> dict[str, Any]:
-    """What a finished stage measured: validation loss/perplexity (initial and final), wall time, step time."""
-    from shine_jax.train.metrics import read_metrics
-
+def stage_record(stage_dir: pathlib.Path) -> dict[str, Any]:
+    """What a finished stage measured (its ``summary.json``): validation loss/perplexity (initial and final), wall
+    time, median step time."""
     s = json.loads((stage_dir / "summary.json").read_text())
-    rec = {"val_loss_initial": s.get("initial_val_loss"), "val_loss": s.get("val_loss"),
-           "val_ppl_initial": s.get("initial_val_ppl"), "val_ppl": s.get("val_ppl"), "wall_s": s.get("wall_s")}
-    rec["step_s"] = step_time(read_metrics(stage_dir / "metrics.jsonl"), flops_per_step)
-    return rec
-
-
-def step_time(metrics: list[dict], flops_per_step: float | None) -> float | None:
-    """Median seconds per step over the logged windows, without the first one (it holds the compilation).
-
-    The training loop logs ``model_flops_per_s`` = its analytic FLOPs per step x steps per second over each
-    window between two logs (evaluation excluded), so the step time is the ratio with the same FLOPs count."""
-    rates = [m["model_flops_per_s"] for m in metrics if m.get("model_flops_per_s")]
-    if not flops_per_step or len(rates) < 2:
-        return None
-    times = sorted(flops_per_step / r for r in rates[1:])
-    mid = len(times) // 2
-    return times[mid] if len(times) % 2 else 0.5 * (times[mid - 1] + times[mid])
+    return {"val_loss_initial": s.get("initial_val_loss"), "val_loss": s.get("val_loss"),
+            "val_ppl_initial": s.get("initial_val_ppl"), "val_ppl": s.get("val_ppl"), "wall_s": s.get("wall_s"),
+            "step_s": s.get("step_s")}
 
 
 # ------------------------------------------------------------------------------------------------ children
-def run_child(argv: list[str], log_path: pathlib.Path, env: dict[str, str]) -> dict[str, Any]:
-    """Run one command with stdout+stderr appended to ``log_path``; return its exit code, its own peak resident
-    memory (``ru_maxrss`` of that child from ``wait4``) and, on failure, the one-line error it printed."""
+def run_child(argv: list[str], log_path: pathlib.Path, env: dict[str, str], result: pathlib.Path) -> dict[str, Any]:
+    """Run one entry point (``python -m shine_jax.train`` or ``.eval``) with stdout+stderr appended to
+    ``log_path``; return its exit code, its own peak resident memory (``ru_maxrss`` of that child from
+    ``wait4``) and what it wrote to ``result``: the stage summary, or on failure its one-line error."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    result.unlink(missing_ok=True)  # a stale result of an earlier attempt must not be read as this one's
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(argv)}\n")
         log.flush()
@@ -287,39 +283,14 @@ def run_child(argv: list[str], log_path: pathlib.Path, env: dict[str, str]) -> d
             raise
         proc.returncode = os.waitstatus_to_exitcode(status)
     out = {"rc": proc.returncode, "peak_rss_mib": usage.ru_maxrss / 1024, "child_wall_s": time.time() - start}
+    written = _read_json(result) or {}
     if proc.returncode:
-        out["error"] = last_error(log_path, proc.returncode)
+        out["error"] = written.get("error") or (
+            f"exit status {proc.returncode}" + (" (killed by a signal)" if proc.returncode < 0 else "")
+            + f"; the traceback is in {log_path}")
+    else:
+        out["summary"] = written
     return out
-
-
-def last_error(log_path: pathlib.Path, rc: int) -> str:
-    """The child's ``error: ...`` line, else the last line of its traceback, else its exit status."""
-    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith("error:"):
-            return ln[len("error:"):].strip()
-    for ln in reversed(lines):
-        if not ln.startswith("$ ") and not ln.startswith("stage "):
-            return f"exit status {rc}: {ln[:300]}"
-    return f"exit status {rc}" + (" (killed by a signal)" if rc < 0 else "")
-
-
-def child_main(argv: list[str]) -> int:
-    """``python -m shine_jax.sweep --stats-out FILE -- <shine-jax arguments>``: run the command, then record the
-    accelerator's peak memory (``memory_stats()['peak_bytes_in_use']``; GPUs and TPUs report it, CPUs do not)."""
-    if len(argv) < 3 or argv[0] != "--stats-out" or argv[2] != "--":
-        print("usage: python -m shine_jax.sweep --stats-out FILE -- <shine-jax arguments>", file=sys.stderr)
-        return 2
-    from shine_jax import cli
-
-    rc = cli.main(argv[3:])
-    if rc == 0 and "jax" in sys.modules:
-        import jax
-
-        peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in jax.local_devices()]
-        pathlib.Path(argv[1]).write_text(json.dumps({"platform": jax.devices()[0].platform,
-                                                     "device_peak_bytes": max(peaks, default=0) or None}))
-    return rc
 
 
 # ------------------------------------------------------------------------------------------------ runner
@@ -337,7 +308,7 @@ class Runner:
         return str(self.workdir / "data")
 
     def train_argv(self, config: str, stage: str, workdir: pathlib.Path, overrides: list[str], stats: pathlib.Path):
-        return [sys.executable, "-m", "shine_jax.sweep", "--stats-out", str(stats), "--", "train",
+        return [sys.executable, "-m", "shine_jax.train", "--result", str(stats),
                 "--config", f"{config}:{stage}", "--workdir", str(workdir), "--no-progress",
                 *[f"--config.{o}" for o in overrides]]
 
@@ -350,13 +321,13 @@ class Runner:
         self.log(f"[sweep] {label}: training {stage}")
         argv = self.train_argv(base.config, stage, workdir, child_overrides(base, extra, self.data_dir), stats)
         code = code_state()
-        out = run_child(argv, workdir / f"{stage}.log", self.env)
+        out = run_child(argv, workdir / f"{stage}.log", self.env, stats)
         out["code"] = code
         if out["rc"] == 0:
-            extra_stats = json.loads(stats.read_text()) if stats.is_file() else {}
-            out.update(device_peak_mib=(extra_stats.get("device_peak_bytes") or 0) / 2**20 or None,
-                       platform=extra_stats.get("platform"))
-            _write_json(stats, out)
+            summary = out.pop("summary")
+            out.update(device_peak_mib=(summary.get("device_peak_bytes") or 0) / 2**20 or None,
+                       platform=summary.get("platform"))
+            write_json_atomic(stats, out)
         return out
 
     # -- a base: its stages trained once, under a file lock (several shards may need it at the same time)
@@ -396,13 +367,13 @@ class Runner:
         old = _read_json(pdir / "result.json") or {}
         rec: dict[str, Any] = {"name": point.name, "base": point.base.name, "status": "running",
                                "overrides": " ".join(point.override_list())}
-        _write_json(pdir / "result.json", {**old, **rec})
+        write_json_atomic(pdir / "result.json", {**old, **rec})
         try:
             rec.update(self._run_point(point, pdir))
             rec["status"] = "finished"
         except PointFailed as e:
             rec.update(e.partial, status="failed", error=str(e))
-        _write_json(pdir / "result.json", rec)
+        write_json_atomic(pdir / "result.json", rec)
         return rec
 
     def _run_point(self, point: Point, pdir: pathlib.Path) -> dict:
@@ -443,7 +414,7 @@ class Runner:
         rec.update(point_stats(cfgs, trained))  # exact counts now that the trained folders exist
         for stage in (*point.base.stages, *self.sweep.stages):
             d = (bdir if stage in point.base.stages else pdir) / stage
-            rec.update({f"{stage}_{k}": v for k, v in stage_record(d, rec.get(f"{stage}_flops_per_step")).items()})
+            rec.update({f"{stage}_{k}": v for k, v in stage_record(d).items()})
             if stage in point.base.stages:
                 stats = _read_json(bdir / f"{stage}.stats.json") or {}
                 rec[f"{stage}_peak_rss_mib"] = stats.get("peak_rss_mib")
@@ -472,11 +443,12 @@ class Runner:
         out_json = pdir / "eval" / "results.json"
         if not out_json.is_file():
             self.log(f"[sweep] point {point.name}: evaluating {ev['methods']} on {ev['docs']} documents")
-            argv = [sys.executable, "-m", "shine_jax.cli", "eval", "--workdir", str(pdir),
+            argv = [sys.executable, "-m", "shine_jax.eval", "--workdir", str(pdir),
                     "--data", str(self.eval_data(cfg)), "--methods", str(ev["methods"]), "--limit", str(ev["docs"]),
                     "--out", str(out_json), "--batch-size", str(ev["batch_size"]),
-                    "--max-new-tokens", str(ev["max_new_tokens"]), "--no-progress"]
-            res = run_child(argv, pdir / "eval.log", self.env)
+                    "--max-new-tokens", str(ev["max_new_tokens"]), "--no-progress",
+                    "--result", str(pdir / "eval.result.json")]
+            res = run_child(argv, pdir / "eval.log", self.env, pdir / "eval.result.json")
             if res["rc"]:
                 raise PointFailed(f"eval: {res['error']} (log: {pdir / 'eval.log'})", {})
         results = json.loads(out_json.read_text())
@@ -500,7 +472,7 @@ def _check_spec(folder: pathlib.Path, spec: dict) -> str | None:
     if old is not None and old.get("hash") != spec_hash(spec) and trained:
         return (f"{folder} was trained with other settings ({old.get('spec')}); delete it or use another "
                 "sweep workdir")
-    _write_json(path, {"hash": spec_hash(spec), "spec": spec})
+    write_json_atomic(path, {"hash": spec_hash(spec), "spec": spec})
     return None
 
 
@@ -509,12 +481,6 @@ def _read_json(path: pathlib.Path):
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-
-
-def _write_json(path: pathlib.Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -643,7 +609,7 @@ def run_sweep(spec: str, workdir: str | os.PathLike, names: str | None = None, d
         shown: set[str] = set()
         return [dry_run_row(sweep, p, workdir, log, shown) for p in points]
     workdir.mkdir(parents=True, exist_ok=True)
-    _write_json(workdir / "sweep.json", {"spec": spec, "name": sweep.name, "stages": sweep.stages,
+    write_json_atomic(workdir / "sweep.json", {"spec": spec, "name": sweep.name, "stages": sweep.stages,
                                           "points": [dataclasses.asdict(p) for p in sweep.points]})
     runner = Runner(sweep, workdir, do_eval, log, env)
     write_tables(sweep, workdir)
@@ -736,7 +702,3 @@ def dry_run_row(sweep: Sweep, point: Point, workdir: pathlib.Path, log=print, sh
                                    *[f"--config.{o}" for o in child_overrides(point.base, point.overrides,
                                                                                str(workdir / "data"))]]))
     return row
-
-
-if __name__ == "__main__":
-    sys.exit(child_main(sys.argv[1:]))

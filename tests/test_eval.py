@@ -15,8 +15,8 @@ METHODS = ("none", "icl", "sft", "shine")
 
 @pytest.fixture(scope="module")
 def test_records(trained_workdir):
-    from tests.train_utils import small_config
     from shine_jax.train.loop import corpus_overrides
+    from tests.train_utils import small_config
 
     cfg = small_config("ift_mqa")
     ds = load_split(trained_workdir / "data" / "tfds", "test", config="mqa", **corpus_overrides(cfg))

@@ -1,16 +1,14 @@
 """KV-cache generation equals step-by-step argmax of the full forward (left-padded batch, with LoRA)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from shine_jax.model.base_model import BaseModel
+from shine_jax.model.base_model import BaseModel, sample_token
 from shine_jax.model.config import ModelConfig
-from shine_jax.model.base_model import sample_token
 from tests.conftest import left_padded_batch
 from tests.test_lora import random_lora
-
-import jax
-import jax.numpy as jnp
 
 CFG = ModelConfig(family="qwen3", vocab_size=80, hidden_size=48, intermediate_size=96, num_layers=2,
                   num_heads=4, num_kv_heads=2, head_dim=12, tie_word_embeddings=False)

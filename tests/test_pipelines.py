@@ -8,7 +8,6 @@ from shine_jax.data.tokenizer import tiny_tokenizer
 from tests.conftest import ws
 from tests.train_utils import small_config
 
-
 # configs/tiny.py trains its base on generated people with copy examples; these tests read the bundled records
 BUNDLED = ["data.lm_fresh_share=0.0", "data.lm_copy_share=0.0", "data.lm_copy_warmup=0.0"]
 

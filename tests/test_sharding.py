@@ -72,7 +72,7 @@ def test_two_processes_equal_one_process():
                             text=True, timeout=600)
     outs = [w.communicate(timeout=600) for w in workers]
     assert single.returncode == 0, single.stderr[-3000:]
-    for w, (out, err) in zip(workers, outs):
+    for w, (_, err) in zip(workers, outs):
         assert w.returncode == 0, err[-3000:]
 
     def result(text):
@@ -111,7 +111,7 @@ def test_two_processes_run_stages_through_final(tmp_path):
         for w in workers:
             if w.poll() is None:
                 w.kill()
-    for w, (out, err) in zip(workers, outs):
+    for w, (_, err) in zip(workers, outs):
         assert w.returncode == 0, err[-3000:]
     host0, host1 = (dict(l.split()[1:3] for l in out.splitlines() if l.startswith("RESULT ")) for out, _ in outs)
     assert host0["base_pretrain"] == host1["base_pretrain"] == host0["shared"] == host1["shared"]

@@ -17,7 +17,8 @@ from shine_jax.model.hypernet import HyperConfig, Hypernetwork
 from shine_jax.model.losses import kl_distill_loss
 from shine_jax.model.m2p import M2PConfig
 from shine_jax.shine import Shine, shine_loss, teacher_logits
-from shine_jax.train import loop, optimizer as optim
+from shine_jax.train import loop
+from shine_jax.train import optimizer as optim
 from shine_jax.train.config import ConfigError, base_config, validate
 from tests.conftest import ws
 from tests.train_utils import small_config
@@ -275,8 +276,8 @@ def test_kl_train_step_on_a_tiny_model():
     assert all(np.any(x) for x in jax.tree.leaves(g["m2p"]["layers"]))
     # nll+kl = nll + w * kl; the validation loss is the NLL whatever the training loss
     nll, _ = task.eval_loss_fn(task.params, task.frozen, batch)
-    hgraph = Shine.create(base, loop.hyper_config(cfg))._hgraph
-    both, _ = shine_loss(nnx.merge(base._graphdef, task.frozen), nnx.merge(hgraph, task.params), batch, "nll+kl",
+    hgraph = Shine.create(base, loop.hyper_config(cfg)).hyper_graphdef
+    both, _ = shine_loss(nnx.merge(base.graphdef, task.frozen), nnx.merge(hgraph, task.params), batch, "nll+kl",
                          0.25)
     assert float(both) == pytest.approx(float(nll) + 0.25 * float(loss), rel=1e-5)
     # the jitted train step moves only the hypernetwork
@@ -293,9 +294,9 @@ def test_teacher_gets_no_gradient():
     mask = jnp.ones_like(ids)
 
     def f(state):
-        return jnp.sum(teacher_logits(nnx.merge(base._graphdef, state), ids, mask, 5) ** 2)
+        return jnp.sum(teacher_logits(nnx.merge(base.graphdef, state), ids, mask, 5) ** 2)
 
-    g = jax.grad(f)(base._state)
+    g = jax.grad(f)(base.state)
     assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(g))
     full = base.logits(ids, mask)
     np.testing.assert_allclose(teacher_logits(base.decoder, ids, mask, 5), full[:, -5:], rtol=1e-5, atol=1e-6)
@@ -327,3 +328,39 @@ def test_lr_multipliers_scale_each_group_only():
     cfg = small_config("pretrain", 2, ["optim.mem_tokens_lr_mult=10.0"])
     task = loop.shine_task(cfg, BaseModel.random(MODEL), _mesh(), workdir=None)
     assert task.lr_mults["mem_tokens"] == 10.0 and task.lr_mults["m2p"]["token_pe"] == 1.0
+
+
+def test_with_shine_tokens_leaves_the_callers_tokenizer_alone():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from shine_jax.model.base_model import BaseModel
+    from shine_jax.model.config import ModelConfig
+    from shine_jax.shine import SPECIAL_TOKENS, with_shine_tokens
+
+    words = ["<pad>", "<eos>", "a", "b", "c", "d"]
+    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>")
+    cfg = ModelConfig(family="llama", vocab_size=len(words), hidden_size=16, intermediate_size=32, num_layers=1,
+                      num_heads=2, num_kv_heads=2, head_dim=8)
+    base = BaseModel.random(cfg, seed=0, tokenizer=tok)
+    grown = with_shine_tokens(base)
+    assert len(tok) == len(words) and base.cfg.vocab_size == len(words)  # unchanged
+    assert len(grown.tokenizer) == grown.cfg.vocab_size == len(words) + len(SPECIAL_TOKENS)
+    np.testing.assert_array_equal(grown.params()["embed"][: len(words)], base.params()["embed"])
+
+
+def test_ift_1qa_carries_the_extra_meta_lora_of_ift_mqa(tmp_path):
+    mqa_cfg = small_config("ift_mqa", 2, extra=["shine.extra_metalora_rank=4"])
+    base = BaseModel.random(loop.scratch_model_config(mqa_cfg, 96), seed=0)
+    trained = Shine.create(base, loop.hyper_config(mqa_cfg), seed=3)
+    params = trained.hyper_params()
+    params["extra_metalora"] = jax.tree.map(lambda a: np.full_like(a, 0.5), params["extra_metalora"])
+    trained.set_hyper_params(params)
+    trained.save(tmp_path / "mqa")
+    one_cfg = small_config("ift_1qa", 2, extra=["shine.extra_metalora_rank=4", f"init_from='{tmp_path / 'mqa'}'"])
+    task = loop.shine_task(one_cfg, base, _mesh(), workdir=tmp_path)
+    for m, ab in task.params["extra_metalora"].items():
+        for k in ("A", "B"):
+            np.testing.assert_array_equal(np.asarray(ab[k]), 0.5, err_msg=f"extra_metalora/{m}/{k}")

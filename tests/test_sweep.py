@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from shine_jax import cli, sweep as sweep_lib
+from shine_jax import cli
+from shine_jax import sweep as sweep_lib
 from tests.conftest import REPO
 from tests.train_utils import SMALL
 
@@ -127,20 +128,27 @@ def test_select_points_shards():
     assert [p.name for p in sweep_lib.select_points(sweep, names=f"{names[3]},{names[0]}")] == [names[3], names[0]]
 
 
-def test_run_child_reports_the_error_line_and_peak_memory(tmp_path):
-    code = "import sys; x = bytearray(64 << 20); print('error: boom here', file=sys.stderr); sys.exit(2)"
-    out = sweep_lib.run_child([sys.executable, "-c", code], tmp_path / "child.log", env={})
-    assert out["rc"] == 2 and out["error"] == "boom here" and out["peak_rss_mib"] > 64
-    out = sweep_lib.run_child([sys.executable, "-c", "raise RuntimeError('kaput')"], tmp_path / "c2.log", env={})
-    assert out["rc"] == 1 and "RuntimeError: kaput" in out["error"]
+def test_run_child_reports_the_written_error_and_peak_memory(tmp_path):
+    result = tmp_path / "result.json"
+    code = (f"import json, sys; x = bytearray(64 << 20); print('error: in the log only', file=sys.stderr); "
+            f"open({str(result)!r}, 'w').write(json.dumps({{'error': 'boom here'}})); sys.exit(2)")
+    out = sweep_lib.run_child([sys.executable, "-c", code], tmp_path / "child.log", {}, result)
+    assert out["rc"] == 2 and out["error"] == "boom here" and out["peak_rss_mib"] > 64  # the file, not the log
+    # a crash writes no result: the error says so and where the traceback is; a stale result is not read
+    out = sweep_lib.run_child([sys.executable, "-c", "raise RuntimeError('kaput')"], tmp_path / "c2.log", {}, result)
+    assert out["rc"] == 1 and out["error"].startswith("exit status 1;") and "c2.log" in out["error"]
+    result.write_text('{"val_loss": 1.0}')
+    out = sweep_lib.run_child([sys.executable, "-c", "pass"], tmp_path / "c3.log", {}, result)
+    assert out["rc"] == 0 and out["summary"] == {}
 
 
-def test_step_time_skips_the_compile_window():
-    metrics = [{"step": 0, "val_loss": 1.0}, {"step": 5, "model_flops_per_s": 1.0},
-               {"step": 10, "model_flops_per_s": 10.0}, {"step": 15, "model_flops_per_s": 20.0},
-               {"step": 20, "model_flops_per_s": 5.0}]
-    assert sweep_lib.step_time(metrics, 10.0) == pytest.approx(1.0)  # median of 1, 0.5, 2
-    assert sweep_lib.step_time(metrics[:2], 10.0) is None
+def test_median_step_time_skips_the_compile_window():
+    from shine_jax.train.loop import median_step_time
+
+    assert median_step_time([10.0, 1.0, 0.5, 2.0]) == pytest.approx(1.0)  # median of 1, 0.5, 2
+    assert median_step_time([10.0, 1.0, 3.0]) == pytest.approx(2.0)
+    assert median_step_time([10.0]) is None
+
 
 
 def test_fit_recovers_known_exponents(tmp_path):

@@ -11,9 +11,8 @@ import pytest
 from shine_jax.train.config import load_config
 from shine_jax.train.loop import KILL_ENV, run_stage
 from shine_jax.train.metrics import read_metrics
-from tests.conftest import REPO
+from tests.conftest import REPO, STAGES, STEPS
 
-from tests.conftest import STAGES, STEPS
 RESUME = ["steps=10", "checkpoint_every=4", "optim.warmup_steps=2", "log_every=1", "eval_every=100"]
 
 

@@ -44,10 +44,16 @@ def test_gradient_accumulation_averages_micro_batches():
     tx = optax.sgd(1.0)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 2, 3)), jnp.float32)
     y = jnp.zeros_like(x)
-    _, m4 = jax.jit(make_train_step(quadratic, tx))(init_state(params, tx), None, {"x": x, "y": y})
+    s4, m4 = jax.jit(make_train_step(quadratic, tx))(init_state(params, tx), None, {"x": x, "y": y})
     one = {"x": x.reshape(1, 8, 3), "y": y.reshape(1, 8, 3)}
     s1, m1 = jax.jit(make_train_step(quadratic, tx))(init_state(params, tx), None, one)
     assert float(m4["loss"]) == pytest.approx(float(m1["loss"]), rel=1e-6)
+    # the update itself: 4 micro-batches of 2 must move the parameters exactly as one batch of 8 (the mean
+    # gradient), which a summed or last-micro-batch gradient would not
+    np.testing.assert_allclose(np.asarray(s4["params"]["w"]), np.asarray(s1["params"]["w"]), rtol=1e-6)
+    w, xs = np.asarray(params["w"], np.float64), np.asarray(x, np.float64)
+    grad = 2 * w * np.mean(xs**2, axis=(0, 1)) / 3  # d/dw_k of the mean of (w_k x)^2 over 24 values, 8 per w_k
+    np.testing.assert_allclose(np.asarray(s4["params"]["w"]), w - grad, rtol=1e-5)  # sgd(1.0)
 
 
 def test_nan_state_is_never_saved(tmp_path):
@@ -90,8 +96,8 @@ def test_each_group_is_clipped_separately():
 @pytest.mark.slow
 def test_bf16_compute_and_remat_match_float32():
     from shine_jax.model.base_model import BaseModel
-    from shine_jax.train import loop
     from shine_jax.sharding import make_mesh
+    from shine_jax.train import loop
     from tests.train_utils import small_config
 
     losses = {}
@@ -100,14 +106,14 @@ def test_bf16_compute_and_remat_match_float32():
         base = BaseModel.random(loop.scratch_model_config(cfg, 96), seed=0)
         base.decoder.dtype = jnp.bfloat16 if name == "bf16" else jnp.float32
         base.set_remat(cfg.model.remat)  # also re-splits the graph with the dtype set above
-        assert nnx.merge(base._graphdef, base._state).remat == cfg.model.remat  # reaches the jitted functions
+        assert nnx.merge(base.graphdef, base.state).remat == cfg.model.remat  # reaches the jitted functions
         task = loop.shine_task(cfg, base, make_mesh((1, 1, 1)), workdir=None)
         b, tc, tq = 2, cfg.data.context_length, cfg.data.conversation_length
         r = np.random.default_rng(0)
         batch = {"evidence_ids": r.integers(1, 96, (b, tc)), "evidence_mask": np.ones((b, tc), np.int32),
                  "input_ids": r.integers(1, 96, (b, tq)), "attention_mask": np.ones((b, tq), np.int32),
                  "labels": r.integers(1, 96, (b, tq))}
-        loss, grads = jax.jit(jax.value_and_grad(lambda p: task.loss_fn(p, task.frozen, batch)[0]))(task.params)
+        loss, grads = jax.jit(jax.value_and_grad(lambda p, t=task, b=batch: t.loss_fn(p, t.frozen, b)[0]))(task.params)
         losses[name] = (float(loss), grads)
         assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(task.params))  # master weights stay float32
     assert losses["remat"][0] == pytest.approx(losses["f32"][0], rel=1e-6)

@@ -24,7 +24,8 @@ def shine_step_setup(cfg, mesh, vocab: int = 96):
     import jax
 
     from shine_jax.model.base_model import BaseModel
-    from shine_jax.train import loop, optimizer as optim
+    from shine_jax.train import loop
+    from shine_jax.train import optimizer as optim
     from shine_jax.train.step import init_state, make_train_step
 
     base = BaseModel.random(loop.scratch_model_config(cfg, vocab), seed=0)

@@ -21,6 +21,8 @@ import os
 
 import ml_collections
 
+from shine_jax.train.config import ConfigError, parse_arg
+
 CONFIGS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.environ.get("SHINE_JAX_QWEN3_ROOT", "checkpoints")
 SIZES = {  # name -> (config file, HF folder, per-size overrides: mesh and batch layout)
@@ -35,16 +37,13 @@ SHORT = {"shine.lora_rank": "r", "shine.m2p_layers": "m2p", "shine.metalora_rank
 
 
 def parse(arg):
-    axis, *rest = (arg or "size").split(",")
-    opts = dict(item.split("=", 1) for item in rest if "=" in item)
-    if axis not in ("size", "grid", *AXES) or len(opts) != len(rest) or set(opts) - {"size", "steps"}:
-        raise ValueError(f"unknown variant {arg!r}; use AXIS[,size=0p6b|1p7b|8b][,steps=N] with AXIS one of "
-                         f"size, rank, depth, metarank, grid")
-    size = opts.get("size", "0p6b")
-    if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; use one of {', '.join(SIZES)}")
-    steps = int(opts["steps"]) if "steps" in opts else None
-    return axis, size, steps
+    a = parse_arg(arg, positional=("axis",), axis="size", size="0p6b", steps=0)
+    if a.axis not in ("size", "grid", *AXES):
+        raise ConfigError(f"unknown axis {a.axis!r}; use AXIS[,size=0p6b|1p7b|8b][,steps=N] with AXIS one of "
+                          f"size, rank, depth, metarank, grid")
+    if a.size not in SIZES:
+        raise ConfigError(f"unknown size {a.size!r}; use one of {', '.join(SIZES)}")
+    return a.axis, a.size, a.steps or None
 
 
 def name_of(size, settings):

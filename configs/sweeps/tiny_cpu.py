@@ -15,6 +15,8 @@ import os
 
 import ml_collections
 
+from shine_jax.train.config import ConfigError, parse_arg
+
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tiny.py")
 
 COMMON = {  # every stage of every base and point
@@ -36,11 +38,10 @@ DEPTHS = (2, 6)
 
 
 def get_config(arg=None):
-    seeds = 1
-    if arg and arg.startswith("seeds=") and arg[6:].isdigit() and int(arg[6:]) >= 1:
-        seeds, arg = int(arg[6:]), None
-    if arg not in (None, "quick"):
-        raise ValueError(f"unknown variant {arg!r}; use tiny_cpu.py, tiny_cpu.py:seeds=N or tiny_cpu.py:quick")
+    a = parse_arg(arg, quick=False, seeds=1)
+    if a.seeds < 1:
+        raise ConfigError(f"seeds must be >= 1, got {a.seeds}")
+    seeds, arg = a.seeds, "quick" if a.quick else None
     c = ml_collections.ConfigDict()
     c.name = "tiny_cpu" if arg is None else "tiny_cpu_quick"
     c.stages = ("pretrain",)

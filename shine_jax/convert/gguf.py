@@ -30,7 +30,9 @@ import sys
 import tempfile
 from typing import Any
 
+from shine_jax.errors import InputError
 from shine_jax.extras import require_torch
+from shine_jax.fileutil import write_json_atomic
 
 # Never touch the network: the GGUF file and everything derived from it are local. Set before the lazy
 # transformers imports below (and before anything else imports transformers / huggingface_hub).
@@ -94,7 +96,7 @@ def _check_gguf_path(gguf_path: pathlib.Path) -> None:
         raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
     with gguf_path.open("rb") as f:
         if f.read(4) != b"GGUF":
-            raise ValueError(f"not a GGUF file (bad magic bytes): {gguf_path}")
+            raise InputError(f"not a GGUF file (bad magic bytes): {gguf_path}")
 
 
 def _is_nonempty_dir(path: pathlib.Path) -> bool:
@@ -104,9 +106,9 @@ def _is_nonempty_dir(path: pathlib.Path) -> bool:
 def _check_out_dir(out_dir: pathlib.Path, overwrite: bool) -> None:
     """Refuse to clobber an existing, non-empty output folder unless asked to."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output path exists and is not a directory: {out_dir}")
+        raise InputError(f"output path exists and is not a directory: {out_dir}")
     if _is_nonempty_dir(out_dir) and not overwrite:
-        raise ValueError(f"output directory is not empty (pass overwrite=True to replace it): {out_dir}")
+        raise InputError(f"output directory is not empty (pass overwrite=True to replace it): {out_dir}")
 
 
 def _has_weights(folder: pathlib.Path) -> bool:
@@ -147,7 +149,7 @@ def _check_architecture(model_type: str, gguf_path: pathlib.Path) -> None:
     """
     supported = _supported_architectures()
     if model_type not in supported:
-        raise ValueError(f"unsupported architecture {model_type!r} (supported: {', '.join(supported)}): {gguf_path}")
+        raise InputError(f"unsupported architecture {model_type!r} (supported: {', '.join(supported)}): {gguf_path}")
 
 
 def _load_gguf_model(gguf_path: pathlib.Path) -> Any:
@@ -226,7 +228,7 @@ def _save_tokenizer(tokenizer: Any, folder: pathlib.Path, max_length: int) -> No
     # tokenizer_config.json as well makes the folder readable by older transformers and by non-HF tooling.
     tokenizer.save_pretrained(folder, save_jinja_files=False)
     _tidy_tokenizer_config(folder / "tokenizer_config.json")
-    _write_json(folder / "special_tokens_map.json", tokenizer.special_tokens_map)
+    write_json_atomic(folder / "special_tokens_map.json", tokenizer.special_tokens_map)
 
 
 def _tidy_tokenizer_config(path: pathlib.Path) -> None:
@@ -234,11 +236,7 @@ def _tidy_tokenizer_config(path: pathlib.Path) -> None:
     config = json.loads(path.read_text(encoding="utf-8"))
     for key in _LOAD_ONLY_TOKENIZER_KEYS:
         config.pop(key, None)
-    _write_json(path, config)
-
-
-def _write_json(path: pathlib.Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+    write_json_atomic(path, config)
 
 
 def _make_readable(folder: pathlib.Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from shine_jax.errors import UserError
 from shine_jax.fileutil import atomic_dir
 from shine_jax.model.config import SUPPORTED_FAMILIES, ModelConfig
 
@@ -42,7 +43,7 @@ LAYER_MAP = {
 }
 
 
-class HFFormatError(ValueError):
+class HFFormatError(UserError):
     """A Hugging Face folder we cannot read: the message says what is wrong."""
 
 

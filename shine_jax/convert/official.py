@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from shine_jax.errors import UserError
 from shine_jax.extras import require_torch
 from shine_jax.fileutil import atomic_dir
 from shine_jax.model.config import ModelConfig
@@ -35,7 +36,7 @@ ENCODER_MAP = {
 }
 
 
-class OfficialCheckpointError(ValueError):
+class OfficialCheckpointError(UserError):
     """An official SHINE checkpoint that cannot be used: the message says what and why."""
 
 

@@ -16,6 +16,7 @@ import pathlib
 import numpy as np
 from safetensors.numpy import save_file
 
+from shine_jax.errors import InputError
 from shine_jax.fileutil import atomic_dir
 from shine_jax.model.config import ModelConfig
 
@@ -26,10 +27,10 @@ PEFT_FAMILIES = ("qwen3", "llama")
 
 def peft_tensors(cfg: ModelConfig, lora: dict, index: int) -> dict[str, np.ndarray]:
     if cfg.family not in PEFT_FAMILIES:
-        raise ValueError(f"cannot name PEFT modules for model family {cfg.family!r}; supported: {', '.join(PEFT_FAMILIES)}")
+        raise InputError(f"cannot name PEFT modules for model family {cfg.family!r}; supported: {', '.join(PEFT_FAMILIES)}")
     batch = next(iter(lora.values()))["A"].shape[1]
     if not -batch <= index < batch:
-        raise ValueError(f"index {index} is outside the LoRA batch of {batch} example(s)")
+        raise InputError(f"index {index} is outside the LoRA batch of {batch} example(s)")
     out = {}
     for m, leaf in lora.items():
         a = np.asarray(leaf["A"], np.float32)[:, index]  # [L, in, r]

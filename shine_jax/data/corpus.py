@@ -32,8 +32,11 @@ import random
 import re
 import string
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
+
+from shine_jax.errors import InputError
 
 # ---------------------------------------------------------------------------------------------------------------
 # Data tables
@@ -362,7 +365,7 @@ FACT_TEMPLATES = _templates(FACT_PHRASINGS)
 QUESTION_TEMPLATES = _templates(QUESTION_PHRASINGS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _allowed(kind: str, attribute: str, split: str, opening: bool = False) -> tuple[Template, ...]:
     """Fact or question templates (``kind``) a document of ``split`` may use; test documents mix in the
     test-only phrasings. ``opening`` keeps only templates that may start a bio. Cached: called per sentence."""
@@ -375,7 +378,7 @@ def _allowed(kind: str, attribute: str, split: str, opening: bool = False) -> tu
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def template_pattern(text: str) -> re.Pattern[str]:
     """A regex that fully matches any sentence rendered from template ``text``.
 
@@ -425,7 +428,7 @@ class Person:
         return getattr(self, name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cumulative(table: tuple[tuple[str, int], ...]) -> tuple[tuple[str, ...], tuple[int, ...]]:
     values, weights = zip(*table)
     return values, tuple(itertools.accumulate(weights))
@@ -451,7 +454,7 @@ def make_people(n: int = DEFAULT_NUM_PEOPLE, seed: int = 0) -> list[Person]:
     """``n`` people with unique full names and random attributes (birth city and residence always differ)."""
     capacity = len(FIRST_NAMES) * len(LAST_NAMES)
     if not 0 <= n <= capacity:
-        raise ValueError(f"n must be in [0, {capacity}] (unique full names), got {n}")
+        raise InputError(f"n must be in [0, {capacity}] (unique full names), got {n}")
     rng = random.Random(f"{seed}/people")
     people = []
     for code in rng.sample(range(capacity), n):
@@ -482,7 +485,7 @@ def split_people(
     Each split keeps the input order. Sizes are ``round(n * fraction)`` for train and validation; test gets the rest.
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-9:
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
+        raise InputError(f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
     order = list(range(len(people)))
     random.Random(f"{seed}/split").shuffle(order)
     n_train = round(len(people) * fractions[0])
@@ -498,7 +501,7 @@ def split_people(
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise InputError(f"split must be one of {SPLITS}, got {split!r}")
 
 
 def _with_article(noun: str) -> str:
@@ -558,7 +561,7 @@ def stream_bio_text(people: Sequence[Person], seed: int = 0, split: str = "train
     """Endless deterministic stream of bios of ``people`` (pass only one split's people to avoid leakage)."""
     _check_split(split)
     if not people:
-        raise ValueError("people is empty")
+        raise InputError("people is empty")
     rng = random.Random(f"{seed}/{split}/stream")
     while True:
         yield bio_text(people[rng.randrange(len(people))], rng, split)
@@ -588,7 +591,7 @@ def _pick_group(people: Sequence[Person], n: int, rng: random.Random, max_tries:
         else:
             failures += 1
             if failures > max_tries:
-                raise ValueError(f"could not find {n} compatible people among {len(people)}; pass more people")
+                raise InputError(f"could not find {n} compatible people among {len(people)}; pass more people")
     return group
 
 
@@ -610,11 +613,11 @@ def make_documents(
     """
     _check_split(split)
     if not 1 <= min_people <= max_people:
-        raise ValueError(f"need 1 <= min_people <= max_people, got {min_people}, {max_people}")
+        raise InputError(f"need 1 <= min_people <= max_people, got {min_people}, {max_people}")
     if not 1 <= min_facts <= max_facts <= len(ATTRIBUTES):
-        raise ValueError(f"need 1 <= min_facts <= max_facts <= {len(ATTRIBUTES)}, got {min_facts}, {max_facts}")
+        raise InputError(f"need 1 <= min_facts <= max_facts <= {len(ATTRIBUTES)}, got {min_facts}, {max_facts}")
     if len(people) < max_people:
-        raise ValueError(f"need at least max_people={max_people} people, got {len(people)}")
+        raise InputError(f"need at least max_people={max_people} people, got {len(people)}")
     rng = random.Random(f"{seed}/{split}/documents")
     records = []
     for index in range(num_docs):
@@ -657,7 +660,7 @@ def add_distractors(
     shares no first name with anyone already in the document, so questions stay unambiguous.
     """
     if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
+        raise InputError(f"k must be >= 0, got {k}")
     paragraphs = record["context"].split("\n\n")
     taken = {name.split()[0] for name in find_full_names(record["context"])}
     chosen: list[str] = []
@@ -670,7 +673,7 @@ def add_distractors(
             chosen.append(paragraph)
             taken |= firsts
     if len(chosen) < k:
-        raise ValueError(f"found only {len(chosen)} of {k} usable distractor bios in a pool of {len(pool)}")
+        raise InputError(f"found only {len(chosen)} of {k} usable distractor bios in a pool of {len(pool)}")
     for paragraph in chosen:
         paragraphs.insert(rng.randint(0, len(paragraphs)), paragraph)
     return {
@@ -709,7 +712,7 @@ def build_corpus(
     if docs_per_split is not None:
         unknown = set(docs_per_split) - set(SPLITS)
         if unknown:
-            raise ValueError(f"unknown splits {sorted(unknown)}; expected {SPLITS}")
+            raise InputError(f"unknown splits {sorted(unknown)}; expected {SPLITS}")
         counts.update(docs_per_split)
     by_split = split_people(make_people(num_people, seed), seed)
     return {
@@ -768,7 +771,7 @@ def read_jsonl(path: str | os.PathLike[str], *, skip_bad_lines: bool = False) ->
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     if not raw.strip():
-        raise ValueError(f"{os.fspath(path)} is empty")
+        raise InputError(f"{os.fspath(path)} is empty")
     records = []
     for lineno, raw_line in enumerate(raw.split(b"\n"), start=1):  # decoded line by line: one bad line is one line
         try:
@@ -791,7 +794,7 @@ def read_jsonl(path: str | os.PathLike[str], *, skip_bad_lines: bool = False) ->
             continue
         message = f"{os.fspath(path)}, line {lineno}: {problem}"
         if not skip_bad_lines:
-            raise ValueError(message)
+            raise InputError(message)
         warnings.warn(f"{message}; skipping the line", stacklevel=2)
     return records
 
@@ -921,11 +924,11 @@ def make_family2_documents(num_docs: int, seed: int = 0, *, min_people: int = 1,
     FAMILY2_FACT_PHRASINGS and asked with FAMILY2_QUESTION_PHRASINGS. Measures whether a model reads the prompt
     rather than recalls the corpus's names and wording."""
     if num_docs < 0:
-        raise ValueError(f"num_docs must be >= 0, got {num_docs}")
+        raise InputError(f"num_docs must be >= 0, got {num_docs}")
     if not 1 <= min_people <= max_people:
-        raise ValueError(f"need 1 <= min_people <= max_people, got {min_people}, {max_people}")
+        raise InputError(f"need 1 <= min_people <= max_people, got {min_people}, {max_people}")
     if not 1 <= min_facts <= max_facts <= len(ATTRIBUTES):
-        raise ValueError(f"need 1 <= min_facts <= max_facts <= {len(ATTRIBUTES)}, got {min_facts}, {max_facts}")
+        raise InputError(f"need 1 <= min_facts <= max_facts <= {len(ATTRIBUTES)}, got {min_facts}, {max_facts}")
     rng = random.Random(f"{seed}/family2/documents")
     records = []
     for index in range(num_docs):

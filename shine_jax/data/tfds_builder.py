@@ -40,7 +40,8 @@ import os
 import pathlib
 import random
 import warnings
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -49,6 +50,7 @@ import grain  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from shine_jax.data import corpus as C  # noqa: E402
+from shine_jax.errors import InputError
 
 __all__ = [
     "ShineBios", "ShineBiosConfig", "BUILDER_CONFIGS", "CONFIG_NAMES", "make_config", "prepare", "load_split",
@@ -120,7 +122,7 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise InputError(f"{name} must be >= {minimum}, got {value}")
 
 
 def _validate(settings: Mapping[str, int]) -> None:
@@ -131,18 +133,18 @@ def _validate(settings: Mapping[str, int]) -> None:
         _check_int(name, settings[name], 0)
     capacity = len(C.FIRST_NAMES) * len(C.LAST_NAMES)
     if settings["num_people"] > capacity:
-        raise ValueError(f"num_people must be <= {capacity} (unique full names), got {settings['num_people']}")
+        raise InputError(f"num_people must be <= {capacity} (unique full names), got {settings['num_people']}")
     if not any(settings[f"{split}_docs"] for split in C.SPLITS):
-        raise ValueError("every split has 0 documents")
+        raise InputError("every split has 0 documents")
     if settings["min_people"] > settings["max_people"]:
-        raise ValueError(f"need min_people <= max_people, got {settings['min_people']} > {settings['max_people']}")
+        raise InputError(f"need min_people <= max_people, got {settings['min_people']} > {settings['max_people']}")
     # The split sizes split_people will produce (round() of the default fractions; test gets the rest).
     n = settings["num_people"]
     n_train = round(n * C.DEFAULT_SPLIT_FRACTIONS[0])
     n_val = round(n * C.DEFAULT_SPLIT_FRACTIONS[1])
     for split, size in zip(C.SPLITS, (n_train, n_val, n - n_train - n_val)):
         if settings[f"{split}_docs"] and size < settings["max_people"]:
-            raise ValueError(
+            raise InputError(
                 f"num_people={n} leaves {size} people in the {split} split, fewer than max_people="
                 f"{settings['max_people']}; use more people"
             )
@@ -161,14 +163,14 @@ def make_config(config: str | ShineBiosConfig = "mqa", **overrides: Any) -> Shin
         builtin = _BASE_CONFIGS.get(base.name)
         if builtin is not None and base is not builtin:
             if base.settings() != builtin.settings():
-                raise ValueError(
+                raise InputError(
                     f"a custom config may not reuse the built-in name {base.name!r} with different settings; "
                     f"pass overrides or choose another name"
                 )
             base = builtin
     elif isinstance(config, str):
         if config not in _BASE_CONFIGS:
-            raise ValueError(f"unknown config {config!r}; expected one of {CONFIG_NAMES} or a ShineBiosConfig")
+            raise InputError(f"unknown config {config!r}; expected one of {CONFIG_NAMES} or a ShineBiosConfig")
         base = _BASE_CONFIGS[config]
     else:
         raise TypeError(f"config must be a name or a ShineBiosConfig, got {type(config).__name__}")
@@ -178,11 +180,11 @@ def make_config(config: str | ShineBiosConfig = "mqa", **overrides: Any) -> Shin
     if docs_per_split is not None:
         unknown = set(docs_per_split) - set(C.SPLITS)
         if unknown:
-            raise ValueError(f"unknown splits {sorted(unknown)} in docs_per_split; expected {C.SPLITS}")
+            raise InputError(f"unknown splits {sorted(unknown)} in docs_per_split; expected {C.SPLITS}")
         for split, count in docs_per_split.items():
             key = f"{split}_docs"
             if key in overrides and overrides[key] != count:
-                raise ValueError(f"{key}={overrides[key]} conflicts with docs_per_split[{split!r}]={count}")
+                raise InputError(f"{key}={overrides[key]} conflicts with docs_per_split[{split!r}]={count}")
             overrides[key] = count
     unknown = set(overrides) - set(_FIELD_TAGS)
     if unknown:
@@ -212,7 +214,7 @@ def generate_records(
     """
     cfg = config if isinstance(config, ShineBiosConfig) else make_config(config)
     if split not in C.SPLITS:
-        raise ValueError(f"split must be one of {C.SPLITS}, got {split!r}")
+        raise InputError(f"split must be one of {C.SPLITS}, got {split!r}")
     if cfg.docs(split) == 0:
         return []
     if people is None:
@@ -246,7 +248,7 @@ def decode_example(example: Mapping[str, Any]) -> dict[str, Any]:
     questions = [_text(q) for q in example["questions"]]
     answers = [json.loads(_text(a)) for a in example["answers"]]
     if len(questions) != len(answers):
-        raise ValueError(f"example {_text(example['id'])!r}: {len(questions)} questions but {len(answers)} answers")
+        raise InputError(f"example {_text(example['id'])!r}: {len(questions)} questions but {len(answers)} answers")
     return {
         "id": _text(example["id"]),
         "context": _text(example["context"]),

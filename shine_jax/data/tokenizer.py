@@ -35,7 +35,8 @@ import random
 import re
 import shutil
 import tempfile
-from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast

@@ -11,18 +11,25 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from shine_jax.eval.methods import EvalSettings, Method, check_document_count, make_methods
 from shine_jax.data.pipelines import left_pad
+from shine_jax.errors import UserError
+from shine_jax.eval.methods import (
+    EvalSettings,
+    Method,
+    check_document_count,
+    make_methods,
+)
 from shine_jax.eval.metrics import best_em, best_f1
 
 PAD_MULTIPLE = 64  # prompt lengths are padded to a multiple of this so compiled shapes are reused
 
 
-class BadRecord(ValueError):
+class BadRecord(UserError):
     pass
 
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +31,9 @@ import optax
 
 from shine_jax.data.corpus import find_full_names
 from shine_jax.data.pipelines import icl_user_text
-from shine_jax.model.losses import causal_lm_loss
+from shine_jax.errors import InputError
 from shine_jax.model.lora import lora_shapes
+from shine_jax.model.losses import causal_lm_loss
 
 METHODS = ("none", "icl", "sft", "shine", "shine-wrong-doc")
 MIN_DOCUMENTS = {"shine-wrong-doc": 2}  # the control needs another document to take the LoRA from
@@ -117,7 +119,7 @@ class TestTimeTraining(Method):
         ids, mask = base.encode(docs, self.max_doc_tokens)
         lora = init_sft_lora(base.cfg, self.s.sft_rank, len(docs), jax.random.key(self.s.seed))
         tx = optax.adam(self.s.sft_lr)
-        out = _train_sft(base._graphdef, base._state, lora, tx.init(lora), jnp.asarray(ids), jnp.asarray(mask),
+        out = _train_sft(base.graphdef, base.state, lora, tx.init(lora), jnp.asarray(ids), jnp.asarray(mask),
                          self.s.sft_epochs, self.s.sft_lr)
         return jax.block_until_ready(out)
 
@@ -136,7 +138,7 @@ def make_methods(names: Sequence[str], settings: EvalSettings, max_doc_tokens: i
 def check_method_names(names: Sequence[str]) -> None:
     unknown = [n for n in names if n not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        raise InputError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
 
 
 def check_document_count(names: Sequence[str], num_docs: int) -> None:
@@ -144,7 +146,7 @@ def check_document_count(names: Sequence[str], num_docs: int) -> None:
     for name in names:
         need = MIN_DOCUMENTS.get(name, 1)
         if num_docs < need:
-            raise ValueError(f"method {name} needs at least {need} documents (it answers each with another "
+            raise InputError(f"method {name} needs at least {need} documents (it answers each with another "
                              f"document's LoRA), got {num_docs}")
 
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from shine_jax.data import corpus
+from shine_jax.errors import InputError
 
 DISTRACTORS = (1, 3)  # distractor bios per document, both ends included
 MAX_DISTRACTORS = 8  # the same bound as the config field data.distractors
@@ -75,7 +76,7 @@ def build_sets(names: Sequence[str], spec: SetSpec) -> dict[str, list[dict]]:
 def check_set_names(names: Sequence[str], option: str = "--sets") -> None:
     unknown = [n for n in names if n not in TEST_SETS]
     if unknown or not names:
-        raise ValueError(f"{option} must name sets from {', '.join(TEST_SETS)}, got {', '.join(names) or 'none'}")
+        raise InputError(f"{option} must name sets from {', '.join(TEST_SETS)}, got {', '.join(names) or 'none'}")
 
 
 def parse_range(text: str, option: str = "--distractors", maximum: int = MAX_DISTRACTORS) -> tuple[int, int]:
@@ -83,6 +84,6 @@ def parse_range(text: str, option: str = "--distractors", maximum: int = MAX_DIS
     m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
     low, high = (int(m[1]), int(m[2] or m[1])) if m else (-1, -1)
     if not 0 <= low <= high <= maximum:
-        raise ValueError(f"{option} must be MIN-MAX (or one number) with 0 <= MIN <= MAX <= {maximum}, "
+        raise InputError(f"{option} must be MIN-MAX (or one number) with 0 <= MIN <= MAX <= {maximum}, "
                          f"got {text!r}")
     return low, high

@@ -6,18 +6,22 @@ import functools
 import json
 import os
 import pathlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shine_jax import multihost, sharding as shd
+from shine_jax import multihost
+from shine_jax import sharding as shd
 from shine_jax.convert import hf as hfconv
+from shine_jax.errors import InputError
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.decoder import AXES_KEY, Decoder
-from shine_jax.model.lora import check_lora, logical_axes as lora_axes
+from shine_jax.model.lora import check_lora
+from shine_jax.model.lora import logical_axes as lora_axes
 
 MODEL_JSON = "model.json"
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -72,9 +76,18 @@ class BaseModel:
     def cfg(self) -> ModelConfig:
         return self.decoder.cfg
 
+    # the functional split of the decoder, what jitted functions take (read-only: use set_params/shard to change)
+    @property
+    def graphdef(self) -> nnx.GraphDef:
+        return self._graphdef
+
+    @property
+    def state(self) -> nnx.State:
+        return self._state
+
     @classmethod
     def from_hf(cls, hf_dir: str | os.PathLike, dtype: str = "float32", compute_dtype: str | None = None,
-                load_tokenizer: bool = True, remat: bool = False) -> "BaseModel":
+                load_tokenizer: bool = True, remat: bool = False) -> BaseModel:
         """Read ``config.json`` + safetensors (single or sharded) of a Qwen3 or LLaMA-family model."""
         cfg, raw = hfconv.read_hf_config(hf_dir)
         params = hfconv.hf_to_params(cfg, hfconv.read_safetensors(hf_dir))
@@ -83,7 +96,7 @@ class BaseModel:
         return cls(decoder, tokenizer, raw)
 
     @classmethod
-    def random(cls, cfg: ModelConfig, seed: int = 0, dtype: str = "float32", tokenizer=None) -> "BaseModel":
+    def random(cls, cfg: ModelConfig, seed: int = 0, dtype: str = "float32", tokenizer=None) -> BaseModel:
         return cls(build_decoder(cfg, seed=seed, param_dtype=dtype, dtype=dtype), tokenizer)
 
     def params(self) -> dict:
@@ -107,15 +120,17 @@ class BaseModel:
 
         With several processes (multi-host) every process must call it, each with its own local ``path``: the
         parameters are gathered and every host gets a complete copy (see ``shine_jax.multihost``)."""
-        state = self._save_state()
-        return multihost.write_on_every_host(path, lambda p: self._write(p, state, overwrite), overwrite)
+        state = self.host_params()
+        return multihost.write_on_every_host(path, lambda p: self.write_local(p, state, overwrite), overwrite)
 
-    def _save_state(self) -> dict:
+    def host_params(self) -> dict:
         """The parameters to save: as they are with one process, gathered numpy arrays with several."""
         state = nnx.to_pure_dict(self._state)
         return multihost.to_host(state) if jax.process_count() > 1 else state
 
-    def _write(self, path: pathlib.Path, state: dict, overwrite: bool) -> None:
+    def write_local(self, path: pathlib.Path, state: dict, overwrite: bool) -> None:
+        """Write this model's folder at ``path`` on this host from ``state`` (``host_params()``); with several
+        processes every host calls it (``save`` does this through ``multihost.write_on_every_host``)."""
         from shine_jax.fileutil import atomic_dir
 
         with atomic_dir(path, overwrite) as tmp:
@@ -127,7 +142,7 @@ class BaseModel:
                 self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, dtype: str | None = None, compute_dtype: str | None = None) -> "BaseModel":
+    def load(cls, path: str | os.PathLike, dtype: str | None = None, compute_dtype: str | None = None) -> BaseModel:
         path = pathlib.Path(path).absolute()
         if not (path / MODEL_JSON).is_file():
             raise FileNotFoundError(f"{path} has no {MODEL_JSON}; it is not a shine_jax model folder")
@@ -153,14 +168,15 @@ class BaseModel:
             return hfconv.write_hf_folder(out_dir, hf_config, tensors, tok_dir, overwrite)
 
     # -- sharding ----------------------------------------------------------------------------------------
-    def shard(self, mesh) -> "BaseModel":
+    def shard(self, mesh) -> BaseModel:
         """Place the parameters on ``mesh`` following the logical-axis rules; later calls run sharded."""
         self.mesh = mesh
         self._state = jax.device_put(self._state, state_shardings(self._state, mesh))
         nnx.update(self.decoder, self._state)
         return self
 
-    def _put_batch(self, *arrays):
+    def put_batch(self, *arrays):
+        """The arrays on the device(s), batch-sharded over the model's mesh when it has one."""
         if self.mesh is None:
             return tuple(jnp.asarray(a) for a in arrays)
         return tuple(jax.device_put(jnp.asarray(a), shd.batch_sharding(self.mesh, np.shape(a))) for a in arrays)
@@ -189,8 +205,8 @@ class BaseModel:
         loras = self._check_inputs(input_ids, attention_mask, lora)
         if attention_mask is None:
             attention_mask = np.ones(np.shape(input_ids), np.int32)
-        ids, mask = self._put_batch(input_ids, attention_mask)
-        pos = None if positions is None else self._put_batch(positions)[0]
+        ids, mask = self.put_batch(input_ids, attention_mask)
+        pos = None if positions is None else self.put_batch(positions)[0]
         return _logits_fn(self._graphdef, self._state, ids, mask, pos, self._put_loras(loras))
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 32, lora=None,
@@ -207,7 +223,7 @@ class BaseModel:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         eos = self._eos_ids(eos_token_id)
         pad = pad_token_id if pad_token_id is not None else (self._pad_id() if eos.size else 0)
-        ids, mask = self._put_batch(input_ids, attention_mask)
+        ids, mask = self.put_batch(input_ids, attention_mask)
         out = _generate_fn(self._graphdef, self._state, ids, mask, self._put_loras(loras),
                            jax.random.key(seed), jnp.float32(temperature), jnp.float32(top_p),
                            jnp.asarray(eos, jnp.int32), jnp.int32(pad), max_new_tokens)
@@ -254,7 +270,7 @@ class BaseModel:
 
     def _need_tokenizer(self):
         if self.tokenizer is None:
-            raise ValueError("this model has no tokenizer; load it from a folder with tokenizer.json")
+            raise InputError("this model has no tokenizer; load it from a folder with tokenizer.json")
         return self.tokenizer
 
 

@@ -10,7 +10,8 @@ NNX eager sharding so a model can be built with or without a mesh).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

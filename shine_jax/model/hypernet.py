@@ -15,7 +15,8 @@ from flax import nnx
 
 from shine_jax.model.config import LORA_MODULES, ModelConfig
 from shine_jax.model.decoder import AXES_KEY, Decoder, positions_from_mask
-from shine_jax.model.lora import concat_rank, lora_shapes, logical_axes as lora_axes
+from shine_jax.model.lora import concat_rank, lora_shapes
+from shine_jax.model.lora import logical_axes as lora_axes
 from shine_jax.model.m2p import M2PConfig, make_m2p
 
 RESHAPE_METHODS = ("rl", "rr", "lr", "ll")

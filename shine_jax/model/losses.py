@@ -3,7 +3,7 @@ only) and KL context distillation. Positions are shifted the HF way: position t 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

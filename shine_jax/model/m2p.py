@@ -73,7 +73,7 @@ class PositionInput(nnx.Module):
     """What both M2P variants start with: the (optionally normalised) memory states plus learned layer and token
     position embeddings (zeros, as the official init; ``Hypernetwork`` may redraw them)."""
 
-    def _init_input(self, cfg: "M2PConfig", num_layers: int, num_tokens: int, hidden: int):
+    def _init_input(self, cfg: M2PConfig, num_layers: int, num_tokens: int, hidden: int):
         self.layer_pe = _param(jnp.zeros((num_layers, hidden)), ("layers", "m2p_embed"))
         self.token_pe = _param(jnp.zeros((num_tokens, hidden)), ("mem_tokens", "m2p_embed"))
         if cfg.memory_norm != "none":  # "norm" in the name: the no-weight-decay group, like the LayerNorms

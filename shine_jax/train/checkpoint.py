@@ -8,21 +8,23 @@ the arrays are written); a state with non-finite values is refused, never saved.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grain
-from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from shine_jax.errors import UserError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """No checkpoint of a stage can be restored (a user-facing error: the CLI prints one line)."""
 
 
@@ -143,16 +145,3 @@ def describe_mismatch(saved: dict, current: dict) -> str:
     return ""
 
 
-def dump_json(path: pathlib.Path, obj: Any) -> None:
-    """Write ``path`` atomically (a temporary file of its own per call: processes sharing a workdir may race)."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(obj, indent=2, sort_keys=True))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,6 +16,8 @@ from typing import Any
 
 import ml_collections
 
+from shine_jax.errors import UserError
+
 STAGES = ("base_pretrain", "pretrain", "ift_mqa", "ift_1qa")
 PREVIOUS_STAGE = {"pretrain": None, "ift_mqa": "pretrain", "ift_1qa": "ift_mqa"}
 MODEL_SOURCES = ("scratch", "hf", "smollm2")
@@ -24,7 +26,7 @@ MODEL_SOURCES = ("scratch", "hf", "smollm2")
 TRACKERS = ("tensorboard", "wandb", "none")  # where a stage's scalars go besides metrics.jsonl
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration field that is unknown or inconsistent: the message names it."""
 
 
@@ -126,6 +128,35 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.m2p_lr_mult = 1.0  # ... of the M2P (weights, biases, norms, position embeddings)
     c.optim.metalora_lr_mult = 1.0  # ... of the Meta LoRA (and the IFT additional Meta LoRA)
     return c
+
+
+def parse_arg(arg: str | None, *, positional: tuple[str, ...] = (), **spec) -> ml_collections.ConfigDict:
+    """The ``:ARG`` of a config file as typed fields (big_vision style): ``"rank,size=1p7b,steps=100"``.
+
+    ``spec`` holds every field with its default, whose type the value is parsed as (a bare ``name`` sets a boolean
+    field to True). The first bare tokens fill the ``positional`` fields in order. Unknown fields, values that do
+    not parse and tokens beyond the positional ones are one ConfigError naming the token."""
+    out = ml_collections.ConfigDict(dict(spec))
+    bare = list(positional)
+    for token in (t.strip() for t in (arg or "").split(",")):
+        if not token:
+            continue
+        key, eq, value = token.partition("=")
+        if not eq and key in spec and isinstance(spec[key], bool) and key not in bare:
+            out[key] = True
+            continue
+        if not eq:
+            if not bare:
+                raise ConfigError(f"config argument {token!r} is not a field; use {', '.join(spec)} as NAME=VALUE")
+            key, value = bare.pop(0), token
+        elif key not in spec:
+            raise ConfigError(f"unknown config argument {key!r}; known: {', '.join(spec)}")
+        default = spec[key]
+        try:
+            out[key] = (value.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(value)
+        except ValueError:
+            raise ConfigError(f"config argument {key}={value!r} is not a {type(default).__name__}") from None
+    return out
 
 
 def import_config_module(path: str, kind: str = "config", error: type[Exception] = ConfigError):

@@ -19,9 +19,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from shine_jax import multihost, sharding as shd
+from shine_jax import multihost
+from shine_jax import sharding as shd
 from shine_jax.data import pipelines
-from shine_jax.fileutil import workdir_lock
+from shine_jax.fileutil import workdir_lock, write_json_atomic
 from shine_jax.model.base_model import BaseModel, state_shardings
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.hypernet import HyperConfig
@@ -32,7 +33,12 @@ from shine_jax.train import flops as flops_lib
 from shine_jax.train import optimizer as optim
 from shine_jax.train.config import PREVIOUS_STAGE, ConfigError, validate
 from shine_jax.train.metrics import MetricsLog, Throughput, TrainMetrics
-from shine_jax.train.step import init_state, make_eval_step, make_train_step, train_state_shardings
+from shine_jax.train.step import (
+    init_state,
+    make_eval_step,
+    make_train_step,
+    train_state_shardings,
+)
 
 KILL_ENV = "SHINE_JAX_KILL_AFTER_STEP"  # tests: SIGKILL the process right after this step (crash simulation)
 
@@ -81,6 +87,10 @@ def scratch_model_config(cfg, vocab_size: int) -> ModelConfig:
 def load_base(cfg, workdir: pathlib.Path) -> BaseModel:
     m = cfg.model
     if m.source == "scratch":
+        if cfg.stage == "base_pretrain" and cfg.init_from:  # continue training an earlier base
+            base = BaseModel.load(pathlib.Path(cfg.init_from), compute_dtype=m.compute_dtype)
+            base.set_remat(m.remat)
+            return base
         if cfg.stage == "base_pretrain":
             from shine_jax.data.tokenizer import tiny_tokenizer
 
@@ -142,8 +152,8 @@ class Task:
 
 
 def lm_task(cfg, base: BaseModel, mesh) -> Task:
-    graphdef = base._graphdef
-    shardings = nnx.to_pure_dict(state_shardings(base._state, mesh))
+    graphdef = base.graphdef
+    shardings = nnx.to_pure_dict(state_shardings(base.state, mesh))
 
     def loss_fn(params, frozen, batch):
         decoder = nnx.merge(graphdef, params)
@@ -154,8 +164,8 @@ def lm_task(cfg, base: BaseModel, mesh) -> Task:
         base.save(out_dir, overwrite=True)
 
     flops = flops_lib.lm_step_flops(base.cfg, cfg.batch_size, cfg.data.lm_length)
-    return Task(nnx.to_pure_dict(base._state), None, loss_fn,
-                optim.param_labels(nnx.to_pure_dict(base._state), optim.decoder_group), shardings, finalize, flops)
+    return Task(nnx.to_pure_dict(base.state), None, loss_fn,
+                optim.param_labels(nnx.to_pure_dict(base.state), optim.decoder_group), shardings, finalize, flops)
 
 
 def shine_task(cfg, base: BaseModel, mesh, workdir: pathlib.Path) -> Task:
@@ -171,12 +181,15 @@ def shine_task(cfg, base: BaseModel, mesh, workdir: pathlib.Path) -> Task:
                               f"with {loaded.cfg.m2p.memory_norm!r}")
         params = shine.hyper_params()
         old = loaded.hyper_params()
-        for key in ("mem_tokens", "metalora", "m2p"):
-            params[key] = old[key]
+        # the IFT stages' extra Meta LoRA goes on from ift_mqa to ift_1qa; pretrain has none, so ift_mqa starts it
+        carried = ("mem_tokens", "metalora", "m2p") + (("extra_metalora",) if "extra_metalora" in old else ())
+        for key in carried:
+            if key in params:
+                params[key] = old[key]
         shine.set_hyper_params(params)
-    hgraph = shine._hgraph
-    dgraph = base._graphdef
-    shardings = nnx.to_pure_dict(state_shardings(shine._hstate, mesh))
+    hgraph = shine.hyper_graphdef
+    dgraph = base.graphdef
+    shardings = nnx.to_pure_dict(state_shardings(shine.hyper_state, mesh))
 
     def loss_fn(params, frozen, batch):
         return shine_loss(nnx.merge(dgraph, frozen), nnx.merge(hgraph, params), batch, cfg.shine.loss,
@@ -189,21 +202,28 @@ def shine_task(cfg, base: BaseModel, mesh, workdir: pathlib.Path) -> Task:
         shine.set_hyper_params(multihost.to_host(params))
         shine.save(out_dir, overwrite=True)
 
-    freeze_meta = hcfg.extra_metalora_rank > 0
-    group = lambda names: optim.hypernet_group(names, cfg.shine.train_mem_tokens, freeze_meta)  # noqa: E731
-    params = nnx.to_pure_dict(shine._hstate)
+    params = nnx.to_pure_dict(shine.hyper_state)
+    labels, mults = shine_param_groups(cfg, params)
     conv = cfg.data.conversation_length
     flops = flops_lib.shine_step_flops(base.cfg, cfg.batch_size, cfg.data.context_length, conv,
                                        shine.num_memory_tokens, hcfg.m2p.num_layers, hcfg.m2p.ffn_mult,
                                        hcfg.lora_rank)
-    mults = optim.lr_mults(params, lambda names: optim.hypernet_lr_mult(names, cfg.optim))
     distil = cfg.shine.loss != "nll"
     if distil:  # the teacher's forward pass (no backward), vocabulary logits on the conversation's positions only
         t = pipelines.teacher_length(cfg.data.context_length, conv)
         flops += (flops_lib.decoder_forward_flops(base.cfg, cfg.batch_size * t, t, False)
                   + 2.0 * cfg.batch_size * conv * base.cfg.hidden_size * base.cfg.vocab_size)
-    return Task(params, base._state, loss_fn, optim.param_labels(params, group), shardings, finalize, flops,
+    return Task(params, base.state, loss_fn, labels, shardings, finalize, flops,
                 lr_mults=mults, eval_loss_fn=nll_fn if distil else None, teacher=distil)
+
+
+def shine_param_groups(cfg, params) -> tuple[Any, Any]:
+    """(optimizer group labels, learning-rate multipliers or None) of the hypernetwork's parameters: what a SHINE
+    stage trains and how, shared by training and ``plan`` so both build the same optimizer."""
+    freeze_meta = hyper_config(cfg).extra_metalora_rank > 0
+    labels = optim.param_labels(params, lambda names: optim.hypernet_group(names, cfg.shine.train_mem_tokens,
+                                                                           freeze_meta))
+    return labels, optim.lr_mults(params, lambda names: optim.hypernet_lr_mult(names, cfg.optim))
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -297,7 +317,7 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
         log.write(0, initial_eval)
     kill_after = int(os.environ.get(KILL_ENV, "-1"))
     bar = _progress(cfg, start, progress)
-    window, throughput = None, Throughput()
+    window, throughput, step_times = None, Throughput(), []
     last_eval = {}
     step = start
     for step in range(start + 1, cfg.steps + 1):
@@ -309,8 +329,11 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
                 **{k: m[k] for k in ("loss", "grad_norm")}))
         if step % cfg.log_every == 0 or step == cfg.steps:
             tok_s, steps_s = throughput.rates()
+            step_times.append(1.0 / max(steps_s, 1e-12))
             scalars = {k: float(v) for k, v in window.compute().items()}
-            scalars.update(lr=float(optim.warmup_linear_decay(cfg.optim.lr, cfg.optim.warmup_steps, cfg.steps)(step - 1)),
+            # the learning rate of the last applied update: a skipped step leaves the optimizer's count behind
+            applied = step - 1 - int(state["skipped"])
+            scalars.update(lr=float(optim.warmup_linear_decay(cfg.optim.lr, cfg.optim.warmup_steps, cfg.steps)(applied)),
                            tokens_per_s=tok_s, model_flops_per_s=task.step_flops * steps_s,
                            skipped_steps=int(state["skipped"]))
             if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -338,9 +361,26 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
     task.finalize(state["params"], stage_dir / "final")
     summary = {"config": cfg.name, "stage": cfg.stage, "steps": cfg.steps, "resumed_from": start,
                "wall_s": time.time() - t_start, "skipped_steps": int(state["skipped"]), **last_eval,
-               **{f"initial_{k}": v for k, v in initial_eval.items()}}
-    ckpt.dump_json(stage_dir / "summary.json", summary)
+               **{f"initial_{k}": v for k, v in initial_eval.items()},
+               "step_s": median_step_time(step_times), "platform": jax.devices()[0].platform,
+               "device_peak_bytes": device_peak_bytes()}
+    write_json_atomic(stage_dir / "summary.json", summary)
     return summary
+
+
+def median_step_time(times: list[float]) -> float | None:
+    """Median seconds per step over the logged windows, without the first one (it holds the compilation)."""
+    times = sorted(times[1:])
+    if not times:
+        return None
+    mid = len(times) // 2
+    return times[mid] if len(times) % 2 else 0.5 * (times[mid - 1] + times[mid])
+
+
+def device_peak_bytes() -> int | None:
+    """The accelerators' peak memory in use (``memory_stats``; GPUs and TPUs report it, CPUs do not)."""
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in jax.local_devices()]
+    return max(peaks, default=0) or None
 
 
 def evaluate(eval_fn, params, frozen, eval_ds, cfg, mesh) -> dict:

@@ -5,7 +5,8 @@ import json
 import os
 import pathlib
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from clu import metrics as clu_metrics
 

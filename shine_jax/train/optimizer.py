@@ -10,7 +10,8 @@ memory tokens, the M2P and the Meta LoRA without changing the groups.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

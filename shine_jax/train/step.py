@@ -7,7 +7,8 @@ is the only task-specific piece (SHINE's hypernetwork loss, or the base model's 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -27,7 +27,7 @@ def main():
 
     mesh = shd.make_mesh((2, 2, 2))
     sharded = BaseModel.random(cfg, seed=0).shard(mesh)
-    q = sharded._state["layers"]["q"][...]
+    q = sharded.state["layers"]["q"][...]
     assert len(q.sharding.device_set) == 8 and q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
     out = sharded.logits(ids, mask, lora=lora)
     assert len(out.sharding.device_set) == 8

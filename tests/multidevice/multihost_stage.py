@@ -59,7 +59,8 @@ def digest(tree) -> str:
 def worker(port: str, pid: int, basedir: pathlib.Path):
     from shine_jax import distributed
     distributed.initialize(f"localhost:{port}", 2, pid, timeout_s=60)
-    from shine_jax import multihost, sharding as shd
+    from shine_jax import multihost
+    from shine_jax import sharding as shd
     from shine_jax.model.base_model import BaseModel
     from shine_jax.train.loop import run_stage
     from tests.train_utils import small_config

@@ -1,8 +1,8 @@
-"""Shared settings of the paper-scale configs (SHINE_SPEC §1, §7): r=8, Meta LoRA 128, M2P 4 layers (head dim
-128, FFN 2H), scale 0.001, method rl, lr 5e-5 / 3e-5 / 1e-5 per stage with linear warmup then decay, effective
-batch 32, context / conversation lengths 1150 / 2380, bf16 compute with float32 master weights, remat."""
+"""Shared settings of the paper-scale configs ``configs/qwen3_*.py`` (SHINE_SPEC §1, §7): r=8, Meta LoRA 128,
+M2P 4 layers (head dim 128, FFN 2H), scale 0.001, method rl, lr 5e-5 / 3e-5 / 1e-5 per stage with linear warmup
+then decay, effective batch 32, context / conversation lengths 1150 / 2380, bf16 compute with float32 master weights, remat."""
 
-from shine_jax.train.config import base_config
+from shine_jax.train.config import ConfigError, base_config
 
 STAGE_SETTINGS = {  # steps are per stage; warmup as the official scripts (200-400)
     "pretrain": dict(lr=5e-5, warmup=400, steps=20000),
@@ -16,7 +16,7 @@ def paper_config(name: str, hf_dir: str, hidden: int, stage: str | None, preset:
     c.name = name
     c.stage = stage or "pretrain"
     if c.stage not in STAGE_SETTINGS:
-        raise ValueError(f"{name} has stages {', '.join(STAGE_SETTINGS)} (no base_pretrain: the base is pretrained)")
+        raise ConfigError(f"{name} has stages {', '.join(STAGE_SETTINGS)} (no base_pretrain: the base is pretrained)")
     c.model.source, c.model.hf_dir, c.model.preset = "hf", hf_dir, preset
     c.model.compute_dtype, c.model.remat = "bfloat16", True
     c.shine.lora_rank, c.shine.metalora_rank, c.shine.scale = 8, 128, 1e-3

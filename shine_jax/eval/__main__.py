@@ -1,0 +1,47 @@
+"""Evaluate one trained folder: ``python -m shine_jax.eval --workdir W --data F.jsonl --out R.json [...]``.
+
+The entry point a sweep runs for each point's ``--eval``. With ``--result FILE`` a user-fixable error is written
+there as ``{"error": "<one line>"}`` (exit status 2), so the parent never reads logs; a bug keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from shine_jax.errors import user_message
+from shine_jax.fileutil import write_json_atomic
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m shine_jax.eval", description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", required=True, help="a SHINE folder or a workdir with a trained stage")
+    p.add_argument("--data", required=True, help="JSONL document-QA records")
+    p.add_argument("--out", required=True, help="results JSON (the table and plot go beside it)")
+    p.add_argument("--methods", default="none,icl,shine")
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--result", help="write {'error': ...} here on a user-fixable error")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        from shine_jax.eval.methods import EvalSettings
+        from shine_jax.eval.run import evaluate_jsonl
+
+        settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+        evaluate_jsonl(args.workdir, args.data, [m.strip() for m in args.methods.split(",") if m.strip()],
+                       settings, args.out, limit=args.limit, progress=not args.no_progress)
+    except Exception as e:
+        message = user_message(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        if args.result:
+            write_json_atomic(args.result, {"error": message})
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
