@@ -21,13 +21,14 @@ import numpy as np
 from flax import nnx
 
 from shine_jax import multihost
+from shine_jax import stages as stages_lib
 from shine_jax.convert import official as off
 from shine_jax.errors import InputError
 from shine_jax.model.base_model import BaseModel, build_decoder, lora_shardings, state_shardings
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.decoder import positions_from_mask
 from shine_jax.model.hypernet import HyperConfig, Hypernetwork, num_memory_tokens
-from shine_jax.model.losses import causal_lm_loss, kl_distill_loss
+from shine_jax.model.losses import LOSSES, causal_lm_loss, kl_distill_loss
 from shine_jax.model.m2p import M2PConfig
 
 SHINE_JSON = "shine.json"
@@ -43,7 +44,6 @@ def hyper_config_from_dict(d: dict) -> HyperConfig:
     return HyperConfig(**{**d, "m2p": M2PConfig(**d.get("m2p", {}))})
 
 
-STAGE_ORDER = ("ift_1qa", "ift_mqa", "pretrain")  # Shine.load(workdir) takes the most trained stage
 DEFAULT_EVIDENCE_LENGTH = 1150  # the paper's context length
 
 
@@ -229,7 +229,7 @@ def resolve_shine_dir(path: str | os.PathLike) -> pathlib.Path:
     path = pathlib.Path(path).absolute()
     if (path / SHINE_JSON).is_file():
         return path
-    for stage in STAGE_ORDER:
+    for stage in stages_lib.most_trained_first():  # Shine.load(workdir) takes the most trained stage
         if (path / stage / "final" / SHINE_JSON).is_file():
             return path / stage / "final"
     raise FileNotFoundError(f"{path} holds no trained SHINE ({SHINE_JSON}, or <stage>/final/{SHINE_JSON} of a workdir)")
@@ -315,7 +315,6 @@ def _generate_lora_fn(dgraph, dstate, hgraph, hstate, ids, mask, mesh):
     return lora
 
 
-LOSSES = ("nll", "kl", "nll+kl")
 
 
 def shine_loss(decoder, hyper: Hypernetwork, batch: dict, loss: str = "nll",

@@ -38,6 +38,7 @@ import threading
 import time
 from typing import Any
 
+from shine_jax import stages as stages_lib
 from shine_jax.errors import UserError
 from shine_jax.fileutil import write_json_atomic
 from shine_jax.train.config import (
@@ -51,7 +52,7 @@ from shine_jax.train.config import (
 
 SWEEP_FIELDS = ("name", "stages", "bases", "points", "eval")
 EVAL_DEFAULTS = {"methods": "none,shine", "docs": 8, "max_new_tokens": 16, "batch_size": 8, "split": "test"}
-SHINE_STAGES = tuple(s for s in STAGES if s != "base_pretrain")
+SHINE_STAGES = stages_lib.HYPERNETWORK_STAGES
 
 
 class SweepError(UserError):
@@ -221,7 +222,7 @@ def point_stats(cfgs: dict[str, Any], trained: list[pathlib.Path]) -> dict[str, 
     from shine_jax.train import flops as flops_lib
     from shine_jax.train.loop import hyper_config
 
-    first = next(cfg for stage, cfg in cfgs.items() if stage != "base_pretrain")
+    first = next(cfg for stage, cfg in cfgs.items() if not stages_lib.stage(stage).trains_base)
     mcfg = model_config_for(first, trained)
     hcfg = hyper_config(first)
     m = num_memory_tokens(mcfg, hcfg)
@@ -234,7 +235,7 @@ def point_stats(cfgs: dict[str, Any], trained: list[pathlib.Path]) -> dict[str, 
            "params_metalora": count(state["metalora"]), "params_mem_tokens": count(state["mem_tokens"]),
            "params_lora": mcfg.num_layers * mcfg.lora_params_per_layer(hcfg.lora_rank)}
     for stage, cfg in cfgs.items():
-        if stage == "base_pretrain":
+        if stages_lib.stage(stage).trains_base:
             f = flops_lib.lm_step_flops(mcfg, cfg.batch_size, cfg.data.lm_length)
         else:
             h = hyper_config(cfg)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
+from shine_jax import stages as stages_lib
 from shine_jax.data import corpus
 from shine_jax.data.tokenizer import BOS_TOKEN, CHAT_TEMPLATE, EOS_TOKEN
 
@@ -308,7 +309,8 @@ def stage_dataset(stage: str, records: Sequence[dict], tok, data_cfg, seed: int,
     """A shuffled (per epoch), per-host-sharded MapDataset of single examples for ``stage``; ``teacher`` (IFT
     stages) adds the KL loss's ``teacher_input_ids`` / ``teacher_attention_mask``."""
     ds = grain.MapDataset.source(list(records))
-    if stage == "pretrain":
+    dataset = stages_lib.stage(stage).dataset
+    if dataset == "recon_comp":
         texts = [r["context"] for r in records]
         order = np.random.default_rng(seed).permutation(len(texts))
         texts = [texts[i] for i in order]
@@ -319,7 +321,7 @@ def stage_dataset(stage: str, records: Sequence[dict], tok, data_cfg, seed: int,
             groups = [[i] for i in range(len(texts))]
         ds = grain.MapDataset.source([[texts[i] for i in g] for g in groups])
         fn = functools.partial(_pretrain_map, tok=tok, data_cfg=data_cfg)
-    elif stage == "base_pretrain":
+    elif dataset == "lm":
         fn = functools.partial(_lm_map, tok=tok, data_cfg=data_cfg)
         if data_cfg.lm_pack and repeat:  # training stream only: validation rows stay one example each
             ds = ds[shard_index::shard_count].shuffle(seed=seed).repeat(None)
@@ -328,12 +330,12 @@ def stage_dataset(stage: str, records: Sequence[dict], tok, data_cfg, seed: int,
                 return ds.map_with_index(functools.partial(_warm_or_packed_lm_map, tok=tok, data_cfg=data_cfg,
                                                            seed=(seed, shard_index), warm_rows=copy_warmup_rows))
             return ds.random_map(functools.partial(_packed_lm_map, tok=tok, data_cfg=data_cfg), seed=seed + 1)
-    elif stage in ("ift_mqa", "ift_1qa"):
-        if stage == "ift_1qa":
+    elif dataset in ("multi_qa", "single_qa"):
+        if dataset == "single_qa":
             ds = grain.MapDataset.source(corpus.to_single_qa(list(records)))
         fn = functools.partial(_ift_map, tok=tok, data_cfg=data_cfg, pool=distractor_pool, teacher=teacher)
     else:
-        raise ValueError(f"unknown stage {stage!r}")
+        raise ValueError(f"stage {stage!r} has no dataset builder for {dataset!r}")
     ds = ds[shard_index::shard_count].shuffle(seed=seed)
     if repeat:
         ds = ds.repeat(None)  # reseeds the shuffle each epoch

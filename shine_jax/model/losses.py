@@ -11,6 +11,8 @@ import jax.numpy as jnp
 IGNORE = -100  # the label of a position without a loss (HF's ``ignore_index``)
 LM_LOSS_CHUNK = 64  # positions per row in one LM-head chunk of ``chunked_lm_loss``
 
+LOSSES = ("nll", "kl", "nll+kl")  # shine.loss: next-token NLL, KL context distillation, or both
+
 
 def shifted_targets(labels: jax.Array) -> jax.Array:
     """``labels`` shifted left by one (position t predicts token t+1); the last position gets ``IGNORE``."""

@@ -16,10 +16,13 @@ from typing import Any
 
 import ml_collections
 
+from shine_jax import stages as stages_lib
 from shine_jax.errors import UserError
+from shine_jax.model.hypernet import INITS
+from shine_jax.model.losses import LOSSES
+from shine_jax.model.m2p import MEMORY_NORMS
 
-STAGES = ("base_pretrain", "pretrain", "ift_mqa", "ift_1qa")
-PREVIOUS_STAGE = {"pretrain": None, "ift_mqa": "pretrain", "ift_1qa": "ift_mqa"}
+STAGES = stages_lib.NAMES  # in training order; what each stage does: shine_jax/stages.py
 MODEL_SOURCES = ("scratch", "hf", "smollm2")
 
 
@@ -186,7 +189,7 @@ def pipeline_stages(path: str) -> tuple[str, ...]:
     stages = getattr(module, "PIPELINE", None)
     if stages is None:
         scratch = module.get_config("pretrain").model.source == "scratch"
-        stages = STAGES if scratch else STAGES[1:]
+        stages = STAGES if scratch else stages_lib.HYPERNETWORK_STAGES
     return check_stages(tuple(stages), f"{path}: PIPELINE")
 
 
@@ -197,7 +200,7 @@ def check_stages(stages: tuple[str, ...], where: str) -> tuple[str, ...]:
         raise ConfigError(f"{where} must list stages from {', '.join(STAGES)}, got {', '.join(stages) or 'none'}")
     if list(stages) != sorted(set(stages), key=STAGES.index):
         raise ConfigError(f"{where} must list each stage once, in the order {', '.join(STAGES)}")
-    if stages[-1] == "base_pretrain":
+    if stages_lib.stage(stages[-1]).trains_base:
         raise ConfigError(f"{where} must end with a SHINE stage (pretrain, ift_mqa or ift_1qa)")
     return stages
 
@@ -279,7 +282,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
 
     need(c.stage in STAGES, "stage", f"{c.stage!r} is not one of {', '.join(STAGES)}")
     need(c.model.source in MODEL_SOURCES, "model.source", f"{c.model.source!r} is not one of {', '.join(MODEL_SOURCES)}")
-    need(c.stage != "base_pretrain" or c.model.source == "scratch", "stage",
+    stage = stages_lib.stage(c.stage)
+    need(not stage.trains_base or c.model.source == "scratch", "stage",
          "base_pretrain trains a base model from scratch; it needs model.source='scratch'")
     need(c.model.source != "hf" or bool(c.model.hf_dir), "model.hf_dir", "model.source='hf' needs model.hf_dir")
     for f in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every",
@@ -313,13 +317,13 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     need(c.shine.method in ("rl", "rr", "lr", "ll"), "shine.method", f"{c.shine.method!r}")
     need(c.shine.scale > 0, "shine.scale", "must be positive")
     for f in ("mem_init", "m2p_pos_init"):
-        need(c.shine[f] in ("zeros", "normal"), f"shine.{f}", f"{c.shine[f]!r} is not one of zeros, normal")
+        need(c.shine[f] in INITS, f"shine.{f}", f"{c.shine[f]!r} is not one of {', '.join(INITS)}")
     for f in ("mem_init_std", "m2p_pos_init_std", "kl_weight"):
         need(c.shine[f] > 0, f"shine.{f}", "must be positive")
-    need(c.shine.memory_norm in ("none", "rmsnorm", "layernorm"), "shine.memory_norm",
-         f"{c.shine.memory_norm!r} is not one of none, rmsnorm, layernorm")
-    need(c.shine.loss in ("nll", "kl", "nll+kl"), "shine.loss", f"{c.shine.loss!r} is not one of nll, kl, nll+kl")
-    need(c.shine.loss == "nll" or c.stage in ("ift_mqa", "ift_1qa"), "shine.loss",
+    need(c.shine.memory_norm in MEMORY_NORMS, "shine.memory_norm",
+         f"{c.shine.memory_norm!r} is not one of {', '.join(MEMORY_NORMS)}")
+    need(c.shine.loss in LOSSES, "shine.loss", f"{c.shine.loss!r} is not one of {', '.join(LOSSES)}")
+    need(c.shine.loss in stage.losses, "shine.loss",
          f"{c.shine.loss!r} distils answers to questions about a document; stage {c.stage} has none "
          "(use it in ift_mqa / ift_1qa, e.g. --config.ift_mqa.shine.loss=...)")
     for f in ("mem_tokens_lr_mult", "m2p_lr_mult", "metalora_lr_mult"):

@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding
 
 from shine_jax import multihost
 from shine_jax import sharding as shd
+from shine_jax import stages as stages_lib
 from shine_jax.data import pipelines
 from shine_jax.fileutil import workdir_lock, write_json_atomic
 from shine_jax.model.base_model import BaseModel, state_shardings
@@ -31,7 +32,7 @@ from shine_jax.shine import Shine, shine_loss, with_shine_tokens
 from shine_jax.train import checkpoint as ckpt
 from shine_jax.train import flops as flops_lib
 from shine_jax.train import optimizer as optim
-from shine_jax.train.config import PREVIOUS_STAGE, ConfigError, validate
+from shine_jax.train.config import ConfigError, validate
 from shine_jax.train.metrics import MetricsLog, Throughput, TrainMetrics
 from shine_jax.train.step import (
     init_state,
@@ -84,14 +85,18 @@ def scratch_model_config(cfg, vocab_size: int) -> ModelConfig:
                        rms_norm_eps=1e-6, tie_word_embeddings=m.tie_word_embeddings)
 
 
+def stage_of(cfg) -> stages_lib.Stage:
+    return stages_lib.stage(cfg.stage)
+
+
 def load_base(cfg, workdir: pathlib.Path) -> BaseModel:
     m = cfg.model
     if m.source == "scratch":
-        if cfg.stage == "base_pretrain" and cfg.init_from:  # continue training an earlier base
+        if stage_of(cfg).trains_base and cfg.init_from:  # continue training an earlier base
             base = BaseModel.load(pathlib.Path(cfg.init_from), compute_dtype=m.compute_dtype)
             base.set_remat(m.remat)
             return base
-        if cfg.stage == "base_pretrain":
+        if stage_of(cfg).trains_base:
             from shine_jax.data.tokenizer import tiny_tokenizer
 
             tok = tiny_tokenizer(data_dir_of(cfg, workdir) / "tokenizer", vocab_size=cfg.data.tokenizer_vocab)
@@ -115,7 +120,7 @@ def load_base(cfg, workdir: pathlib.Path) -> BaseModel:
 
 def hyper_config(cfg) -> HyperConfig:
     s = cfg.shine
-    extra = s.extra_metalora_rank if cfg.stage in ("ift_mqa", "ift_1qa") else 0
+    extra = s.extra_metalora_rank if stage_of(cfg).extra_metalora else 0
     return HyperConfig(lora_rank=s.lora_rank, metalora_rank=s.metalora_rank, extra_metalora_rank=extra,
                        scale=s.scale, method=s.method, mem_init=s.mem_init, mem_init_std=s.mem_init_std,
                        m2p_pos_init=s.m2p_pos_init, m2p_pos_init_std=s.m2p_pos_init_std,
@@ -127,7 +132,7 @@ def hyper_config(cfg) -> HyperConfig:
 def previous_final(cfg, workdir: pathlib.Path) -> pathlib.Path | None:
     if cfg.init_from:
         return pathlib.Path(cfg.init_from)
-    prev = PREVIOUS_STAGE.get(cfg.stage)
+    prev = stage_of(cfg).previous
     if prev is None:
         return None
     path = workdir / prev / "final"
@@ -268,7 +273,7 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
 
     base = load_base(cfg, workdir)
     base.shard(mesh)
-    task = lm_task(cfg, base, mesh) if cfg.stage == "base_pretrain" else shine_task(cfg, base, mesh, workdir)
+    task = lm_task(cfg, base, mesh) if stage_of(cfg).trains_base else shine_task(cfg, base, mesh, workdir)
     tok = base.tokenizer
 
     train_records = load_records(cfg, workdir, "train")
@@ -276,7 +281,7 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
     pool = [r["context"] for r in train_records] if cfg.data.distractors else None
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
     warm_rows = round(cfg.data.lm_copy_warmup * cfg.steps) * (cfg.batch_size // jax.process_count()) \
-        if cfg.stage == "base_pretrain" else 0
+        if stage_of(cfg).dataset == "lm" else 0
     train_ds = pipelines.stage_dataset(cfg.stage, train_records, tok, cfg.data, cfg.seed, distractor_pool=pool,
                                        teacher=task.teacher, copy_warmup_rows=warm_rows, **shard)
     eval_ds = pipelines.stage_dataset(cfg.stage, eval_records, tok, cfg.data, cfg.seed + 1000,
