@@ -40,6 +40,10 @@ def cmd_convert(args) -> None:
             raise InputError("official-to-jax needs --hf BASE_MODEL_DIR (the base model is not in the checkpoint)")
         Shine.from_official(args.src, args.hf, m2p_heads=args.m2p_heads, scale=args.scale,
                             method=args.method).save(args.out, overwrite=args.overwrite)
+    elif args.direction == "bundle":  # a SHINE folder that carries its own copy of the base
+        from shine_jax.shine import Shine
+
+        Shine.load(args.src).save(args.out, overwrite=args.overwrite, self_contained=True)
     else:  # jax-to-official
         from shine_jax.shine import Shine
 
@@ -355,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="convert checkpoints between formats")
     c.add_argument("direction", choices=["hf-to-jax", "jax-to-hf", "gguf-to-hf", "official-to-jax",
-                                         "jax-to-official"])
+                                         "jax-to-official", "bundle"],
+                   help="bundle: a SHINE folder or workdir -> one folder with its own copy of the base model "
+                        "(a trained stage refers to its base instead of copying it)")
     c.add_argument("src", help="source: HF folder, shine_jax folder, .gguf file or official checkpoint dir")
     c.add_argument("out", help="output folder")
     c.add_argument("--hf", help="base model HF folder (official-to-jax)")

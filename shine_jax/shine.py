@@ -20,10 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shine_jax import multihost
+from shine_jax import checkpoints, multihost
 from shine_jax import stages as stages_lib
 from shine_jax.convert import official as off
 from shine_jax.errors import InputError
+from shine_jax.fileutil import atomic_dir
 from shine_jax.model.base_model import BaseModel, build_decoder, lora_shardings, state_shardings
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.decoder import positions_from_mask
@@ -167,21 +168,26 @@ class Shine:
         return self.base.put_batch(ids, mask)
 
     # -- our format --------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> pathlib.Path:
-        """``shine.json`` + Orbax hypernetwork params + the base model (``base/``).
+    def save(self, path: str | os.PathLike, overwrite: bool = False, self_contained: bool = False) -> pathlib.Path:
+        """``shine.json`` + Orbax hypernetwork params + the frozen base: a reference to the folder it was loaded
+        from (``base.json``, see ``shine_jax.checkpoints``), or with ``self_contained`` (or a base built in
+        memory) a full copy in ``base/``.
 
         With several processes (multi-host) every process must call it, each with its own local ``path``: the
         parameters are gathered and every host gets a complete copy (see ``shine_jax.multihost``)."""
-        from shine_jax.fileutil import atomic_dir
-
-        base_state = self.base.host_params()
+        copy_base = self_contained or self.base.origin is None
+        base_state = self.base.host_params() if copy_base else None
         hyper = nnx.to_pure_dict(self._hstate)
         if jax.process_count() > 1:
             hyper = multihost.to_host(hyper)
 
         def write(out_dir):
             with atomic_dir(out_dir, overwrite) as tmp:
-                self.base.write_local(tmp / "base", base_state, overwrite=False)
+                if copy_base:
+                    self.base.write_local(tmp / checkpoints.BASE_DIR, base_state, overwrite=False)
+                else:  # refer to the base; the relative path is computed from where the folder will stand
+                    ref = checkpoints.reference(self.base.origin, self.base.cfg.to_dict(), pathlib.Path(out_dir))
+                    checkpoints.write_reference(tmp, ref)
                 with multihost.local_checkpointer() as ckptr:
                     ckptr.save(tmp / "hyper", hyper)
                 (tmp / SHINE_JSON).write_text(json.dumps({"hyper": hyper_config_to_dict(self.cfg),
@@ -190,13 +196,21 @@ class Shine:
         return multihost.write_on_every_host(path, write, overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Shine:
+    def load(cls, path: str | os.PathLike, compute_dtype: str | None = None) -> Shine:
+        """A SHINE folder (or a workdir: its most trained stage) with its base, read once."""
+        path = resolve_shine_dir(path)
+        hcfg, params, meta = cls.read_hyper(path)
+        base = load_base_from(checkpoints.resolve_base(path), compute_dtype)
+        shine = cls.create(base, hcfg, max_evidence_length=meta.get("max_evidence_length"))
+        shine.set_hyper_params(params)
+        return shine
+
+    @staticmethod
+    def read_hyper(path: str | os.PathLike) -> tuple[HyperConfig, dict, dict]:
+        """(hypernetwork config, its parameters, shine.json) of a SHINE folder, without reading the base."""
         path = resolve_shine_dir(path)
         meta = json.loads((path / SHINE_JSON).read_text())
-        hcfg = hyper_config_from_dict(meta["hyper"])
-        shine = cls.create(BaseModel.load(path / "base"), hcfg, max_evidence_length=meta.get("max_evidence_length"))
-        shine.set_hyper_params(multihost.restore(path / "hyper"))
-        return shine
+        return hyper_config_from_dict(meta["hyper"]), multihost.restore(path / "hyper"), meta
 
     # -- official checkpoints ----------------------------------------------------------------------------
     @classmethod
@@ -222,6 +236,13 @@ class Shine:
         p = self.hyper_params()
         return off.write_official(out_dir, p["mem_tokens"], p["m2p"], p["metalora"], p.get("extra_metalora"),
                                   self.base.cfg, global_step, overwrite)
+
+
+def load_base_from(origin: checkpoints.BaseOrigin, compute_dtype: str | None = None) -> BaseModel:
+    """The base model of ``origin``: a shine_jax folder as saved, an HF folder with SHINE's tokens added."""
+    if origin.kind == "hf":
+        return with_shine_tokens(BaseModel.from_hf(origin.path, compute_dtype=compute_dtype))
+    return BaseModel.load(origin.path, compute_dtype=compute_dtype)
 
 
 def resolve_shine_dir(path: str | os.PathLike) -> pathlib.Path:
@@ -284,7 +305,7 @@ def with_shine_tokens(base: BaseModel) -> BaseModel:
     tok.add_tokens(list(SPECIAL_TOKENS))
     n = len(tok)
     if n == base.cfg.vocab_size:
-        return base if len(base.tokenizer) == n else BaseModel(base.decoder, tok, base.hf_config)
+        return base if len(base.tokenizer) == n else BaseModel(base.decoder, tok, base.hf_config, base.origin)
     params = base.params()
 
     def resize(table, axis):
@@ -298,7 +319,8 @@ def with_shine_tokens(base: BaseModel) -> BaseModel:
         params["lm_head"] = resize(params["lm_head"], 1)
     cfg = dataclasses.replace(base.cfg, vocab_size=n)
     hf = dict(base.hf_config or {}, vocab_size=n)
-    return BaseModel(build_decoder(cfg, params, param_dtype=str(params["embed"].dtype)), tok, hf)
+    # the origin stays the HF folder: loading a SHINE folder that refers to it adds the tokens the same way
+    return BaseModel(build_decoder(cfg, params, param_dtype=str(params["embed"].dtype)), tok, hf, base.origin)
 
 
 # ---------------------------------------------------------------------------------------------- jitted cores

@@ -38,6 +38,7 @@ import threading
 import time
 from typing import Any
 
+from shine_jax import checkpoints
 from shine_jax import stages as stages_lib
 from shine_jax.errors import UserError
 from shine_jax.fileutil import write_json_atomic
@@ -208,9 +209,11 @@ def model_config_for(cfg, trained: list[pathlib.Path]):
     from shine_jax.plan import model_config_of
 
     for folder in trained:
-        for candidate in (folder / "base" / "model.json", folder / "model.json"):
-            if candidate.is_file():
-                return ModelConfig.from_dict(json.loads(candidate.read_text())["model"])
+        if (folder / "model.json").is_file():  # a base folder
+            return ModelConfig.from_dict(json.loads((folder / "model.json").read_text())["model"])
+        model = checkpoints.base_model_dict(folder)  # a SHINE folder: its base reference (or copy)
+        if model is not None:
+            return ModelConfig.from_dict(model)
     return model_config_of(cfg)
 
 

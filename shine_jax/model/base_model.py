@@ -16,6 +16,7 @@ from flax import nnx
 
 from shine_jax import multihost
 from shine_jax import sharding as shd
+from shine_jax.checkpoints import BaseOrigin
 from shine_jax.convert import hf as hfconv
 from shine_jax.errors import InputError
 from shine_jax.model.config import ModelConfig
@@ -64,10 +65,12 @@ def lora_shardings(lora: dict, mesh) -> dict:
 class BaseModel:
     """A frozen decoder plus (optionally) its tokenizer and the HF config it came from."""
 
-    def __init__(self, decoder: Decoder, tokenizer=None, hf_config: dict | None = None):
+    def __init__(self, decoder: Decoder, tokenizer=None, hf_config: dict | None = None,
+                 origin: BaseOrigin | None = None):
         self.decoder = decoder
         self.tokenizer = tokenizer
         self.hf_config = hf_config
+        self.origin = origin  # the folder these exact weights came from (None: built or changed in memory)
         self.mesh = None
         self._graphdef, self._state = nnx.split(decoder)
 
@@ -93,7 +96,7 @@ class BaseModel:
         params = hfconv.hf_to_params(cfg, hfconv.read_safetensors(hf_dir))
         decoder = build_decoder(cfg, params, param_dtype=dtype, dtype=compute_dtype or dtype, remat=remat)
         tokenizer = load_tokenizer_from(hf_dir) if load_tokenizer else None
-        return cls(decoder, tokenizer, raw)
+        return cls(decoder, tokenizer, raw, BaseOrigin("hf", pathlib.Path(hf_dir).absolute()))
 
     @classmethod
     def random(cls, cfg: ModelConfig, seed: int = 0, dtype: str = "float32", tokenizer=None) -> BaseModel:
@@ -112,6 +115,7 @@ class BaseModel:
         self._graphdef, self._state = nnx.split(self.decoder)
 
     def set_params(self, params: dict) -> None:
+        self.origin = None  # no folder holds these weights any more
         nnx.replace_by_pure_dict(self._state, params)
         nnx.update(self.decoder, self._state)
 
@@ -121,7 +125,9 @@ class BaseModel:
         With several processes (multi-host) every process must call it, each with its own local ``path``: the
         parameters are gathered and every host gets a complete copy (see ``shine_jax.multihost``)."""
         state = self.host_params()
-        return multihost.write_on_every_host(path, lambda p: self.write_local(p, state, overwrite), overwrite)
+        out = multihost.write_on_every_host(path, lambda p: self.write_local(p, state, overwrite), overwrite)
+        self.origin = BaseOrigin("shine_jax", pathlib.Path(out).absolute())  # these weights now live there
+        return out
 
     def host_params(self) -> dict:
         """The parameters to save: as they are with one process, gathered numpy arrays with several."""
@@ -151,7 +157,8 @@ class BaseModel:
         params = multihost.restore(path / "params")
         dtype = dtype or meta.get("param_dtype", "float32")
         decoder = build_decoder(cfg, params, param_dtype=dtype, dtype=compute_dtype or dtype)
-        return cls(decoder, load_tokenizer_from(path / "tokenizer"), meta.get("hf_config"))
+        return cls(decoder, load_tokenizer_from(path / "tokenizer"), meta.get("hf_config"),
+                   BaseOrigin("shine_jax", path))
 
     def to_hf(self, out_dir: str | os.PathLike, overwrite: bool = False, tokenizer_dir=None) -> pathlib.Path:
         """Write an HF folder (config.json, safetensors, tokenizer files) that transformers loads."""

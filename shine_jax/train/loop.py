@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from shine_jax import multihost
+from shine_jax import checkpoints, multihost
 from shine_jax import sharding as shd
 from shine_jax import stages as stages_lib
 from shine_jax.data import pipelines
@@ -28,7 +28,7 @@ from shine_jax.model.base_model import BaseModel, state_shardings
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.hypernet import HyperConfig
 from shine_jax.model.m2p import M2PConfig
-from shine_jax.shine import Shine, shine_loss, with_shine_tokens
+from shine_jax.shine import Shine, load_base_from, shine_loss, with_shine_tokens
 from shine_jax.train import checkpoint as ckpt
 from shine_jax.train import flops as flops_lib
 from shine_jax.train import optimizer as optim
@@ -102,10 +102,14 @@ def load_base(cfg, workdir: pathlib.Path) -> BaseModel:
             tok = tiny_tokenizer(data_dir_of(cfg, workdir) / "tokenizer", vocab_size=cfg.data.tokenizer_vocab)
             return BaseModel.random(scratch_model_config(cfg, len(tok)), seed=cfg.seed, tokenizer=tok)
         prev = previous_final(cfg, workdir)
-        final = prev / "base" if prev is not None and (prev / "base").is_dir() else workdir / "base_pretrain" / "final"
-        if not final.is_dir():
-            raise ConfigError(f"stage {cfg.stage!r} of a scratch model needs {final}; run stage base_pretrain first")
-        base = BaseModel.load(final, compute_dtype=m.compute_dtype)
+        if prev is not None:  # the base the previous stage was trained on (its reference, or its own copy)
+            base = load_base_from(checkpoints.resolve_base(prev), m.compute_dtype)
+        else:
+            final = workdir / "base_pretrain" / "final"
+            if not final.is_dir():
+                raise ConfigError(f"stage {cfg.stage!r} of a scratch model needs {final}; run stage base_pretrain "
+                                  f"first")
+            base = BaseModel.load(final, compute_dtype=m.compute_dtype)
     else:
         if m.source == "smollm2":
             from shine_jax.convert.gguf import materialize_smollm2
@@ -177,15 +181,16 @@ def shine_task(cfg, base: BaseModel, mesh, workdir: pathlib.Path) -> Task:
     hcfg = hyper_config(cfg)
     shine = Shine.create(base, hcfg, seed=cfg.seed, max_evidence_length=cfg.data.context_length)
     prev = previous_final(cfg, workdir) if workdir is not None else None  # None: a fresh hypernetwork
-    if prev is not None:
-        loaded = Shine.load(prev)
-        if loaded.base.cfg != base.cfg:
-            raise ConfigError(f"init_from {prev} was trained on another base model ({loaded.base.cfg.hidden_size=})")
-        if loaded.cfg.m2p.memory_norm != hcfg.m2p.memory_norm:
+    if prev is not None:  # only the hypernetwork is read: load_base has the base already
+        old_cfg, old, _ = Shine.read_hyper(prev)
+        trained_on = checkpoints.base_model_dict(prev)
+        if trained_on is not None and ModelConfig.from_dict(trained_on) != base.cfg:
+            raise ConfigError(f"init_from {prev} was trained on another base model (hidden size "
+                              f"{trained_on.get('hidden_size')}, vocabulary {trained_on.get('vocab_size')})")
+        if old_cfg.m2p.memory_norm != hcfg.m2p.memory_norm:
             raise ConfigError(f"config field 'shine.memory_norm': {hcfg.m2p.memory_norm!r}, but {prev} was trained "
-                              f"with {loaded.cfg.m2p.memory_norm!r}")
+                              f"with {old_cfg.m2p.memory_norm!r}")
         params = shine.hyper_params()
-        old = loaded.hyper_params()
         # the IFT stages' extra Meta LoRA goes on from ift_mqa to ift_1qa; pretrain has none, so ift_mqa starts it
         carried = ("mem_tokens", "metalora", "m2p") + (("extra_metalora",) if "extra_metalora" in old else ())
         for key in carried:
