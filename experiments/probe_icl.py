@@ -15,7 +15,7 @@ import argparse
 import jax
 import numpy as np
 
-from shine_jax.data import pipelines, tfds_builder
+from shine_jax.data import pipelines, prompts, tfds_builder
 from shine_jax.model.base_model import BaseModel
 from shine_jax.train.config import load_config
 from shine_jax.train.loop import corpus_overrides
@@ -58,7 +58,7 @@ def main() -> None:
     ds = tfds_builder.load_split(f"{a.data_dir}/tfds", a.split, config=a.builder_config, **corpus_overrides(cfg))
     records = [ds[i] for i in range(min(a.docs, len(ds)))]
     for name, with_doc in (("with the document", True), ("question only", False)):
-        rows = [pipelines.chat_turns(base.tokenizer, [(pipelines.icl_user_text(document(r, ans, a.fact), q) if with_doc else q, ans)])
+        rows = [prompts.chat_turns(base.tokenizer, [(prompts.icl_user_text(document(r, ans, a.fact), q) if with_doc else q, ans)])
                 for r in records for q, ans in pipelines.qa_turns(r)[:4]]
         loss, exact = answer_scores(base, rows, a.length)
         print(f"{name:18s} answer loss/token {loss:.4f}   exact answers {exact:.3f}   ({len(rows)} questions)")

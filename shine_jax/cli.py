@@ -189,7 +189,7 @@ def cmd_internalize(args) -> None:
     single = len(docs) == 1 and not args.jsonl
     for start in range(0, len(docs), args.batch_size):
         chunk = docs[start:start + args.batch_size]
-        ids, mask = shine.base.encode([text for _, text in chunk], shine.max_evidence_length)
+        ids, mask = shine.encode_evidence([text for _, text in chunk], names=[name for name, _ in chunk])
         lora = shine.generate_lora(ids, mask)
         for i, (name, _) in enumerate(chunk):
             target = out if single else out / name
@@ -208,7 +208,6 @@ def cmd_plan(args, overrides: list[str]) -> None:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={args.devices}")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    import json
 
     from shine_jax.plan import format_report, parse_bytes, plan
     from shine_jax.train.config import load_config
@@ -283,6 +282,7 @@ def _demo(args) -> None:
         check_stages,
         load_config,
         pipeline_stages,
+        reuse_problem,
         split_stage_overrides,
     )
     from shine_jax.train.loop import run_stage
@@ -311,14 +311,13 @@ def _demo(args) -> None:
     timings = {}
     for stage, cfg in configs.items():
         final = workdir / stage / "final"
-        if final.is_dir():
-            summary = workdir / stage / "summary.json"
-            trained_by = json.loads(summary.read_text()).get("config") if summary.is_file() else None
-            if trained_by not in (None, cfg.name):
-                raise ConfigError(f"{final} was trained with config {trained_by!r}, not {cfg.name!r}; "
-                                  "choose another --workdir")
-            print(f"[demo] {stage}: already trained in {final} (delete it to train it again)")
+        problem = reuse_problem(workdir / stage, cfg)
+        if problem is None:
+            print(f"[demo] {stage}: already trained with these settings in {final} (delete it to train it again)")
             continue
+        if final.is_dir():  # finished with other settings: never silently keep an older result
+            raise ConfigError(f"{final} was {problem}; delete {workdir / stage} to train it again, or choose "
+                              f"another --workdir")
         print(f"[demo] training stage {stage} ({cfg.steps} steps)")
         timings[stage] = run_stage(cfg, workdir, progress=not args.no_progress)["wall_s"]
     shine = Shine.load(workdir / stages[-1] / "final")

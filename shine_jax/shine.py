@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import pathlib
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -23,6 +24,7 @@ from flax import nnx
 from shine_jax import checkpoints, multihost
 from shine_jax import stages as stages_lib
 from shine_jax.convert import official as off
+from shine_jax.data import pipelines, prompts
 from shine_jax.errors import InputError
 from shine_jax.fileutil import atomic_dir
 from shine_jax.model.base_model import BaseModel, build_decoder, lora_shardings, state_shardings
@@ -124,24 +126,34 @@ class Shine:
 
         A document longer than the evidence length is truncated with a warning giving both lengths, or refused
         with ``on_long="refuse"`` (the rule ``eval`` follows)."""
-        if not document.strip():
-            raise InputError("the document is empty")
-        if on_long not in ("truncate", "refuse"):
-            raise InputError(f"on_long must be 'truncate' or 'refuse', got {on_long!r}")
         questions = [question] if isinstance(question, str) else list(question)
-        limit = max_evidence_length or self.max_evidence_length
-        n = len(self.base.tokenizer(document, add_special_tokens=False)["input_ids"])
-        if n > limit:
-            if on_long == "refuse":
-                raise InputError(f"the document has {n} tokens, more than the maximum {limit} (--on-long refuse)")
-            import warnings
-            warnings.warn(f"the document has {n} tokens, more than the maximum {limit}; truncated", stacklevel=2)
-        ev_ids, ev_mask = self.base.encode([document], limit)
+        ev_ids, ev_mask = self.encode_evidence([document], max_evidence_length, on_long)
         lora = self.generate_lora(ev_ids, ev_mask)
         ids, mask = self.base.chat_prompt(questions)
         lora = jax.tree.map(lambda x: jnp.repeat(x, len(questions), axis=1), lora)
         answers = [a.strip() for a in self.base.decode(self.base.generate(ids, mask, max_new_tokens, lora=lora))]
         return answers[0] if isinstance(question, str) else answers
+
+    def encode_evidence(self, documents: Sequence[str], max_length: int | None = None, on_long: str = "truncate",
+                        names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Documents -> (evidence_ids, evidence_mask) ``[n, max_length]``, as training encodes them
+        (``pipelines.encode_evidence``; default length: the run's evidence length). The one long-document policy
+        of ``ask``, ``eval`` and ``internalize``: an empty document is refused; a longer one is truncated to its
+        first tokens with a warning giving both lengths, or refused with ``on_long="refuse"``."""
+        if on_long not in ("truncate", "refuse"):
+            raise InputError(f"on_long must be 'truncate' or 'refuse', got {on_long!r}")
+        limit = max_length or self.max_evidence_length
+        tok = self.base.tokenizer
+        for i, text in enumerate(documents):
+            name = f"document {names[i]}" if names is not None else "the document"
+            if not text.strip():
+                raise InputError(f"{name} is empty")
+            n = len(prompts.encode_text(tok, text))
+            if n > limit:
+                if on_long == "refuse":
+                    raise InputError(f"{name} has {n} tokens, more than the maximum {limit} (--on-long refuse)")
+                warnings.warn(f"{name} has {n} tokens, more than the maximum {limit}; truncated", stacklevel=2)
+        return pipelines.encode_evidence(tok, documents, limit)
 
     def export_peft(self, lora: dict, out_dir: str | os.PathLike, index: int = 0, overwrite: bool = False,
                     base_name: str | None = None) -> pathlib.Path:
@@ -240,8 +252,9 @@ class Shine:
 
 def load_base_from(origin: checkpoints.BaseOrigin, compute_dtype: str | None = None) -> BaseModel:
     """The base model of ``origin``: a shine_jax folder as saved, an HF folder with SHINE's tokens added."""
-    if origin.kind == "hf":
-        return with_shine_tokens(BaseModel.from_hf(origin.path, compute_dtype=compute_dtype))
+    if origin.kind == "hf":  # as from_official and training loaded it: SHINE's tokens added when it has a tokenizer
+        base = BaseModel.from_hf(origin.path, compute_dtype=compute_dtype)
+        return with_shine_tokens(base) if base.tokenizer is not None else base
     return BaseModel.load(origin.path, compute_dtype=compute_dtype)
 
 

@@ -48,6 +48,7 @@ from shine_jax.train.config import (
     apply_override,
     import_get_config,
     load_config,
+    reuse_problem,
     validate,
 )
 
@@ -320,8 +321,11 @@ class Runner:
     def run_stage(self, base: Base, stage: str, extra: dict, workdir: pathlib.Path, label: str) -> dict:
         stage_dir = workdir / stage
         stats = workdir / f"{stage}.stats.json"
-        if (stage_dir / "final").is_dir() and (stage_dir / "summary.json").is_file():
+        problem = reuse_problem(stage_dir, stage_config(base, stage, extra, self.data_dir, check=False))
+        if problem is None:  # finished with these very settings
             return json.loads(stats.read_text()) if stats.is_file() else {"rc": 0}
+        if (stage_dir / "final").is_dir():
+            return {"rc": 2, "error": f"{stage_dir / 'final'} was {problem}; delete it or use another sweep workdir"}
         self.log(f"[sweep] {label}: training {stage}")
         argv = self.train_argv(base.config, stage, workdir, child_overrides(base, extra, self.data_dir), stats)
         code = code_state()

@@ -115,11 +115,16 @@ def trained_workdir(tmp_path_factory):
     with FileLock(str(shared / "tiny_run.lock")):
         if not (wd / "complete").exists():
             for stage in STAGES:
-                # ift_1qa starts from the pretrain result here (init_from), so that its own improvement is
-                # measurable in 20 steps; test_train's resume test runs the chained ift_mqa -> ift_1qa path.
-                extra = [f"init_from='{wd / 'pretrain' / 'final'}'"] if stage == "ift_1qa" else []
-                run_stage(small_config(stage, STEPS[stage], FAST + extra, data_dir=wd / "data"), wd, progress=False)
+                run_stage(small_config(stage, STEPS[stage], trained_workdir_extra(stage, wd), data_dir=wd / "data"),
+                          wd, progress=False)
             (wd / "complete").touch()
     return wd
+
+
+def trained_workdir_extra(stage: str, wd) -> list[str]:
+    """The overrides of each stage of ``trained_workdir`` beyond ``small_config``'s."""
+    # ift_1qa starts from the pretrain result here (init_from), so that its own improvement is measurable in 20
+    # steps; test_train's resume test runs the chained ift_mqa -> ift_1qa path.
+    return FAST + ([f"init_from='{wd / 'pretrain' / 'final'}'"] if stage == "ift_1qa" else [])
 
 

@@ -14,12 +14,14 @@ METHODS = ("none", "icl", "sft", "shine")
 def test_demo_reuses_trained_stages_and_writes_the_table(trained_workdir, tmp_path, capsys):
     import shutil
 
-    from tests.conftest import REPO
-    from tests.train_utils import SMALL
+    from tests.conftest import REPO, STAGES, STEPS, trained_workdir_extra
+    from tests.train_utils import small_overrides
 
     wd = tmp_path / "demo"
     shutil.copytree(trained_workdir, wd)
-    overrides = [f"--config.{o}" for o in SMALL] + ["--config.ift_mqa.steps=20"]
+    # each stage with the very settings it was trained with (the copy's stages are reused only then)
+    overrides = [f"--config.{stage}.{o}" for stage in STAGES for o in small_overrides(
+        STEPS[stage], trained_workdir_extra(stage, trained_workdir), trained_workdir / "data")]
     # two of the three sets (the distractor set is built and checked in test_eval_sets.py)
     assert cli.main(["demo", "--workdir", str(wd), "--docs", "2", "--questions", "2", "--sft-epochs", "2",
                      "--max-new-tokens", "4", "--no-progress", "--sets", "one_person,family2", *overrides]) == 0
@@ -45,7 +47,8 @@ def test_demo_reuses_trained_stages_and_writes_the_table(trained_workdir, tmp_pa
                           (["--stages", "pretrain,ift_mq"], "--stages must list stages from"),
                           (["--methods", "none,rag"], "unknown method(s) rag"),
                           (["--config.ift_9qa.steps=2"], "unknown config field 'ift_9qa'"),
-                          (["--config", f"{REPO}/configs/smollm2_135m.py"], "was trained with config 'tiny'")]:
+                          ([*overrides, "--config.ift_mqa.steps=21"], "trained with other settings (steps: 20 -> 21)"),
+                          (["--config", f"{REPO}/configs/smollm2_135m.py"], "trained with other settings")]:
         assert cli.main(["demo", "--workdir", str(wd), *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

@@ -34,6 +34,8 @@ class Texts:
             self.texts.append(text)
         return self.texts.index(text)
 
+    pad_token_id = 0  # the empty text
+
     def __call__(self, text, add_special_tokens=False):
         return {"input_ids": [self.id(text)]}
 
@@ -76,8 +78,8 @@ class OracleShine:
     def __init__(self, records):
         self.base = OracleBase(records)
 
-    def generate_lora(self, ids, mask):  # [L=1, B, 1, 1]: the document's token, the LoRA batch on axis 1
-        return {"doc": {"A": jnp.asarray(ids, jnp.float32)[None, :, :, None]}}
+    def generate_lora(self, ids, mask):  # [L=1, B, 1, 1]: the document's token (left-padded: the last), batch on axis 1
+        return {"doc": {"A": jnp.asarray(ids, jnp.float32)[None, :, -1:, None]}}
 
 
 def toy_records(n):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from shine_jax.data import corpus, pipelines
+from shine_jax.data import corpus, pipelines, prompts
 from shine_jax.data.tokenizer import tiny_tokenizer
 from tests.conftest import ws
 from tests.train_utils import small_config
@@ -31,7 +31,7 @@ def answers_of(tok, labels):
 
 
 def test_chat_labels_cover_only_answers(tok):
-    ids, labels = pipelines.chat_turns(tok, [("Where was Ada born?", "Dunmere"), ("Her job?", "florist")])
+    ids, labels = prompts.chat_turns(tok, [("Where was Ada born?", "Dunmere"), ("Her job?", "florist")])
     labelled = tok.decode([i for i, l in zip(ids, labels) if l != -100])
     assert ws(labelled) == "Dunmere <|im_end|> florist <|im_end|>"
     assert labelled.count("\n") == 2  # the end-of-turn newline is labelled too
@@ -125,7 +125,7 @@ def test_base_pretrain_in_context_examples(tok, records):
     for rec in records[:8]:
         ex = pipelines.lm_example(rec, rng, tok, cfg)
         text = visible(tok, ex["input_ids"], ex["attention_mask"])
-        one_question = max(len(pipelines.chat_turns(tok, [(pipelines.icl_user_text(rec["context"], q), a)])[0])
+        one_question = max(len(prompts.chat_turns(tok, [(prompts.icl_user_text(rec["context"], q), a)])[0])
                            for q, a in pipelines.qa_turns(rec))
         if one_question <= cfg.lm_length:
             assert ws(rec["context"]) in text  # the document is never cut when it fits with any one question
@@ -235,7 +235,7 @@ def test_base_pretrain_fresh_people(tok, records):
 def test_chatml_fast_path_equals_the_template(tok):
     """The bundled tokenizer's chat is rendered without Jinja; it must equal what its template renders."""
     turns = [("Where was Ada born?", "Dunmere"), ("Her job?", "florist"), ("And?", "x y")]
-    assert pipelines._render_chatml(turns) == pipelines._render_template(tok, turns, None)
+    assert prompts._render_chatml(turns) == prompts._render_template(tok, turns, None)
 
 
 def test_base_pretrain_copy_examples(tok, records):
@@ -247,7 +247,7 @@ def test_base_pretrain_copy_examples(tok, records):
         ex = pipelines.lm_example(rec, rng, tok, cfg)
         prompt = visible(tok, ex["input_ids"], ex["attention_mask"])
         (answer,) = answers_of(tok, ex["labels"])
-        assert pipelines.COPY_PROMPT in prompt and answer == ws(rec["context"].split("\n\n")[0])
+        assert prompts.COPY_PROMPT in prompt and answer == ws(rec["context"].split("\n\n")[0])
 
 
 def test_copy_warmup_rows_then_the_curriculum(tok, records):

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from shine_jax.convert.official import OfficialCheckpointError
-from shine_jax.data import corpus, pipelines
+from shine_jax.data import corpus, pipelines, prompts
 from shine_jax.model.base_model import BaseModel
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.hypernet import HyperConfig, Hypernetwork
@@ -209,8 +209,8 @@ def test_teacher_is_aligned_with_the_student(tok, records, stage, ctx_len, conv_
 
 def test_truncated_teacher_is_masked_out_not_misaligned(tok, records):
     turns = pipelines.qa_turns(records[0])
-    ids, labels = pipelines.chat_turns(tok, turns)
-    doc_len = len(pipelines.encode_text(tok, records[0]["context"]))
+    ids, labels = prompts.chat_turns(tok, turns)
+    doc_len = len(prompts.encode_text(tok, records[0]["context"]))
     ok = pipelines.teacher_example(tok, records[0]["context"], turns, ids, labels, len(ids), doc_len + len(ids) + 8)
     assert ok["teacher_attention_mask"].sum() > len(ids)
     short = pipelines.teacher_example(tok, records[0]["context"], turns, ids, labels, len(ids), doc_len + len(ids) - 5)

@@ -50,7 +50,7 @@ def test_logits_match_transformers_on_the_real_model(smollm2, smollm2_dir):
 @pytest.mark.slow
 def test_answer_only_labels_with_a_real_chat_template(smollm2_dir):
     """SmolLM2's ChatML template (with its default system prompt): labels cover only the assistant answers."""
-    from shine_jax.data.pipelines import chat_turns
+    from shine_jax.data.prompts import chat_turns
     from shine_jax.model.base_model import load_tokenizer_from
 
     tok = load_tokenizer_from(smollm2_dir)

@@ -131,3 +131,22 @@ def test_parse_arg_types_fields_and_names_bad_tokens():
     for bad, word in (("seeds=x", "seeds='x'"), ("colour=red", "'colour'"), ("extra", "'extra'")):
         with pytest.raises(ConfigError, match=word):
             parse_arg(bad, seeds=1)
+
+
+def test_a_finished_stage_is_reused_only_with_the_same_settings(tmp_path):
+    import json
+
+    from shine_jax.train.config import reuse_problem, settings_hash, trained_settings
+
+    cfg = load_config(f"{TINY}:ift_mqa")
+    stage_dir = tmp_path / "ift_mqa"
+    assert reuse_problem(stage_dir, cfg) == "unfinished"
+    (stage_dir / "final").mkdir(parents=True)
+    (stage_dir / "summary.json").write_text(json.dumps({"settings_hash": settings_hash(cfg),
+                                                        "settings": trained_settings(cfg)}))
+    assert reuse_problem(stage_dir, cfg) is None
+    cfg.log_every, cfg.checkpoint_every = 1, 7  # logging and checkpointing do not change what was trained
+    assert reuse_problem(stage_dir, cfg) is None
+    steps = cfg.steps
+    cfg.steps = steps + 200
+    assert reuse_problem(stage_dir, cfg) == f"trained with other settings (steps: {steps} -> {steps + 200})"

@@ -12,11 +12,15 @@ SMALL = [
 ]
 
 
-def small_config(stage: str, steps: int = 20, extra=(), data_dir=None):
+def small_overrides(steps: int = 20, extra=(), data_dir=None) -> list[str]:
     overrides = SMALL + [f"steps={steps}", "checkpoint_every=10", f"optim.warmup_steps={min(5, steps)}"]
     if data_dir is not None:
         overrides.append(f"data.dir='{data_dir}'")
-    return load_config(f"{REPO}/configs/tiny.py:{stage}", overrides + list(extra))
+    return overrides + list(extra)
+
+
+def small_config(stage: str, steps: int = 20, extra=(), data_dir=None):
+    return load_config(f"{REPO}/configs/tiny.py:{stage}", small_overrides(steps, extra, data_dir))
 
 
 def shine_step_setup(cfg, mesh, vocab: int = 96):

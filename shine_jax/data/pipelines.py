@@ -27,10 +27,8 @@ import numpy as np
 
 from shine_jax import stages as stages_lib
 from shine_jax.data import corpus
-from shine_jax.data.tokenizer import BOS_TOKEN, CHAT_TEMPLATE, EOS_TOKEN
+from shine_jax.data.prompts import COPY_PROMPT, IGNORE, chat_turns, encode_text, icl_user_text
 
-IGNORE = -100
-COPY_PROMPT = "Repeat the text."  # base_pretrain copy examples: this line, the document, then the document again
 SEP = "<|endoftext|>"
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 LM_PACK_CANDIDATES = 12  # records offered to one packed base-pretraining row
@@ -51,61 +49,12 @@ def left_pad(ids: Sequence[int], length: int, pad_id: int, labels: Sequence[int]
     return out
 
 
-def encode_text(tok, text: str) -> list[int]:
-    return tok(text, add_special_tokens=False)["input_ids"]
-
-
-def chat_turns(tok, turns: Sequence[tuple[str, str]], system: str | None = None) -> tuple[list[int], list[int]]:
-    """Token ids and labels of a chat with ``turns`` = [(user, assistant), ...] in the tokenizer's template.
-
-    An assistant span is labelled from the end of its generation prompt up to the start of the next user turn
-    (answer, end-of-turn token, newline), found from the rendered prefixes and the tokenizer's offsets.
-    """
-    if system is None and getattr(tok, "chat_template", None) == CHAT_TEMPLATE:
-        full, spans = _render_chatml(turns)  # the bundled tokenizer's template, without Jinja (~10x faster)
-    else:
-        full, spans = _render_template(tok, turns, system)
-    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids = enc["input_ids"]
-    starts = np.array([a for a, _ in enc["offset_mapping"]], np.int64)
-    inside = np.zeros(len(ids), bool)
-    for s, e in spans:
-        inside |= (starts >= s) & (starts < e)
-    return ids, np.where(inside, ids, IGNORE).tolist()
-
-
-def _render_chatml(turns) -> tuple[str, list[tuple[int, int]]]:
-    """What ``CHAT_TEMPLATE`` renders for ``turns``, and each answer's character span."""
-    full, spans = "", []
-    for user, answer in turns:
-        full += f"{BOS_TOKEN}user\n{user}{EOS_TOKEN}\n{BOS_TOKEN}assistant\n"
-        start = len(full)
-        full += f"{answer}{EOS_TOKEN}\n"
-        spans.append((start, len(full)))
-    return full, spans
-
-
-def _render_template(tok, turns, system) -> tuple[str, list[tuple[int, int]]]:
-    """The tokenizer's own chat template; each answer span from the rendered prefix before and after it."""
-    messages = [{"role": "system", "content": system}] if system else []
-    spans, full = [], ""
-    for user, answer in turns:
-        messages.append({"role": "user", "content": user})
-        start = len(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        messages.append({"role": "assistant", "content": answer})
-        full = tok.apply_chat_template(messages, tokenize=False)
-        spans.append((start, len(full)))
-    return full, spans
-
-
-def generation_prompt(tok, user: str) -> list[int]:
-    text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
-    return encode_text(tok, text)
-
-
-def icl_user_text(context: str, question: str) -> str:
-    """How the in-context baseline (and the base model's pretraining) puts a document before a question."""
-    return f"{context}\n\nQuestion: {question}"
+def encode_evidence(tok, texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Documents as the hypernetwork reads them, in training and at inference alike: tokens without special
+    tokens, the first ``length`` kept, left-padded to ``length`` -> (ids, mask), both ``[len(texts), length]``."""
+    rows = [left_pad(encode_text(tok, t), length, tok.pad_token_id) for t in texts]
+    return (np.stack([r["ids"] for r in rows]).reshape(len(rows), length),
+            np.stack([r["mask"] for r in rows]).reshape(len(rows), length))
 
 
 # ----------------------------------------------------------------------------------------------- examples
@@ -113,10 +62,10 @@ def shine_example(tok, evidence: str, turns, lengths: tuple[int, int], teacher: 
     """Evidence and conversation, left-padded; ``teacher`` adds the in-context teacher of the KL loss."""
     ctx_len, conv_len = lengths
     ev_ids = encode_text(tok, evidence)
-    ev = left_pad(ev_ids, ctx_len, tok.pad_token_id)
+    ev, ev_mask = encode_evidence(tok, [evidence], ctx_len)
     ids, labels = chat_turns(tok, turns)
     conv = left_pad(ids, conv_len, tok.pad_token_id, labels)
-    out = {"evidence_ids": ev["ids"], "evidence_mask": ev["mask"], "input_ids": conv["ids"],
+    out = {"evidence_ids": ev[0], "evidence_mask": ev_mask[0], "input_ids": conv["ids"],
            "attention_mask": conv["mask"], "labels": conv["labels"]}
     if teacher:  # the teacher reads what the LoRA is generated from: a truncated evidence truncated too
         seen = evidence if len(ev_ids) <= ctx_len else tok.decode(ev_ids[:ctx_len])

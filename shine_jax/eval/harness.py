@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from shine_jax.data import prompts
 from shine_jax.data.pipelines import left_pad
 from shine_jax.errors import UserError
 from shine_jax.eval.methods import (
@@ -62,8 +63,7 @@ def check_records(shine, records: Sequence[dict], max_doc_tokens: int, on_long: 
 
 def chat_batch(tok, histories: list[list[dict]], rows_to: int):
     """Left-padded ids/mask for chat histories (each ending with a user turn); rows padded to ``rows_to``."""
-    texts = [tok.apply_chat_template(h, tokenize=False, add_generation_prompt=True) for h in histories]
-    enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    enc = [prompts.encode_text(tok, prompts.generation_text(tok, h)) for h in histories]
     length = -(-max(len(e) for e in enc) // PAD_MULTIPLE) * PAD_MULTIPLE
     rows = [left_pad(e, length, tok.pad_token_id) for e in enc] + [left_pad([], length, tok.pad_token_id)] * (
         rows_to - len(enc))

@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from shine_jax.data import pipelines
 from shine_jax.data.corpus import find_full_names
-from shine_jax.data.pipelines import icl_user_text
+from shine_jax.data.prompts import icl_user_text
 from shine_jax.errors import InputError
 from shine_jax.model.lora import lora_shapes
 from shine_jax.model.losses import causal_lm_loss
@@ -85,7 +86,8 @@ class GeneratedLoRA(Method):
         self.max_doc_tokens = max_doc_tokens
 
     def prepare(self, shine, docs):
-        ids, mask = shine.base.encode(docs, self.max_doc_tokens)
+        # the encoding of training; the harness (check_records) has already applied the long-document policy
+        ids, mask = pipelines.encode_evidence(shine.base.tokenizer, docs, self.max_doc_tokens)
         lora = shine.generate_lora(ids, mask)
         return jax.block_until_ready(lora)
 

@@ -18,6 +18,7 @@ from shine_jax import multihost
 from shine_jax import sharding as shd
 from shine_jax.checkpoints import BaseOrigin
 from shine_jax.convert import hf as hfconv
+from shine_jax.data import prompts
 from shine_jax.errors import InputError
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.decoder import AXES_KEY, Decoder
@@ -255,8 +256,7 @@ class BaseModel:
     def chat_prompt(self, user_texts: Sequence[str], max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Tokenise user messages with the tokenizer's chat template, left-padded -> (ids, mask)."""
         tok = self._need_tokenizer()
-        rows = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
-                                        tokenize=False) for t in user_texts]
+        rows = [prompts.generation_text(tok, [{"role": "user", "content": t}]) for t in user_texts]
         return self.encode(rows, max_length, add_special_tokens=False)
 
     def encode(self, texts: Sequence[str], max_length: int | None = None, add_special_tokens: bool = False):

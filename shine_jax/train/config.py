@@ -8,7 +8,9 @@ file or on the command line (``--config.optim.lr=1e-4``), fails at start with a 
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.util
+import json
 import math
 import pathlib
 import re
@@ -377,3 +379,43 @@ def checkpoint_dir_problem(value: str) -> str:
 
 def to_dict(c: ml_collections.ConfigDict) -> dict[str, Any]:
     return c.to_dict()
+
+
+# fields that change how a run is logged or checkpointed, never what it trains
+NOT_HASHED = ("log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "checkpoint_dir",
+              "tracker", "tracker_project")
+
+
+def trained_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The fields that decide what a stage trains, flattened (``data.lm_length``): what a finished stage records and
+    a later run compares before it reuses that stage."""
+    flat: dict[str, Any] = {}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif f"{prefix}{k}" not in NOT_HASHED:
+                flat[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    walk(c.to_dict(), "")
+    return flat
+
+
+def settings_hash(c: ml_collections.ConfigDict) -> str:
+    return hashlib.sha256(json.dumps(trained_settings(c), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def reuse_problem(stage_dir, c: ml_collections.ConfigDict) -> str | None:
+    """None when ``stage_dir`` holds a finished stage trained with the settings of ``c`` (reuse it), else why not:
+    "unfinished", or the fields that differ (the caller refuses rather than silently keep an older result)."""
+    stage_dir = pathlib.Path(stage_dir)
+    summary = stage_dir / "summary.json"
+    if not (stage_dir / "final").is_dir() or not summary.is_file():
+        return "unfinished"
+    old = json.loads(summary.read_text())
+    if old.get("settings_hash") == settings_hash(c):
+        return None
+    before, now = old.get("settings") or {}, trained_settings(c)
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
+    return f"trained with other settings ({shown or 'recorded before settings were hashed'})"

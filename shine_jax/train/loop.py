@@ -32,7 +32,7 @@ from shine_jax.shine import Shine, load_base_from, shine_loss, with_shine_tokens
 from shine_jax.train import checkpoint as ckpt
 from shine_jax.train import flops as flops_lib
 from shine_jax.train import optimizer as optim
-from shine_jax.train.config import ConfigError, validate
+from shine_jax.train.config import ConfigError, settings_hash, trained_settings, validate
 from shine_jax.train.metrics import MetricsLog, Throughput, TrainMetrics
 from shine_jax.train.step import (
     init_state,
@@ -372,6 +372,7 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
     summary = {"config": cfg.name, "stage": cfg.stage, "steps": cfg.steps, "resumed_from": start,
                "wall_s": time.time() - t_start, "skipped_steps": int(state["skipped"]), **last_eval,
                **{f"initial_{k}": v for k, v in initial_eval.items()},
+               "settings_hash": settings_hash(cfg), "settings": trained_settings(cfg),
                "step_s": median_step_time(step_times), "platform": jax.devices()[0].platform,
                "device_peak_bytes": device_peak_bytes()}
     write_json_atomic(stage_dir / "summary.json", summary)
