@@ -23,8 +23,10 @@ def test_demo_reuses_trained_stages_and_writes_the_table(trained_workdir, tmp_pa
     overrides = [f"--config.{stage}.{o}" for stage in STAGES for o in small_overrides(
         STEPS[stage], trained_workdir_extra(stage, trained_workdir), trained_workdir / "data")]
     # two of the three sets (the distractor set is built and checked in test_eval_sets.py)
+    stages = ["--stages", ",".join(STAGES)]  # the shipped config starts from models/tiny_base; this run trains one
     assert cli.main(["demo", "--workdir", str(wd), "--docs", "2", "--questions", "2", "--sft-epochs", "2",
-                     "--max-new-tokens", "4", "--no-progress", "--sets", "one_person,family2", *overrides]) == 0
+                     "--max-new-tokens", "4", "--no-progress", "--sets", "one_person,family2", *stages,
+                     *overrides]) == 0
     out = capsys.readouterr().out
     for stage in ("base_pretrain", "pretrain", "ift_mqa", "ift_1qa"):
         assert f"[demo] {stage}: already trained" in out
@@ -47,7 +49,8 @@ def test_demo_reuses_trained_stages_and_writes_the_table(trained_workdir, tmp_pa
                           (["--stages", "pretrain,ift_mq"], "--stages must list stages from"),
                           (["--methods", "none,rag"], "unknown method(s) rag"),
                           (["--config.ift_9qa.steps=2"], "unknown config field 'ift_9qa'"),
-                          ([*overrides, "--config.ift_mqa.steps=21"], "trained with other settings (steps: 20 -> 21)"),
+                          ([*stages, *overrides, "--config.ift_mqa.steps=21"],
+                           "trained with other settings (steps: 20 -> 21)"),
                           (["--config", f"{REPO}/configs/smollm2_135m.py"], "trained with other settings")]:
         assert cli.main(["demo", "--workdir", str(wd), *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -8,7 +8,8 @@ import types
 
 import pytest
 
-from shine_jax.data import corpus, tokenizer as tiny_tok
+from shine_jax.data import corpus
+from shine_jax.data import tokenizer as tiny_tok
 from shine_jax.eval import testsets
 from shine_jax.eval.harness import run_method
 from shine_jax.eval.methods import EvalSettings, make_methods

@@ -36,7 +36,7 @@ def test_paper_configs_carry_the_paper_settings():
 ])
 def test_bad_fields_are_named(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load_config(f"{TINY}:pretrain", [override])
+        load_config(f"{TINY}:pretrain", ["model.source='scratch'", override])  # shapes from the fields
 
 
 def test_inconsistent_stage_and_source():
@@ -67,12 +67,15 @@ def test_pipeline_stages_and_per_stage_overrides(tmp_path):
 
     from shine_jax.train.config import check_stages, pipeline_stages, split_stage_overrides
 
-    assert pipeline_stages(TINY) == ("base_pretrain", "pretrain", "ift_mqa", "ift_1qa")
+    assert pipeline_stages(TINY) == ("pretrain", "ift_mqa", "ift_1qa")  # on the shipped base, models/tiny_base
     assert pipeline_stages(f"{REPO}/configs/smollm2_135m.py") == ("pretrain", "ift_mqa")
     assert pipeline_stages(f"{REPO}/configs/qwen3_0p6b.py") == ("pretrain", "ift_mqa", "ift_1qa")  # no PIPELINE
     tiny_text = pathlib.Path(TINY).read_text()
     no_pipeline = tmp_path / "scratch.py"
-    no_pipeline.write_text(tiny_text.replace("PIPELINE = (", "_UNUSED = ("))
+    scratch_line = 'c.model.source, c.model.hf_dir = ("scratch", "") if c.stage == "base_pretrain" else ("hf", TINY_BASE)'
+    assert scratch_line in tiny_text
+    no_pipeline.write_text(tiny_text.replace("PIPELINE = (", "_UNUSED = (").replace(
+        scratch_line, 'c.model.source, c.model.hf_dir = "scratch", ""'))
     assert pipeline_stages(str(no_pipeline))[0] == "base_pretrain"  # a scratch base is trained first
     bad = tmp_path / "bad.py"
     bad.write_text(tiny_text.replace("PIPELINE = (", "PIPELINE = ('finetune', "))

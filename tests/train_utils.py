@@ -3,8 +3,8 @@
 from shine_jax.train.config import load_config
 from tests.conftest import REPO
 
-SMALL = [
-    "model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=2",
+SMALL = [  # a base trained from scratch in the test's workdir (not the shipped one), small shapes
+    "model.source='scratch'", "model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=2",
     "model.num_kv_heads=2", "model.head_dim=32", "shine.lora_rank=2", "shine.metalora_rank=4",
     "shine.m2p_layers=2", "shine.m2p_heads=2", "data.num_people=400", "data.train_docs=200",
     "data.eval_docs=16", "data.tokenizer_vocab=512", "data.context_length=96", "data.conversation_length=112",

@@ -20,6 +20,7 @@ from shine_jax.train.config import ConfigError, parse_arg
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tiny.py")
 
 COMMON = {  # every stage of every base and point
+    "model.source": "scratch",  # SHINE on the base each sweep base trains, not the shipped one
     "data.num_people": 2000, "data.train_docs": 4000, "data.eval_docs": 64, "data.tokenizer_vocab": 1024,
     "data.lm_length": 128, "data.context_length": 128, "data.conversation_length": 144,
     "eval_batches": 4, "log_every": 5,
