@@ -144,16 +144,18 @@ class Shine:
             raise InputError(f"on_long must be 'truncate' or 'refuse', got {on_long!r}")
         limit = max_length or self.max_evidence_length
         tok = self.base.tokenizer
+        token_ids = []
         for i, text in enumerate(documents):
             name = f"document {names[i]}" if names is not None else "the document"
             if not text.strip():
                 raise InputError(f"{name} is empty")
-            n = len(prompts.encode_text(tok, text))
+            token_ids.append(prompts.encode_text(tok, text))
+            n = len(token_ids[-1])
             if n > limit:
                 if on_long == "refuse":
                     raise InputError(f"{name} has {n} tokens, more than the maximum {limit} (--on-long refuse)")
                 warnings.warn(f"{name} has {n} tokens, more than the maximum {limit}; truncated", stacklevel=2)
-        return pipelines.encode_evidence(tok, documents, limit)
+        return pipelines.pad_evidence(tok, token_ids, limit)
 
     def export_peft(self, lora: dict, out_dir: str | os.PathLike, index: int = 0, overwrite: bool = False,
                     base_name: str | None = None) -> pathlib.Path:

@@ -52,7 +52,12 @@ def left_pad(ids: Sequence[int], length: int, pad_id: int, labels: Sequence[int]
 def encode_evidence(tok, texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray]:
     """Documents as the hypernetwork reads them, in training and at inference alike: tokens without special
     tokens, the first ``length`` kept, left-padded to ``length`` -> (ids, mask), both ``[len(texts), length]``."""
-    rows = [left_pad(encode_text(tok, t), length, tok.pad_token_id) for t in texts]
+    return pad_evidence(tok, [encode_text(tok, t) for t in texts], length)
+
+
+def pad_evidence(tok, token_ids: Sequence[Sequence[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """``encode_evidence`` for documents already tokenised (``encode_text``)."""
+    rows = [left_pad(ids, length, tok.pad_token_id) for ids in token_ids]
     return (np.stack([r["ids"] for r in rows]).reshape(len(rows), length),
             np.stack([r["mask"] for r in rows]).reshape(len(rows), length))
 
@@ -62,7 +67,7 @@ def shine_example(tok, evidence: str, turns, lengths: tuple[int, int], teacher: 
     """Evidence and conversation, left-padded; ``teacher`` adds the in-context teacher of the KL loss."""
     ctx_len, conv_len = lengths
     ev_ids = encode_text(tok, evidence)
-    ev, ev_mask = encode_evidence(tok, [evidence], ctx_len)
+    ev, ev_mask = pad_evidence(tok, [ev_ids], ctx_len)
     ids, labels = chat_turns(tok, turns)
     conv = left_pad(ids, conv_len, tok.pad_token_id, labels)
     out = {"evidence_ids": ev[0], "evidence_mask": ev_mask[0], "input_ids": conv["ids"],
