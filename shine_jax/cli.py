@@ -11,7 +11,8 @@ import re
 import sys
 import time
 
-from shine_jax.errors import InputError, user_message
+from shine_jax.entry import run_entry
+from shine_jax.errors import InputError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -480,21 +481,12 @@ def main(argv: list[str] | None = None) -> int:
     if overrides and not getattr(args, "takes_overrides", False):
         print(f"error: {overrides[0]} only applies to `shine-jax train`, `plan` and `demo`", file=sys.stderr)
         return 2
-    try:
-        if args.func is cmd_demo:
-            args.config_overrides = overrides
-            args.func(args)
-        elif getattr(args, "takes_overrides", False):
-            args.func(args, overrides)
-        else:
-            args.func(args)
-    except Exception as e:
-        message = user_message(e)
-        if message is None:
-            raise  # an internal bug keeps its traceback
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    if args.func is cmd_demo:
+        args.config_overrides = overrides
+        return run_entry(lambda: args.func(args))
+    if getattr(args, "takes_overrides", False):
+        return run_entry(lambda: args.func(args, overrides))
+    return run_entry(lambda: args.func(args))
 
 
 if __name__ == "__main__":

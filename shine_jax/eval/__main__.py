@@ -1,7 +1,8 @@
 """Evaluate one trained folder: ``python -m shine_jax.eval --workdir W --data F.jsonl --out R.json [...]``.
 
-The entry point a sweep runs for each point's ``--eval``. With ``--result FILE`` a user-fixable error is written
-there as ``{"error": "<one line>"}`` (exit status 2), so the parent never reads logs; a bug keeps its traceback.
+The entry point a sweep runs for each point's ``--eval``. With ``--result FILE`` the outcome is written there as
+JSON (the files written, or a user-fixable error as ``{"error": "<one line>"}``, exit status 2), so the parent never
+reads logs; a bug keeps its traceback.
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shine_jax.errors import user_message
-from shine_jax.fileutil import write_json_atomic
+from shine_jax.entry import run_entry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,25 +22,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--result", help="write {'error': ...} here on a user-fixable error")
+    p.add_argument("--result", help="write the written files (or {'error': ...}) here as JSON")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def evaluate() -> dict:
         from shine_jax.eval.methods import EvalSettings
         from shine_jax.eval.run import evaluate_jsonl
 
         settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
-        evaluate_jsonl(args.workdir, args.data, [m.strip() for m in args.methods.split(",") if m.strip()],
-                       settings, args.out, limit=args.limit, progress=not args.no_progress)
-    except Exception as e:
-        message = user_message(e)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        if args.result:
-            write_json_atomic(args.result, {"error": message})
-        return 2
-    return 0
+        _, files = evaluate_jsonl(args.workdir, args.data, [m.strip() for m in args.methods.split(",") if m.strip()],
+                                  settings, args.out, limit=args.limit, progress=not args.no_progress)
+        return {"files": {k: str(v) for k, v in files.items()}}
+
+    return run_entry(evaluate, args.result)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shine_jax.errors import user_message
-from shine_jax.fileutil import write_json_atomic
+from shine_jax.entry import run_entry
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -27,24 +26,17 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse(list(sys.argv[1:] if argv is None else argv))
-    try:
+
+    def train() -> dict:
         from shine_jax.train.config import load_config
         from shine_jax.train.loop import run_stage
 
         summary = run_stage(load_config(args.config, overrides), args.workdir, progress=not args.no_progress)
-    except Exception as e:
-        message = user_message(e)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        if args.result:
-            write_json_atomic(args.result, {"error": message})
-        return 2
-    if args.result:
-        write_json_atomic(args.result, summary)
-    print(f"stage {summary['stage']} done: {summary['steps']} steps in {summary['wall_s']:.0f}s, "
-          f"val_loss {summary.get('val_loss', float('nan')):.4f}; result in {args.workdir}/{summary['stage']}/final")
-    return 0
+        print(f"stage {summary['stage']} done: {summary['steps']} steps in {summary['wall_s']:.0f}s, val_loss "
+              f"{summary.get('val_loss', float('nan')):.4f}; result in {args.workdir}/{summary['stage']}/final")
+        return summary
+
+    return run_entry(train, args.result)
 
 
 if __name__ == "__main__":
