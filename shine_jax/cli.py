@@ -138,12 +138,30 @@ def _eval(args) -> None:
     from shine_jax.eval.run import evaluate_jsonl
 
     settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                            sft_epochs=args.sft_epochs, sft_lr=args.sft_lr, max_doc_tokens=args.max_doc_tokens)
+                            sft_epochs=args.sft_epochs, sft_lr=args.sft_lr, max_doc_tokens=args.max_doc_tokens,
+                            **retrieval_settings(args))
     results, files = evaluate_jsonl(args.workdir, args.data, [m.strip() for m in args.methods.split(",") if m.strip()],
                                     settings, args.out, limit=args.limit, on_long=args.on_long,
-                                    skip_bad=args.skip_bad_lines, progress=not args.no_progress)
+                                    skip_bad=args.skip_bad_lines, progress=not args.no_progress, bank=args.bank)
     print(markdown_table(results), end="")
     print(f"results: {files['json']}  table: {files['markdown']}  plot: {files['png']}")
+
+
+def retrieval_settings(args) -> dict:
+    """The ``EvalSettings`` fields of ``--rag-*`` (checked before any model loads)."""
+    from shine_jax.eval.retrieval import RetrievalSettings
+
+    RetrievalSettings(args.rag_chunk_tokens, args.rag_overlap, args.rag_k, args.rag_embedder).check()
+    return dict(rag_chunk_tokens=args.rag_chunk_tokens, rag_overlap=args.rag_overlap, rag_k=args.rag_k,
+                rag_embedder=args.rag_embedder)
+
+
+def add_retrieval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rag-k", type=int, default=2, help="rag: chunks put before each question")
+    p.add_argument("--rag-chunk-tokens", type=int, default=64, help="rag: chunk size in base-model tokens")
+    p.add_argument("--rag-overlap", type=int, default=16, help="rag: tokens shared by consecutive chunks")
+    p.add_argument("--rag-embedder", default="minilm", choices=["minilm", "base"],
+                   help="minilm: all-MiniLM-L6-v2 (packaged, in JAX); base: the base model's mean hidden state")
 
 
 def cmd_ask(args) -> None:
@@ -198,6 +216,15 @@ def cmd_internalize(args) -> None:
             print(f"adapter for {name}: {target}")
 
 
+# ------------------------------------------------------------------------------------------------ data
+def cmd_data_import(args) -> None:
+    from shine_jax.data.importers import import_files
+
+    summary = import_files(args.format, args.input, args.out, tokenizer=args.tokenizer, pad_tokens=args.pad_tokens,
+                           seed=args.seed, progress=not args.no_progress)
+    print(summary.report())
+
+
 # ------------------------------------------------------------------------------------------------ plan
 def cmd_plan(args, overrides: list[str]) -> None:
     if args.devices < 1:
@@ -238,22 +265,34 @@ def cmd_sweep(args) -> None:
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
-def demo_test_sets(cfg, args, set_names, distractors) -> dict[str, tuple[str, list[dict]]]:
-    """name -> (where its documents come from, records): the user's held-out file when the config names one, else
-    the bundled sets of the test split's people (``shine_jax.eval.testsets``), ``--docs`` documents each."""
+def demo_test_sets(cfg, args, set_names, distractors) -> dict[str, tuple[str, list[dict], list[str] | None]]:
+    """name -> (where its documents come from, records, the bank's other documents or None): the user's held-out
+    file when the config names one, else the bundled sets of the test split's people (``shine_jax.eval.testsets``),
+    ``--docs`` documents each. With ``--bank N`` each set is evaluated once more, as ``NAME+bankN``, in the bank
+    setting: its documents among others of its kind, N in all."""
     from shine_jax.data.corpus import read_jsonl
 
     if cfg.data.jsonl_eval:
-        return {"jsonl_eval": (cfg.data.jsonl_eval, read_jsonl(cfg.data.jsonl_eval)[: args.docs])}
+        records = read_jsonl(cfg.data.jsonl_eval)
+        sets = {"jsonl_eval": (cfg.data.jsonl_eval, records[: args.docs], None)}
+        if args.bank:
+            sets[f"jsonl_eval+bank{args.bank}"] = (cfg.data.jsonl_eval, records[: args.docs],
+                                                    [r["context"] for r in records[args.docs: args.bank]])
+        return sets
     from shine_jax.data.tfds_builder import make_config
-    from shine_jax.eval.testsets import SetSpec, build_sets, people_of_test_split
+    from shine_jax.eval.testsets import SetSpec, bank_extras, build_sets, people_of_test_split
     from shine_jax.train.loop import corpus_overrides
 
     corpus = make_config(cfg.data.builder_config, **corpus_overrides(cfg))  # the corpus the stages trained on
     spec = SetSpec(people_of_test_split(corpus.num_people, corpus.seed), args.docs, corpus.seed, distractors)
     source = {"family2": "second test family (names, values and phrasings no training text uses)"}
-    return {name: (source.get(name, f"bundled test split, {name}"), records)
-            for name, records in build_sets(set_names, spec).items()}
+    sets = {}
+    for name, records in build_sets(set_names, spec).items():
+        sets[name] = (source.get(name, f"bundled test split, {name}"), records, None)
+        if args.bank:
+            sets[f"{name}+bank{args.bank}"] = (f"{sets[name][0]}, in a bank of {args.bank} documents", records,
+                                               bank_extras(name, spec, args.bank))
+    return sets
 
 
 def cmd_demo(args) -> None:
@@ -305,6 +344,10 @@ def _demo(args) -> None:
     overrides = split_stage_overrides(args.config_overrides, stages)
     configs = {stage: load_config(f"{args.config}:{stage}", overrides[stage]) for stage in stages}  # all checked first
     cfg = configs[stages[-1]]
+    if args.bank < 0:
+        raise ConfigError(f"--bank must be >= 0 documents (0: no bank setting), got {args.bank}")
+    settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                            sft_epochs=args.sft_epochs, **retrieval_settings(args))
     test_sets = demo_test_sets(cfg, args, set_names, distractors)  # built before training: they are cheap
     for _, records in test_sets.values():
         check_document_count(methods, len(records))
@@ -322,11 +365,9 @@ def _demo(args) -> None:
         print(f"[demo] training stage {stage} ({cfg.steps} steps)")
         timings[stage] = run_stage(cfg, workdir, progress=not args.no_progress)["wall_s"]
     shine = Shine.load(workdir / stages[-1] / "final")
-    settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                            sft_epochs=args.sft_epochs)
     run = dict(config=str(args.config), stages=list(stages), seed=cfg.seed, docs=args.docs)
     results_of = {}
-    for name, (source, records) in test_sets.items():
+    for name, (source, records, bank) in test_sets.items():
         if args.questions:
             records = [dict(r, qa=r["qa"][: args.questions]) for r in records]
         write_jsonl(records, workdir / "eval" / name / "test.jsonl")
@@ -334,7 +375,7 @@ def _demo(args) -> None:
               f"({sum(len(r['qa']) for r in records)} questions)")
         t_eval = time.time()
         with warnings_to_stderr():
-            results = evaluate(shine, records, methods, settings, show_progress=not args.no_progress)
+            results = evaluate(shine, records, methods, settings, show_progress=not args.no_progress, bank=bank)
         results.update(set=name, data=source, **run, eval_wall_s=time.time() - t_eval)
         files = write_results(results, workdir / "eval" / name / "results.json")
         results_of[name] = results
@@ -418,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-doc-tokens", type=int, default=0, help="0: the SHINE run's evidence length")
     e.add_argument("--on-long", choices=["truncate", "refuse"], default="truncate")
     e.add_argument("--skip-bad-lines", action="store_true", help="warn about and skip bad lines/documents")
+    e.add_argument("--bank", default=None, metavar="FILE.jsonl",
+                   help="the bank setting: the documents of FILE join the evaluated ones in one bank; each "
+                        "conversation is routed to the bank document its first question retrieves, rag searches "
+                        "the whole bank")
+    add_retrieval_args(e)
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_eval)
 
@@ -438,6 +484,28 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--batch-size", type=int, default=16)
     i.add_argument("--overwrite", action="store_true")
     i.set_defaults(func=cmd_internalize)
+
+    from shine_jax.data.importers import DEFAULT_SEED, FORMATS  # pure Python: no JAX either
+
+    da = sub.add_parser("data", help="prepare document-QA data").add_subparsers(dest="data_command", required=True)
+    di = da.add_parser("import", help="convert a downloaded public QA dataset into shine_jax JSON Lines",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Convert downloaded document-QA files (.json, .jsonl or .parquet, streamed) into\n"
+                                   "JSON Lines {id, context, qa: [{question, answers}]}. Bad rows are skipped with a\n"
+                                   "warning; a file of another format is one error.\n\nformats (source fields):\n"
+                                   + "\n".join(f"  {n:12} {f.fields}" for n, f in FORMATS.items()))
+    di.add_argument("--format", required=True, choices=list(FORMATS))
+    di.add_argument("--input", action="append", required=True, metavar="PATH",
+                    help="a file or a glob (quoted); repeatable")
+    di.add_argument("--out", required=True, metavar="FILE.jsonl", help="written atomically (aside, then renamed)")
+    di.add_argument("--pad-tokens", type=int, metavar="N",
+                    help="squad-n: group contexts into documents of N tokens on average (the official rule)")
+    di.add_argument("--tokenizer", metavar="DIR",
+                    help="squad-n: count tokens with this local HF tokenizer folder; without it, length is counted "
+                         "in whitespace-separated words")
+    di.add_argument("--seed", type=int, default=DEFAULT_SEED, help="squad-n: grouping and passage order")
+    di.add_argument("--no-progress", action="store_true", help="no progress bar (shown on stderr, on a terminal only)")
+    di.set_defaults(func=cmd_data_import)
 
     w = sub.add_parser("sweep", help="run a scaling sweep: one training process per point, results.csv/md")
     w.add_argument("--config", required=True, help="configs/sweeps/X.py[:arg]")
@@ -469,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch-size", type=int, default=32)
     d.add_argument("--max-new-tokens", type=int, default=16)
     d.add_argument("--sft-epochs", type=int, default=20)
+    d.add_argument("--bank", type=int, default=0, metavar="N",
+                   help="also evaluate each set in the bank setting: its documents among others of its kind, N in "
+                        "all (0: off)")
+    add_retrieval_args(d)
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=cmd_demo, takes_overrides=True)
     return p

@@ -16,19 +16,27 @@ from typing import Any
 from shine_jax.errors import UserError
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically: a temporary file of its own per call (processes sharing a
-    workdir may race), renamed into place, so a reader never sees half a file."""
+@contextlib.contextmanager
+def atomic_text_file(path: str | os.PathLike) -> Iterator[Any]:
+    """A text file written aside (a temporary file of its own per call: processes sharing a workdir may race) and
+    renamed into place when complete, so a reader never sees half a file; removed on any error or Ctrl-C."""
     path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            yield f
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (``atomic_text_file``)."""
+    with atomic_text_file(path) as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
 
 
 def prepare_output_dir(out_dir: pathlib.Path, overwrite: bool) -> None:

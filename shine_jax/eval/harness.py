@@ -4,6 +4,11 @@ Each document's questions are asked in order as one conversation (the model's ow
 history), turn by turn across a batch of documents. Per method we report F1 / EM (SQuAD-normalised, max over gold
 answers), F1 per turn, the amortised per-document cost of building the memory (LoRA generation, test-time
 training) and the generation time per question.
+
+With a *bank* (the evaluated documents plus distractor documents), no method is handed its document: each
+conversation is routed by its first question to the bank document whose chunk is most similar
+(``retrieval.ChunkIndex.route``), and the method builds its memory from that document (``rag`` searches the whole
+bank at every question instead). The share of conversations routed to their own document is reported.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from shine_jax.eval.methods import (
     make_methods,
 )
 from shine_jax.eval.metrics import best_em, best_f1
+from shine_jax.eval.retrieval import ChunkIndex, make_embedder
 
 PAD_MULTIPLE = 64  # prompt lengths are padded to a multiple of this so compiled shapes are reused
 
@@ -73,13 +79,17 @@ def chat_batch(tok, histories: list[list[dict]], rows_to: int):
     return ids, mask
 
 
-def run_method(shine, method: Method, records: list[dict], settings: EvalSettings, progress=None) -> dict:
+def run_method(shine, method: Method, records: list[dict], settings: EvalSettings, progress=None,
+               contexts: Sequence[str] | None = None) -> dict:
+    """``method`` on ``records``; ``contexts[i]`` is the document record i's memory is built from (default: its
+    own; in the bank setting, the one retrieval found)."""
     tok = shine.base.tokenizer
+    contexts = [r["context"] for r in records] if contexts is None else list(contexts)
     f1s, ems, per_turn = [], [], {}
     prep_s = gen_s = 0.0
     predictions = []
     # over the whole list, not per batch: the wrong-document control may take a LoRA from another batch
-    sources = method.memory_sources([r["context"] for r in records])
+    sources = method.memory_sources(contexts)
     for start in range(0, len(records), settings.batch_size):
         docs = records[start:start + settings.batch_size]
         t = time.perf_counter()
@@ -89,9 +99,9 @@ def run_method(shine, method: Method, records: list[dict], settings: EvalSetting
         answers = [[] for _ in docs]
         for turn in range(max(len(d["qa"]) for d in docs)):
             rows = np.array([i for i, d in enumerate(docs) if turn < len(d["qa"])])
-            for i in rows:
-                q = docs[i]["qa"][turn]["question"]
-                text = method.first_user_text(docs[i]["context"], q) if turn == 0 else q
+            texts = method.user_texts([start + i for i in rows], [contexts[start + i] for i in rows],
+                                      [docs[i]["qa"][turn]["question"] for i in rows], turn)
+            for i, text in zip(rows, texts):
                 histories[i].append({"role": "user", "content": text})
             ids, mask = chat_batch(tok, [histories[i] for i in rows], settings.batch_size)
             full_rows = np.concatenate([rows, np.zeros(settings.batch_size - len(rows), int)])
@@ -116,12 +126,15 @@ def run_method(shine, method: Method, records: list[dict], settings: EvalSetting
         "f1": float(np.mean(f1s)), "em": float(np.mean(ems)), "questions": n_q, "documents": len(records),
         "per_turn_f1": [float(np.mean(per_turn[t])) for t in sorted(per_turn)],
         "doc_cost_s": prep_s / len(records), "gen_s_per_question": gen_s / n_q,
-        "predictions": predictions,
+        "predictions": predictions, **method.extra_results(),
     }
 
 
 def evaluate(shine, records: Sequence[dict], method_names: Sequence[str], settings: EvalSettings | None = None,
-             on_long: str = "truncate", skip_bad: bool = False, show_progress: bool = True) -> dict:
+             on_long: str = "truncate", skip_bad: bool = False, show_progress: bool = True,
+             bank: Sequence[str] | None = None) -> dict:
+    """Every method on ``records``; ``bank``: extra documents for the bank setting (None: each method is given its
+    document; ``rag`` then searches only that document's chunks)."""
     settings = settings or EvalSettings()
     max_doc = settings.max_doc_tokens or shine.max_evidence_length
     records = check_records(shine, records, max_doc, on_long, skip_bad)
@@ -130,12 +143,34 @@ def evaluate(shine, records: Sequence[dict], method_names: Sequence[str], settin
     methods = make_methods(method_names, settings, max_doc)
     check_document_count(method_names, len(records))  # before the first method runs, not after sft's minutes
     results: dict[str, Any] = {"settings": dataclasses.asdict(settings), "max_doc_tokens": max_doc, "methods": {}}
+    contexts = None
+    if bank is not None or "rag" in method_names:
+        bank_docs, record_docs = bank_of(records, bank or [])
+        retrieval = settings.retrieval()
+        retrieval.check()  # before the embedder loads
+        index = ChunkIndex.build(bank_docs, make_embedder(retrieval.embedder, shine.base), shine.base.tokenizer,
+                                 retrieval)
+        if bank is not None:
+            routed = index.route([r["qa"][0]["question"] for r in records])
+            contexts = [bank_docs[d] for d in routed]
+            results["bank"] = {"documents": len(bank_docs), "chunks": len(index),
+                               "routed_to_own_document": float(np.mean(routed == record_docs))}
+        for method in methods:
+            method.attach(index, record_docs, whole_bank=bank is not None)
     for method in methods:
         bar = None
         if show_progress:
             from tqdm import tqdm
             bar = tqdm(total=len(records), desc=f"eval {method.name}", unit="doc", dynamic_ncols=True)
-        results["methods"][method.name] = run_method(shine, method, records, settings, bar)
+        results["methods"][method.name] = run_method(shine, method, records, settings, bar, contexts)
         if bar is not None:
             bar.close()
     return results
+
+
+def bank_of(records: Sequence[dict], extra: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """(the bank: each distinct document once, the evaluated ones first, then ``extra``; each record's index in it)."""
+    position: dict[str, int] = {}
+    for text in [r["context"] for r in records] + [t for t in extra if t.strip()]:
+        position.setdefault(text, len(position))
+    return list(position), np.array([position[r["context"]] for r in records], int)

@@ -10,6 +10,9 @@ cost of SHINE's Table 1), then answers questions with it (``prompt`` decides wha
   ``sft_epochs`` epochs (one epoch = one pass over the document), all documents of a batch trained at once as a
   per-example LoRA (rows never interact: per-row losses are summed and Adam is element-wise);
 * ``shine`` — one generated LoRA per document, reused for all of its questions;
+* ``rag``   — retrieval-augmented generation: every question is preceded by the ``rag_k`` chunks of the bank most
+  similar to it (``retrieval.ChunkIndex``; the base model is the embedder). Without a bank it searches only its own
+  document's chunks; with one, the whole bank;
 * ``shine-wrong-doc`` — the control: ``shine``'s generation and prompt, but each document is answered with the
   LoRA generated from *another* document of the evaluated list (``memory_sources``: document i gets document
   (i + 1) mod n's). On a trained model it falls to the ``none`` level, which shows the adapter carries its own
@@ -33,10 +36,11 @@ from shine_jax.data import pipelines
 from shine_jax.data.corpus import find_full_names
 from shine_jax.data.prompts import icl_user_text
 from shine_jax.errors import InputError
+from shine_jax.eval.retrieval import ChunkIndex, RetrievalSettings
 from shine_jax.model.lora import lora_shapes
 from shine_jax.model.losses import causal_lm_loss
 
-METHODS = ("none", "icl", "sft", "shine", "shine-wrong-doc")
+METHODS = ("none", "icl", "sft", "shine", "shine-wrong-doc", "rag")
 MIN_DOCUMENTS = {"shine-wrong-doc": 2}  # the control needs another document to take the LoRA from
 
 
@@ -49,6 +53,13 @@ class EvalSettings:
     sft_rank: int = 8
     max_doc_tokens: int = 0  # 0: the SHINE run's evidence length
     seed: int = 0
+    rag_chunk_tokens: int = 64
+    rag_overlap: int = 16
+    rag_k: int = 2
+    rag_embedder: str = "minilm"
+
+    def retrieval(self) -> RetrievalSettings:
+        return RetrievalSettings(self.rag_chunk_tokens, self.rag_overlap, self.rag_k, self.rag_embedder)
 
 
 class Method:
@@ -64,8 +75,22 @@ class Method:
     def first_user_text(self, context: str, question: str) -> str:
         return question
 
+    def user_texts(self, records: Sequence[int], contexts: Sequence[str], questions: Sequence[str],
+                   turn: int) -> list[str]:
+        """The user messages of one turn for the given records (indices into the evaluated list): by default the
+        first turn carries what ``first_user_text`` adds, later turns the question alone."""
+        if turn:
+            return list(questions)
+        return [self.first_user_text(c, q) for c, q in zip(contexts, questions)]
+
     def lora_for_rows(self, memory, rows: np.ndarray):
         return None
+
+    def extra_results(self) -> dict:
+        return {}
+
+    def attach(self, index: ChunkIndex, record_docs: np.ndarray, whole_bank: bool) -> None:
+        """The bank's chunk index, for methods that retrieve (record i's own document is ``record_docs[i]``)."""
 
 
 class NoMemory(Method):
@@ -110,6 +135,32 @@ class WrongDocLoRA(GeneratedLoRA):
                               (i + 1) % n)] for i in range(n)]
 
 
+class RetrievalAugmented(Method):
+    """Each question, at every turn, preceded by its top-k chunks: from the bank (``index`` over every bank
+    document) or, without a bank, from its own document only (``own_doc[record]`` = its bank document)."""
+
+    name = "rag"
+
+    def __init__(self, k: int):
+        self.k = k
+        self.index: ChunkIndex | None = None
+        self.own_doc: np.ndarray | None = None  # None: search the whole bank
+        self.hits_own: list[bool] = []  # per question: does the best chunk come from the question's document?
+
+    def attach(self, index: ChunkIndex, record_docs: np.ndarray, whole_bank: bool) -> None:
+        self.index, self.record_docs = index, record_docs
+        self.own_doc = None if whole_bank else record_docs
+
+    def user_texts(self, records, contexts, questions, turn):
+        only = None if self.own_doc is None else self.own_doc[np.asarray(records)]
+        hits = self.index.search(list(questions), self.k, only)
+        self.hits_own += [bool(h) and self.index.docs[h[0]] == self.record_docs[r] for h, r in zip(hits, records)]
+        return [icl_user_text("\n".join(self.index.texts[c] for c in h), q) for h, q in zip(hits, questions)]
+
+    def extra_results(self):
+        return {"top1_chunk_from_own_doc": float(np.mean(self.hits_own)) if self.hits_own else 0.0}
+
+
 class TestTimeTraining(Method):
     name = "sft"
 
@@ -132,7 +183,8 @@ class TestTimeTraining(Method):
 def make_methods(names: Sequence[str], settings: EvalSettings, max_doc_tokens: int) -> list[Method]:
     table = {"none": lambda: NoMemory(), "icl": lambda: InContext(),
              "sft": lambda: TestTimeTraining(settings, max_doc_tokens),
-             "shine": lambda: GeneratedLoRA(max_doc_tokens), "shine-wrong-doc": lambda: WrongDocLoRA(max_doc_tokens)}
+             "shine": lambda: GeneratedLoRA(max_doc_tokens), "shine-wrong-doc": lambda: WrongDocLoRA(max_doc_tokens),
+             "rag": lambda: RetrievalAugmented(settings.rag_k)}
     check_method_names(names)
     return [table[n]() for n in names]
 

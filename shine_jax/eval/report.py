@@ -32,13 +32,26 @@ def set_section(name: str, results: dict) -> str:
     ratios = ratio_line(f1_ratios(results["methods"]))
     source = f" ({results['data']})" if results.get("data") else ""
     return (f"### {name}: {first['documents']} documents, {first['questions']} questions{source}"
-            f"\n\n{markdown_table(results)}" + (f"\n{ratios}\n" if ratios else ""))
+            f"\n\n{markdown_table(results)}" + (f"\n{ratios}\n" if ratios else "") + bank_line(results))
+
+
+def bank_line(results: dict) -> str:
+    """The bank setting's retrieval, when it was on: how often each method was handed the right document."""
+    bank = results.get("bank")
+    if not bank:
+        return ""
+    rag = results["methods"].get("rag", {}).get("top1_chunk_from_own_doc")
+    return (f"\nbank: {bank['documents']} documents ({bank['chunks']} chunks); conversations routed to their own "
+            f"document: {bank['routed_to_own_document']:.3f}"
+            + (f"; rag questions whose best chunk is from their own document: {rag:.3f}" if rag is not None else "")
+            + "\n")
 
 
 def summarize(results: dict) -> dict:
     """A set's results without the predictions (they stay in the set's own results.json)."""
     methods = {name: {k: v for k, v in r.items() if k != "predictions"} for name, r in results["methods"].items()}
-    return {"data": results.get("data"), "methods": methods, "ratios": f1_ratios(results["methods"])}
+    return {"data": results.get("data"), "methods": methods, "ratios": f1_ratios(results["methods"]),
+            **({"bank": results["bank"]} if results.get("bank") else {})}
 
 
 def write_summary(sets: dict[str, dict], extra: dict, out: str | pathlib.Path) -> dict[str, pathlib.Path]:
@@ -74,7 +87,8 @@ def plot(results: dict, path: pathlib.Path) -> None:
     fig, axes = plt.subplots(1, 2 if multi_turn else 1, figsize=(11 if multi_turn else 5.5, 4), squeeze=False)
     ax = axes[0, 0]
     names = list(methods)
-    colors = {"none": "#999", "icl": "#4a90d9", "sft": "#e8a33d", "shine": "#3aa655", "shine-wrong-doc": "#c9c9a0"}
+    colors = {"none": "#999", "icl": "#4a90d9", "sft": "#e8a33d", "shine": "#3aa655", "shine-wrong-doc": "#c9c9a0",
+              "rag": "#9b59b6"}
     ax.bar(names, [methods[n]["f1"] for n in names], color=[colors.get(n, "#777") for n in names])
     ax.tick_params(axis="x", labelsize=8)  # five method names must fit under their bars
     ax.set_ylabel("token F1")

@@ -63,6 +63,13 @@ TEST_SETS: dict[str, Callable[[SetSpec], list[dict]]] = {
 }
 
 
+def bank_extras(name: str, spec: SetSpec, bank_size: int) -> list[str]:
+    """Documents to fill set ``name``'s bank up to ``bank_size`` documents: the same builder asked for more documents,
+    those after the set's own (the builders draw one document after another, so the set's own are unchanged)."""
+    more = max(bank_size - spec.docs, 0)
+    return [r["context"] for r in TEST_SETS[name](dataclasses.replace(spec, docs=spec.docs + more))[spec.docs:]]
+
+
 def people_of_test_split(num_people: int, seed: int) -> list[corpus.Person]:
     """The test split's people, exactly as the bundled corpus splits them."""
     return corpus.split_people(corpus.make_people(num_people, seed), seed)["test"]
