@@ -349,7 +349,7 @@ def _demo(args) -> None:
     settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                             sft_epochs=args.sft_epochs, **retrieval_settings(args))
     test_sets = demo_test_sets(cfg, args, set_names, distractors)  # built before training: they are cheap
-    for _, records in test_sets.values():
+    for _, records, _ in test_sets.values():
         check_document_count(methods, len(records))
     t0 = time.time()
     timings = {}

@@ -44,10 +44,21 @@ def test_demo_reuses_trained_stages_and_writes_the_table(trained_workdir, tmp_pa
         assert (wd / "eval" / name / "results.md").is_file() and (wd / "eval" / name / "results.png").is_file()
     assert "### family2" in (wd / "eval" / "results.md").read_text()
 
+    # the bank setting: each set once more among other documents of its kind, rag retrieving from the bank
+    assert cli.main(["demo", "--workdir", str(wd), "--docs", "2", "--questions", "1", "--max-new-tokens", "2",
+                     "--no-progress", "--sets", "one_person", "--methods", "none,rag", "--bank", "5", *stages,
+                     *overrides]) == 0
+    summary = json.loads((wd / "eval" / "results.json").read_text())
+    assert list(summary["sets"]) == ["one_person", "one_person+bank5"]
+    assert "bank" not in summary["sets"]["one_person"]
+    assert summary["sets"]["one_person+bank5"]["bank"]["documents"] == 5
+    assert "conversations routed to their own document" in capsys.readouterr().out
+
     # user errors are one line each, before any training
     for argv, message in [(["--stages", "base_pretrain"], "must end with a SHINE stage"),
                           (["--stages", "pretrain,ift_mq"], "--stages must list stages from"),
-                          (["--methods", "none,rag"], "unknown method(s) rag"),
+                          (["--methods", "none,rag2"], "unknown method(s) rag2"),
+                          (["--bank", "-1"], "--bank must be >= 0"), (["--rag-k", "0"], "k must be >= 1"),
                           (["--config.ift_9qa.steps=2"], "unknown config field 'ift_9qa'"),
                           ([*stages, *overrides, "--config.ift_mqa.steps=21"],
                            "trained with other settings (steps: 20 -> 21)"),
