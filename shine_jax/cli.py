@@ -157,7 +157,7 @@ def retrieval_settings(args) -> dict:
 
 
 def add_retrieval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rag-k", type=int, default=2, help="rag: chunks put before each question")
+    p.add_argument("--rag-k", type=int, default=1, help="rag: chunks put before each question")
     p.add_argument("--rag-chunk-tokens", type=int, default=64, help="rag: chunk size in base-model tokens")
     p.add_argument("--rag-overlap", type=int, default=16, help="rag: tokens shared by consecutive chunks")
     p.add_argument("--rag-embedder", default="minilm", choices=["minilm", "base"],

@@ -148,8 +148,11 @@ def evaluate(shine, records: Sequence[dict], method_names: Sequence[str], settin
         bank_docs, record_docs = bank_of(records, bank or [])
         retrieval = settings.retrieval()
         retrieval.check()  # before the embedder loads
+        t = time.perf_counter()
         index = ChunkIndex.build(bank_docs, make_embedder(retrieval.embedder, shine.base), shine.base.tokenizer,
                                  retrieval)
+        results["retrieval"] = {"documents": len(bank_docs), "chunks": len(index),
+                                "index_s_per_document": (time.perf_counter() - t) / len(bank_docs)}
         if bank is not None:
             routed = index.route([r["qa"][0]["question"] for r in records])
             contexts = [bank_docs[d] for d in routed]

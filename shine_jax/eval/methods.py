@@ -55,7 +55,7 @@ class EvalSettings:
     seed: int = 0
     rag_chunk_tokens: int = 64
     rag_overlap: int = 16
-    rag_k: int = 2
+    rag_k: int = 1
     rag_embedder: str = "minilm"
 
     def retrieval(self) -> RetrievalSettings:

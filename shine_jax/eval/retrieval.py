@@ -34,7 +34,7 @@ PAD_MULTIPLE = 32  # text lengths are padded to a multiple of this so compiled s
 class RetrievalSettings:
     chunk_tokens: int = 64
     overlap: int = 16
-    k: int = 2  # chunks put before each question
+    k: int = 1  # chunks put before each question (1 beat 2 on the tiny base: experiments/results/rag_bank.md)
     embedder: str = "minilm"  # minilm (the packaged sentence encoder) | base (the base model's mean state)
 
     def check(self) -> None:
