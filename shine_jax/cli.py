@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import pathlib
 import re
@@ -204,15 +205,25 @@ def cmd_internalize(args) -> None:
         docs = [(pathlib.Path(d).stem, read_document(d)) for d in args.doc]
     if not docs:
         raise InputError("nothing to internalize: pass --doc FILE (repeatable) or --jsonl FILE")
+    if not math.isfinite(args.scale):
+        raise InputError(f"--scale must be a finite number, got {args.scale}")
     out = pathlib.Path(args.out)
+    if args.compose:  # every document in one adapter: the sum of their updates, rank r x documents
+        ids, mask = shine.encode_evidence([text for _, text in docs], names=[name for name, _ in docs])
+        lora = shine.generate_lora(ids, mask)
+        shine.export_peft(lora, out, index=list(range(len(docs))), overwrite=args.overwrite, scale=args.scale,
+                          base_name=args.base_model, documents=[text for _, text in docs])
+        print(f"adapter for {len(docs)} documents ({', '.join(name for name, _ in docs)}): {out}")
+        return
     single = len(docs) == 1 and not args.jsonl
     for start in range(0, len(docs), args.batch_size):
         chunk = docs[start:start + args.batch_size]
         ids, mask = shine.encode_evidence([text for _, text in chunk], names=[name for name, _ in chunk])
         lora = shine.generate_lora(ids, mask)
-        for i, (name, _) in enumerate(chunk):
+        for i, (name, text) in enumerate(chunk):
             target = out if single else out / name
-            shine.export_peft(lora, target, index=i, overwrite=args.overwrite)
+            shine.export_peft(lora, target, index=i, overwrite=args.overwrite, scale=args.scale,
+                              base_name=args.base_model, documents=[text])
             print(f"adapter for {name}: {target}")
 
 
@@ -482,6 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--jsonl", help="documents from JSON Lines (one adapter per record, named by id)")
     i.add_argument("--out", required=True)
     i.add_argument("--batch-size", type=int, default=16)
+    i.add_argument("--compose", action="store_true",
+                   help="one adapter for all the documents: the sum of their updates (rank r x documents)")
+    i.add_argument("--scale", type=float, default=1.0, help="multiply each adapter's update by this")
+    i.add_argument("--base-model", default=None, metavar="HUB_ID_OR_DIR",
+                   help="the adapter's base_model_name_or_path, as PEFT/vLLM should find the base (default: the HF "
+                        "folder the run's base was read from)")
     i.add_argument("--overwrite", action="store_true")
     i.set_defaults(func=cmd_internalize)
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import functools
+import hashlib
+import importlib.metadata
 import json
 import os
 import pathlib
@@ -56,6 +59,7 @@ class Shine:
         self.hyper = hyper
         self.mesh = None
         self.max_evidence_length = max_evidence_length or DEFAULT_EVIDENCE_LENGTH
+        self.source_dir: pathlib.Path | None = None  # the SHINE folder it was loaded from (None: built in memory)
         self._hgraph, self._hstate = nnx.split(hyper)
 
     # -- properties --------------------------------------------------------------------------------------
@@ -157,16 +161,54 @@ class Shine:
                 warnings.warn(f"{name} has {n} tokens, more than the maximum {limit}; truncated", stacklevel=2)
         return pipelines.pad_evidence(tok, token_ids, limit)
 
-    def export_peft(self, lora: dict, out_dir: str | os.PathLike, index: int = 0, overwrite: bool = False,
-                    base_name: str | None = None) -> pathlib.Path:
-        """Example ``index`` of a generated LoRA as a PEFT adapter folder (see ``convert/peft.py``)."""
+    def export_peft(self, lora: dict, out_dir: str | os.PathLike, index: int | Sequence[int] = 0,
+                    overwrite: bool = False, base_name: str | None = None, scale: float = 1.0,
+                    documents: Sequence[str] | None = None) -> pathlib.Path:
+        """Example ``index`` of a generated LoRA as a PEFT adapter folder (see ``convert/peft.py``); several
+        indices compose their documents into one adapter (factors concatenated along the rank: the sum of their
+        updates). ``scale`` multiplies the update. ``base_name`` goes to ``base_model_name_or_path`` (default: the
+        HF folder this run's base was read from), so ``AutoPeftModelForCausalLM`` finds the base. With
+        ``documents`` (the texts of the indices) a ``shine_provenance.json`` records their SHA-256 and this run."""
         from shine_jax.convert.peft import write_peft_adapter
+        from shine_jax.model.lora import compose_examples
 
+        indices = [index] if isinstance(index, int) else list(index)
+        if not indices:
+            raise InputError("no example to export: give at least one index")
+        if documents is not None and len(documents) != len(indices):
+            raise InputError(f"{len(documents)} documents for {len(indices)} adapter examples")
+        batch = next(iter(lora.values()))["A"].shape[1]
+        bad = [i for i in indices if not -batch <= i < batch]
+        if bad:
+            raise InputError(f"index {bad[0]} is outside the LoRA batch of {batch} example(s)")
+        one = compose_examples(lora, [i % batch for i in indices], [scale] * len(indices))
         name = base_name if base_name is not None else str(self.hf_source or "")
-        return write_peft_adapter(self.base.cfg, lora, out_dir, index, name, overwrite)
+        provenance = None if documents is None else self.adapter_provenance(documents, scale, name)
+        return write_peft_adapter(self.base.cfg, one, out_dir, 0, name, overwrite, provenance)
+
+    def adapter_provenance(self, documents: Sequence[str], scale: float, base_name: str) -> dict:
+        """What an exported adapter was made from: each document's SHA-256, this SHINE folder and its training."""
+        stage = {}
+        if self.source_dir is not None and (self.source_dir.parent / "summary.json").is_file():
+            summary = json.loads((self.source_dir.parent / "summary.json").read_text())
+            stage = {k: summary.get(k) for k in ("stage", "steps", "val_loss", "settings_hash")}
+        return {
+            "documents": [{"sha256": hashlib.sha256(d.encode("utf-8")).hexdigest(), "characters": len(d)}
+                          for d in documents],
+            "shine_checkpoint": None if self.source_dir is None else str(self.source_dir),
+            "trained": stage, "hypernetwork_scale": self.cfg.scale, "lora_rank": self.cfg.lora_rank,
+            "adapter_scale": scale, "adapter_rank": self.cfg.lora_rank * len(documents),
+            "base_model_name_or_path": base_name,
+            "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "shine_jax_version": importlib.metadata.version("shine-jax"),
+        }
 
     @property
     def hf_source(self) -> str | None:
+        """The HF folder the base was read from (what a PEFT adapter names as its base), else its tokenizer's."""
+        origin = self.base.origin
+        if origin is not None and origin.kind == "hf":
+            return str(origin.path)
         tok = self.base.tokenizer
         return getattr(tok, "name_or_path", None) if tok is not None else None
 
@@ -217,6 +259,7 @@ class Shine:
         base = load_base_from(checkpoints.resolve_base(path), compute_dtype)
         shine = cls.create(base, hcfg, max_evidence_length=meta.get("max_evidence_length"))
         shine.set_hyper_params(params)
+        shine.source_dir = path.absolute()
         return shine
 
     @staticmethod

@@ -129,6 +129,14 @@ def test_ask_and_internalize(trained_workdir, test_records, tmp_path, capsys):
     made = sorted(p.name for p in (tmp_path / "adapters").iterdir())
     assert made == sorted(r["id"] for r in test_records[:3])
     assert (tmp_path / "adapters" / made[0] / "adapter_model.safetensors").is_file()
+    prov = json.loads((tmp_path / "adapters" / made[0] / "shine_provenance.json").read_text())
+    assert prov["trained"]["stage"] == "ift_1qa" and prov["adapter_rank"] == prov["lora_rank"]
+    # three documents in one adapter of rank 3 r, named after the base the user gives
+    assert cli.main(["internalize", "--workdir", str(trained_workdir), "--jsonl", str(data), "--compose",
+                     "--scale", "0.5", "--base-model", "org/base-model", "--out", str(tmp_path / "composed")]) == 0
+    cfg = json.loads((tmp_path / "composed" / "adapter_config.json").read_text())
+    assert cfg["r"] == 3 * prov["lora_rank"] and cfg["base_model_name_or_path"] == "org/base-model"
+    assert json.loads((tmp_path / "composed" / "shine_provenance.json").read_text())["adapter_scale"] == 0.5
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
     assert cli.main(["ask", "--workdir", str(trained_workdir), "--doc", str(empty), "--question", "q"]) == 2

@@ -1,6 +1,7 @@
 """Generated LoRA -> PEFT adapter folder, verified in PyTorch with transformers + peft."""
 
 import json
+import pathlib
 import warnings
 
 import numpy as np
@@ -99,3 +100,44 @@ def test_tiny_base_exports_to_transformers(trained_workdir, tmp_path):
         ref = hf(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
                  position_ids=torch.tensor(pos)).logits.numpy()
     assert max_rel_err(np.asarray(ours.logits(ids, mask)), ref, mask.astype(bool)) <= 1e-5
+
+
+def test_composed_scaled_adapter_loads_by_name_with_peft_parity(tmp_path):
+    """Two documents' adapters composed along the rank, at half strength, loaded by AutoPeftModelForCausalLM from
+    the adapter folder alone (its base found through base_model_name_or_path)."""
+    import hashlib
+
+    import peft
+
+    from shine_jax.model.lora import compose_examples
+
+    hf_dir, _ = make_hf_model(tmp_path, "llama", tie=True)
+    base = BaseModel.from_hf(hf_dir)
+    hcfg = HyperConfig(lora_rank=4, metalora_rank=4, scale=0.05, m2p=M2PConfig(num_layers=2, num_heads=4))
+    shine = Shine.create(base, hcfg, seed=1)
+    lora = shine.generate_lora(*left_padded_batch(base.cfg.vocab_size, [12, 7, 10], 12, seed=1))
+    ids, mask = left_padded_batch(base.cfg.vocab_size, [9, 6], 9, seed=2)
+    out = shine.export_peft(lora, tmp_path / "composed", index=[0, 2], scale=0.5, documents=["doc a", "doc c"])
+
+    parts = [compose_examples(lora, [i], [0.5]) for i in (0, 2)]  # batch 1 each: repeat for the 2 query rows
+    rows = [{m: {k: np.repeat(np.asarray(v), 2, axis=1) for k, v in leaf.items()} for m, leaf in p.items()}
+            for p in parts]
+    ours = np.asarray(shine.logits(ids, mask, rows))
+    assert np.max(np.abs(ours - np.asarray(shine.logits(ids, mask, rows[:1])))) > 1e-4  # the second one counts
+
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == cfg["lora_alpha"] == 8 and pathlib.Path(cfg["base_model_name_or_path"]).resolve() == hf_dir.resolve()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = peft.AutoPeftModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+                    position_ids=torch.tensor(pos)).logits.numpy()
+    assert max_rel_err(ours, ref, mask.astype(bool)) <= 1e-4
+
+    prov = json.loads((out / "shine_provenance.json").read_text())
+    assert [d["sha256"] for d in prov["documents"]] == [hashlib.sha256(t.encode()).hexdigest() for t in ("doc a", "doc c")]
+    assert prov["adapter_scale"] == 0.5 and prov["adapter_rank"] == 8 and prov["shine_checkpoint"] is None
+    with pytest.raises(ValueError, match="index 3 is outside"):
+        shine.export_peft(lora, tmp_path / "bad", index=[0, 3])

@@ -52,11 +52,16 @@ def adapter_config(cfg: ModelConfig, rank: int, modules, base_name: str) -> dict
     }
 
 
+PROVENANCE = "shine_provenance.json"  # where an adapter came from; PEFT and vLLM ignore other files
+
+
 def write_peft_adapter(cfg: ModelConfig, lora: dict, out_dir: str | os.PathLike, index: int = 0,
-                       base_name: str = "", overwrite: bool = False) -> pathlib.Path:
+                       base_name: str = "", overwrite: bool = False, provenance: dict | None = None) -> pathlib.Path:
     tensors = peft_tensors(cfg, lora, index)
     rank = next(iter(lora.values()))["A"].shape[-1]
     with atomic_dir(out_dir, overwrite) as tmp:
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         (tmp / "adapter_config.json").write_text(json.dumps(adapter_config(cfg, rank, lora, base_name), indent=2))
+        if provenance is not None:
+            (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
     return pathlib.Path(out_dir)

@@ -127,3 +127,18 @@ def concat_rank(first: LoRA, second: LoRA) -> dict:
         }
         for m in first
     }
+
+
+def compose_examples(lora: LoRA, indices: Sequence[int], weights: Sequence[float] | None = None) -> dict:
+    """One adapter (batch 1) whose update is the weighted sum of examples ``indices``' updates: their A factors
+    side by side along the rank axis, their B factors scaled by the weights and stacked likewise (rank n r)."""
+    idx = jnp.asarray(list(indices), jnp.int32)
+    w = jnp.ones(len(indices), jnp.float32) if weights is None else jnp.asarray(list(weights), jnp.float32)
+    out = {}
+    for m, leaf in lora.items():
+        a = jnp.take(leaf["A"], idx, axis=1)  # [L, n, in, r]
+        b = jnp.take(leaf["B"], idx, axis=1) * w[None, :, None, None].astype(leaf["B"].dtype)  # [L, n, r, out]
+        layers, n, d_in, r = a.shape
+        out[m] = {"A": jnp.moveaxis(a, 1, 2).reshape(layers, 1, d_in, n * r),
+                  "B": b.reshape(layers, 1, n * r, b.shape[-1])}
+    return out
