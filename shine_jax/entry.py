@@ -14,7 +14,7 @@ from shine_jax.fileutil import write_json_atomic
 
 def run_entry(work: Callable[[], Any], result: str | os.PathLike | None = None) -> int:
     """Run ``work()``; 0 when it returns. A ``UserError`` / ``OSError`` (``errors.user_message``) becomes one
-    ``error:`` line on stderr and status 2; with ``result`` the outcome is also written there as JSON, so a parent
+    ``error:`` line on stderr and status 2 (an error may carry its own ``exit_status``); with ``result`` the outcome is also written there as JSON, so a parent
     process never reads logs: what ``work`` returned, or ``{"error": "<the line>"}``."""
     try:
         out = work()
@@ -25,7 +25,7 @@ def run_entry(work: Callable[[], Any], result: str | os.PathLike | None = None) 
         print(f"error: {message}", file=sys.stderr)
         if result:
             write_json_atomic(result, {"error": message})
-        return 2
+        return getattr(e, "exit_status", 2)  # 2, or 143 for a stage stopped by SIGTERM
     if result:
         write_json_atomic(result, out)
     return 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shine_jax.train.config import load_config
-from shine_jax.train.loop import KILL_ENV, run_stage
+from shine_jax.train.loop import KILL_ENV, TERM_ENV, run_stage
 from shine_jax.train.metrics import read_metrics
 from tests.conftest import REPO, STAGES, STEPS
 
@@ -44,22 +44,31 @@ def _train_cli(workdir, stage, steps, extra=(), env=None):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_exactly(trained_workdir, tmp_path):
-    """ift_1qa for 10 steps, killed (SIGKILL) after step 6 with the last checkpoint at step 4, then the same
-    command again: the losses and the final parameters equal an uninterrupted run's, bit for bit."""
+def test_killed_and_terminated_runs_resume_exactly(trained_workdir, tmp_path):
+    """ift_1qa for 10 steps, killed (SIGKILL) after step 6 with the last checkpoint at step 4, or stopped by SIGTERM
+    after step 5 (a preemption: it saves step 5 and exits 143 with one line), then the same command again: the
+    losses and the final parameters equal an uninterrupted run's, bit for bit."""
     import shutil
 
     from shine_jax.shine import Shine
 
     runs = {}
-    for name, kill in (("straight", None), ("killed", "6")):
+    for name, kill in (("straight", None), ("killed", "6"), ("terminated", "5")):
         wd = tmp_path / name
         shutil.copytree(trained_workdir / "ift_mqa" / "final", wd / "ift_mqa" / "final")
         extra = [f"data.dir='{trained_workdir / 'data'}'"]
-        if kill:
+        if name == "killed":
             proc = _train_cli(wd, "ift_1qa", 10, extra, env={KILL_ENV: kill})
             assert proc.returncode == -9, proc.stderr[-2000:]
             assert max(r["step"] for r in read_metrics(wd / "ift_1qa" / "metrics.jsonl")) == 6
+            proc = _train_cli(wd, "ift_1qa", 10, extra)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        elif name == "terminated":
+            proc = _train_cli(wd, "ift_1qa", 10, extra, env={TERM_ENV: kill})
+            errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+            assert proc.returncode == 143 and len(errors) == 1, proc.stderr[-2000:]
+            assert "stopped by SIGTERM after step 5: checkpoint of step 5 saved" in errors[0]
+            assert not (wd / "ift_1qa" / "final").exists()
             proc = _train_cli(wd, "ift_1qa", 10, extra)
             assert proc.returncode == 0, proc.stderr[-3000:]
         else:  # the uninterrupted reference runs in this process
@@ -67,17 +76,19 @@ def test_killed_run_resumes_exactly(trained_workdir, tmp_path):
             cfg = load_config(f"{REPO}/configs/tiny.py:ift_1qa", SMALL + RESUME + extra)
             run_stage(cfg, wd, progress=False)
         runs[name] = wd
-    a = read_metrics(runs["straight"] / "ift_1qa" / "metrics.jsonl")
-    b = read_metrics(runs["killed"] / "ift_1qa" / "metrics.jsonl")
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(0, 11))
-    assert [r.get("loss") for r in a] == [r.get("loss") for r in b]
-    assert a[0]["val_loss"] == b[0]["val_loss"] and a[-1]["val_loss"] == b[-1]["val_loss"]
-    assert json.loads((runs["killed"] / "ift_1qa" / "summary.json").read_text())["resumed_from"] == 4
-    pa = Shine.load(runs["straight"] / "ift_1qa" / "final").hyper_params()
-    pb = Shine.load(runs["killed"] / "ift_1qa" / "final").hyper_params()
     import jax
-    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
-        np.testing.assert_array_equal(x, y)
+
+    a = read_metrics(runs["straight"] / "ift_1qa" / "metrics.jsonl")
+    pa = Shine.load(runs["straight"] / "ift_1qa" / "final").hyper_params()
+    for name, resumed in (("killed", 4), ("terminated", 5)):
+        b = read_metrics(runs[name] / "ift_1qa" / "metrics.jsonl")
+        assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(0, 11)), name
+        assert [r.get("loss") for r in a] == [r.get("loss") for r in b], name
+        assert a[0]["val_loss"] == b[0]["val_loss"] and a[-1]["val_loss"] == b[-1]["val_loss"], name
+        assert json.loads((runs[name] / "ift_1qa" / "summary.json").read_text())["resumed_from"] == resumed
+        pb = Shine.load(runs[name] / "ift_1qa" / "final").hyper_params()
+        for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+            np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.slow

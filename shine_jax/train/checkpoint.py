@@ -39,13 +39,15 @@ class StageCheckpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, iterator, meta: dict) -> bool:
+    def save(self, step: int, state: Any, iterator, meta: dict, force: bool = False) -> bool:
+        """Save step ``step`` unless the state holds NaN/inf; ``force``: even where the manager's policy would
+        skip it (a preemption between two ``checkpoint_every`` steps)."""
         if not all_finite(state):
             return False
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(iterator),
-            meta=ocp.args.JsonSave(meta)))
+            meta=ocp.args.JsonSave(meta)), force=force)
         return True
 
     def read_meta(self, step: int) -> dict:

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import signal
 import time
 from typing import Any
 
@@ -34,6 +35,7 @@ from shine_jax.train import flops as flops_lib
 from shine_jax.train import optimizer as optim
 from shine_jax.train.config import ConfigError, settings_hash, trained_settings, validate
 from shine_jax.train.metrics import MetricsLog, Throughput, TrainMetrics
+from shine_jax.train.preemption import Preempted, watch_sigterm
 from shine_jax.train.step import (
     init_state,
     make_eval_step,
@@ -42,6 +44,7 @@ from shine_jax.train.step import (
 )
 
 KILL_ENV = "SHINE_JAX_KILL_AFTER_STEP"  # tests: SIGKILL the process right after this step (crash simulation)
+TERM_ENV = "SHINE_JAX_SIGTERM_AFTER_STEP"  # tests: SIGTERM the process right after this step (preemption)
 
 
 # ---------------------------------------------------------------------------------------------------- setup
@@ -325,7 +328,31 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
     log.hparams(cfg.to_dict(), initial_eval)
     if initial_eval:
         log.write(0, initial_eval)
-    kill_after = int(os.environ.get(KILL_ENV, "-1"))
+    kill_after = int(os.environ.get(KILL_ENV, "-1")), int(os.environ.get(TERM_ENV, "-1"))
+    with watch_sigterm(checkpointer.manager) as preemption:
+        step, state, last_eval, step_times = _train_steps(
+            cfg, task, state, start, train_it, step_fn, eval_fn, eval_ds, mesh, checkpointer, meta, log, progress,
+            preemption, kill_after)
+    checkpointer.close()
+    log.close()
+    if not np.isfinite(last_eval.get("val_loss", 0.0)):  # a diverged stage leaves no final/ to build on
+        raise ConfigError(f"stage {cfg.stage} diverged: validation loss {last_eval['val_loss']} at step {step} "
+                          f"(no final/ written; lower optim.lr, or check the data)")
+    task.finalize(state["params"], stage_dir / "final")
+    summary = {"config": cfg.name, "stage": cfg.stage, "steps": cfg.steps, "resumed_from": start,
+               "wall_s": time.time() - t_start, "skipped_steps": int(state["skipped"]), **last_eval,
+               **{f"initial_{k}": v for k, v in initial_eval.items()},
+               "settings_hash": settings_hash(cfg), "settings": trained_settings(cfg),
+               "step_s": median_step_time(step_times), "platform": jax.devices()[0].platform,
+               "device_peak_bytes": device_peak_bytes()}
+    write_json_atomic(stage_dir / "summary.json", summary)
+    return summary
+
+
+def _train_steps(cfg, task, state, start, train_it, step_fn, eval_fn, eval_ds, mesh, checkpointer, meta, log,
+                 progress, preemption, kill_after):
+    """Steps start + 1 .. cfg.steps: logging, validation, checkpoints. -> (last step, state, last validation,
+    step times)."""
     bar = _progress(cfg, start, progress)
     window, throughput, step_times = None, Throughput(), []
     last_eval = {}
@@ -354,29 +381,33 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
             window = None
             if bar is not None:
                 bar.set_postfix(loss=f"{scalars['loss']:.3f}", **({"val": f"{last_eval['val_loss']:.3f}"} if last_eval else {}))
+        saved = False
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            checkpointer.save(step, state, train_it, meta)
+            saved = checkpointer.save(step, state, train_it, meta)
         if bar is not None:
             bar.update(1)
-        if step == kill_after:
+        if step == kill_after[0]:
             checkpointer.wait()
-            os.kill(os.getpid(), 9)
-    checkpointer.close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step == kill_after[1]:
+            os.kill(os.getpid(), signal.SIGTERM)
+        if step < cfg.steps and preemption.requested(step):
+            stopped_at(step, state, train_it, meta, checkpointer, log, bar, saved)
+    if bar is not None:
+        bar.close()
+    return step, state, last_eval, step_times
+
+
+def stopped_at(step, state, train_it, meta, checkpointer, log, bar, saved: bool) -> None:
+    """SIGTERM: a checkpoint of this very step (kept even between ``checkpoint_every`` steps), then one line."""
+    saved = saved or checkpointer.save(step, state, train_it, meta, force=True)
+    checkpointer.close()  # waits for the asynchronous save
     log.close()
     if bar is not None:
         bar.close()
-    if not np.isfinite(last_eval.get("val_loss", 0.0)):  # a diverged stage leaves no final/ to build on
-        raise ConfigError(f"stage {cfg.stage} diverged: validation loss {last_eval['val_loss']} at step {step} "
-                          f"(no final/ written; lower optim.lr, or check the data)")
-    task.finalize(state["params"], stage_dir / "final")
-    summary = {"config": cfg.name, "stage": cfg.stage, "steps": cfg.steps, "resumed_from": start,
-               "wall_s": time.time() - t_start, "skipped_steps": int(state["skipped"]), **last_eval,
-               **{f"initial_{k}": v for k, v in initial_eval.items()},
-               "settings_hash": settings_hash(cfg), "settings": trained_settings(cfg),
-               "step_s": median_step_time(step_times), "platform": jax.devices()[0].platform,
-               "device_peak_bytes": device_peak_bytes()}
-    write_json_atomic(stage_dir / "summary.json", summary)
-    return summary
+    where = f"checkpoint of step {step} saved in {checkpointer.directory}" if saved else \
+        "no checkpoint saved (non-finite state); the last good one stays"
+    raise Preempted(f"stopped by SIGTERM after step {step}: {where}; run the same command to resume")
 
 
 def median_step_time(times: list[float]) -> float | None:
