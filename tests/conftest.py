@@ -125,6 +125,7 @@ def trained_workdir_extra(stage: str, wd) -> list[str]:
     """The overrides of each stage of ``trained_workdir`` beyond ``small_config``'s."""
     # ift_1qa starts from the pretrain result here (init_from), so that its own improvement is measurable in 20
     # steps; test_train's resume test runs the chained ift_mqa -> ift_1qa path.
-    return FAST + ([f"init_from='{wd / 'pretrain' / 'final'}'"] if stage == "ift_1qa" else [])
+    return FAST + ([f"init_from='{wd / 'pretrain' / 'final'}'"] if stage == "ift_1qa" else []) + (
+        ["profile_steps='2,3'"] if stage == "pretrain" else [])  # the profiler hook, traced in one stage
 
 

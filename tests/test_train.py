@@ -31,6 +31,8 @@ def test_each_stage_lowers_the_loss(trained_workdir, stage):
     assert summary["skipped_steps"] == 0 and np.isfinite(summary["val_loss"])
     assert (trained_workdir / stage / "final").is_dir()
     assert list((trained_workdir / stage / "tensorboard").iterdir()), "no TensorBoard event file"
+    traces = list((trained_workdir / stage / "tensorboard" / "plugins" / "profile").rglob("*.xplane.pb"))
+    assert bool(traces) == (stage == "pretrain"), "profile_steps='2,3' traces the pretrain stage only"
 
 
 def _train_cli(workdir, stage, steps, extra=(), env=None):

@@ -33,6 +33,7 @@ def test_paper_configs_carry_the_paper_settings():
     ("model.intermediate_size=250", "'shine.lora_rank': rank 4 makes the memory-token count"),
     ("steps='many'", "'steps' expects int"),
     ("optim.warmup_steps=100000", "'optim.warmup_steps'"),
+    ("profile_steps='5,2'", "'profile_steps': must be FIRST,LAST"),
 ])
 def test_bad_fields_are_named(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 10
     c.tracker = "tensorboard"  # besides metrics.jsonl: tensorboard (event files) | wandb (offline run) | none
     c.tracker_project = "shine_jax"  # the W&B project
+    c.profile_steps = ""  # "A,B": a jax.profiler trace of steps A..B in <stage>/tensorboard/plugins/profile
     c.eval_every = 50
     c.eval_batches = 4
     c.mesh = (1, -1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
@@ -292,6 +293,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
               "eval_every"):
         need(c[f] >= 1, f, f"must be >= 1, got {c[f]}")
     need(c.tracker in TRACKERS, "tracker", f"{c.tracker!r} is not one of {', '.join(TRACKERS)}")
+    need(profile_range(c.profile_steps) is not None or not c.profile_steps.strip(), "profile_steps",
+         f"must be FIRST,LAST with 1 <= FIRST <= LAST (steps to trace), got {c.profile_steps!r}")
     need(0 <= c.seed <= 2**31 - 1, "seed", f"must lie in [0, 2**31 - 1], got {c.seed}")  # an int32 every RNG takes
     need(c.batch_size % c.grad_accum == 0, "grad_accum", f"{c.grad_accum} does not divide batch_size {c.batch_size}")
     need(len(c.mesh) == 3, "mesh", f"needs 3 entries (data, fsdp, tensor), got {c.mesh}")
@@ -383,7 +386,16 @@ def to_dict(c: ml_collections.ConfigDict) -> dict[str, Any]:
 
 # fields that change how a run is logged or checkpointed, never what it trains
 NOT_HASHED = ("log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "checkpoint_dir",
-              "tracker", "tracker_project")
+              "tracker", "tracker_project", "profile_steps")
+
+
+def profile_range(text: str) -> tuple[int, int] | None:
+    """``"A,B"`` -> (A, B) for 1 <= A <= B; None for anything else (``""`` included: no profiling)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    first, last = int(parts[0]), int(parts[1])
+    return (first, last) if 1 <= first <= last else None
 
 
 def trained_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:

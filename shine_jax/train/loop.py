@@ -33,7 +33,7 @@ from shine_jax.shine import Shine, load_base_from, shine_loss, with_shine_tokens
 from shine_jax.train import checkpoint as ckpt
 from shine_jax.train import flops as flops_lib
 from shine_jax.train import optimizer as optim
-from shine_jax.train.config import ConfigError, settings_hash, trained_settings, validate
+from shine_jax.train.config import ConfigError, profile_range, settings_hash, trained_settings, validate
 from shine_jax.train.metrics import MetricsLog, Throughput, TrainMetrics
 from shine_jax.train.preemption import Preempted, watch_sigterm
 from shine_jax.train.step import (
@@ -357,9 +357,17 @@ def _train_steps(cfg, task, state, start, train_it, step_fn, eval_fn, eval_ds, m
     window, throughput, step_times = None, Throughput(), []
     last_eval = {}
     step = start
+    trace, tracing = profile_range(cfg.profile_steps), False
     for step in range(start + 1, cfg.steps + 1):
         host_batch = next(train_it)
+        if trace and step == trace[0]:  # TensorBoard's profile plugin reads <logdir>/plugins/profile
+            jax.profiler.start_trace(str(log.directory / "tensorboard"))
+            tracing = True
         state, m = step_fn(state, task.frozen, to_global(host_batch, cfg, mesh))
+        if tracing and step == min(trace[1], cfg.steps):
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            tracing = False
         throughput.add(count_tokens(host_batch) * jax.process_count())
         window = TrainMetrics.single_from_model_output(**{k: m[k] for k in ("loss", "grad_norm")}) \
             if window is None else window.merge(TrainMetrics.single_from_model_output(
