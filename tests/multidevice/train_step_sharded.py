@@ -35,7 +35,8 @@ def _run(cfg, mesh, batch):
 
 def main():
     assert jax.device_count() == 8
-    cfg = small_config("pretrain", steps=10, extra=["batch_size=8", "grad_accum=2", "optim.warmup_steps=0"])
+    cfg = small_config("pretrain", steps=10, extra=["batch_size=8", "grad_accum=2", "optim.warmup_steps=0",
+                                                    "data.context_length=48", "data.conversation_length=40"])
     batch = random_shine_batch(cfg, 8)
     g1, a1, b1 = run(cfg, shd.make_mesh((1, 1, 1), jax.devices()[:1]), batch)
     g8, a8, b8 = run(cfg, shd.make_mesh((2, 2, 2)), batch)
