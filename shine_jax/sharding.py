@@ -12,6 +12,7 @@ through the scan body without annotating every intermediate, which Explicit axes
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -65,13 +66,14 @@ def make_mesh(shape: Sequence[int] = (1, 1, 1), devices=None) -> Mesh:
 
 
 def logical_to_spec(
-    names: Sequence[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None
+    names: Sequence[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None,
+    warn: bool = False,
 ) -> P:
     """PartitionSpec for logical axis ``names``.
 
     When ``shape`` and ``mesh`` are given, a mesh axis that does not divide its dimension (or that an earlier
     dimension already uses) is dropped, so odd sizes (9 heads, a vocabulary of 49 152 on 5 devices) replicate
-    instead of failing.
+    instead of failing; ``warn`` (parameters) says so, since a replicated weight costs memory on every device.
     """
     used: set[str] = set()
     spec = []
@@ -85,6 +87,10 @@ def logical_to_spec(
             if mesh is not None and shape is not None:
                 size = mesh.shape[ax]
                 if shape[i] % (size * math.prod(mesh.shape[a] for a in kept)):
+                    if warn and size > 1:
+                        warnings.warn(f"sharding: mesh axis {ax!r} ({size} devices) does not divide dimension {i} "
+                                      f"({shape[i]}) of a parameter with logical axes {tuple(names)}; that dimension "
+                                      f"is replicated along {ax!r}", stacklevel=3)
                     continue
             kept.append(ax)
         used.update(kept)
@@ -93,7 +99,8 @@ def logical_to_spec(
 
 
 def named_sharding(mesh: Mesh, names: Sequence[str | None], shape: Sequence[int]) -> NamedSharding:
-    return NamedSharding(mesh, logical_to_spec(names, shape, mesh))
+    """The sharding of a parameter: its logical axes on ``mesh``, with a warning for each mesh axis dropped."""
+    return NamedSharding(mesh, logical_to_spec(names, shape, mesh, warn=True))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -102,7 +109,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
     """Shard the leading (batch) dimension over data x fsdp, everything else replicated."""
-    return named_sharding(mesh, ("batch",) + (None,) * (len(shape) - 1), shape)
+    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (len(shape) - 1), shape, mesh))
 
 
 def constrain(x, names: Sequence[str | None]):

@@ -26,6 +26,9 @@ def test_logical_rules_drop_axes_that_do_not_divide():
     assert shd.logical_to_spec(("vocab", "embed"), (49153, 64), FakeMesh()) == P(None, "fsdp")
     assert shd.logical_to_spec(("batch", None), (4, 7), FakeMesh()) == P(("data", "fsdp"), None)
     assert shd.logical_to_spec(("batch", None), (2, 7), FakeMesh()) == P("data", None)
+    # a parameter that loses a mesh axis says so (activations and batches do not: warn=False is the default)
+    with pytest.warns(UserWarning, match=r"mesh axis 'tensor' \(2 devices\) does not divide dimension 0 \(49153\)"):
+        assert shd.logical_to_spec(("vocab", "embed"), (49153, 64), FakeMesh(), warn=True) == P(None, "fsdp")
 
 
 def test_mesh_shape_errors():

@@ -154,3 +154,29 @@ def test_a_finished_stage_is_reused_only_with_the_same_settings(tmp_path):
     steps = cfg.steps
     cfg.steps = steps + 200
     assert reuse_problem(stage_dir, cfg) == f"trained with other settings (steps: {steps} -> {steps + 200})"
+
+
+def test_micro_batch_must_split_over_the_data_and_fsdp_axes():
+    from shine_jax.train.config import validate
+
+    cfg = load_config(f"{TINY}:pretrain", ["batch_size=8", "grad_accum=1", "mesh=(-1, 1, 1)"])
+    validate(cfg, num_devices=8)
+    with pytest.raises(ConfigError, match=r"'batch_size': the micro-batch batch_size / grad_accum = 8 is not "
+                                          r"divisible by the data x fsdp mesh axes \(16 x 1 = 16 devices\)"):
+        validate(cfg, num_devices=16)
+    cfg = load_config(f"{TINY}:pretrain", ["batch_size=16", "grad_accum=2", "mesh=(2, 4, 1)"])
+    validate(cfg, num_devices=8)
+    cfg = load_config(f"{TINY}:pretrain", ["batch_size=16", "grad_accum=4", "mesh=(2, 4, 1)"])
+    with pytest.raises(ConfigError, match="= 4 is not divisible"):
+        validate(cfg, num_devices=8)
+
+
+def test_a_validation_split_smaller_than_one_batch_is_an_error():
+    import grain
+    import numpy as np
+
+    from shine_jax.train import loop
+
+    cfg = load_config(f"{TINY}:pretrain", ["batch_size=4"])
+    with pytest.raises(ConfigError, match=r"fewer than one batch \(4 examples per host\)"):
+        loop.evaluate(None, None, None, grain.MapDataset.source([{"x": np.zeros(3)}] * 3), cfg, None)

@@ -303,6 +303,12 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
         known = math.prod(m for m in c.mesh if m != -1)
         need(num_devices % known == 0 and (-1 in c.mesh or known == num_devices), "mesh",
              f"{tuple(c.mesh)} does not match {num_devices} devices")
+        resolved = [num_devices // known if m == -1 else m for m in c.mesh]
+        micro, split = c.batch_size // c.grad_accum, resolved[0] * resolved[1]
+        need(micro % split == 0, "batch_size",
+             f"the micro-batch batch_size / grad_accum = {micro} is not divisible by the data x fsdp mesh axes "
+             f"({resolved[0]} x {resolved[1]} = {split} devices), which would compute the same examples on several "
+             f"devices; use a batch_size (or grad_accum) that makes it a multiple of {split}")
     need(0.0 <= c.data.comp_fraction <= 1.0, "data.comp_fraction", "must lie in [0, 1]")
     need(0.0 < c.data.comp_keep_min <= c.data.comp_keep_max < 1.0, "data.comp_keep_min",
          "need 0 < comp_keep_min <= comp_keep_max < 1")

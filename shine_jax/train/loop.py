@@ -434,15 +434,19 @@ def device_peak_bytes() -> int | None:
 
 
 def evaluate(eval_fn, params, frozen, eval_ds, cfg, mesh) -> dict:
-    it = batched_iterator(eval_ds, cfg.batch_size // jax.process_count())
-    total, count = 0.0, 0
+    per_host = cfg.batch_size // jax.process_count()
+    it = batched_iterator(eval_ds, per_host)
+    total, count, batches = 0.0, 0, 0
     for _ in range(cfg.eval_batches):
         try:
             batch = next(it)
         except StopIteration:
             break
         t, n = eval_fn(params, frozen, to_global(batch, cfg, mesh))
-        total, count = total + float(t), count + int(n)
+        total, count, batches = total + float(t), count + int(n), batches + 1
+    if not batches:  # a validation loss of 0.0 would look like a perfect model
+        raise ConfigError(f"the validation split holds fewer than one batch ({per_host} examples per host); lower "
+                          f"batch_size or give more validation data (data.eval_docs, data.jsonl_eval)")
     loss = total / max(count, 1)
     return {"val_loss": loss, "val_ppl": float(np.exp(min(loss, 50.0)))}
 
