@@ -26,7 +26,7 @@ import grain
 import numpy as np
 
 from shine_jax import stages as stages_lib
-from shine_jax.data import corpus
+from shine_jax.data import corpus, text_corpus
 from shine_jax.data.prompts import COPY_PROMPT, IGNORE, chat_turns, encode_text, icl_user_text
 
 SEP = "<|endoftext|>"
@@ -261,9 +261,14 @@ def stage_dataset(stage: str, records: Sequence[dict], tok, data_cfg, seed: int,
                   shard_index: int = 0, shard_count: int = 1, repeat: bool = True, copy_warmup_rows: int = 0,
                   teacher: bool = False) -> grain.MapDataset:
     """A shuffled (per epoch), per-host-sharded MapDataset of single examples for ``stage``; ``teacher`` (IFT
-    stages) adds the KL loss's ``teacher_input_ids`` / ``teacher_attention_mask``."""
-    ds = grain.MapDataset.source(list(records))
+    stages) adds the KL loss's ``teacher_input_ids`` / ``teacher_attention_mask``. SHINE pretraining with
+    ``data.pretrain_files`` streams that corpus instead (``text_corpus.PackedTextDataset``, an IterDataset);
+    its validation stays on ``records``."""
     dataset = stages_lib.stage(stage).dataset
+    if dataset == "recon_comp" and data_cfg.get("pretrain_files") and repeat:  # a text corpus, streamed
+        return text_corpus.PackedTextDataset(data_cfg.pretrain_files, tok, data_cfg, seed, shard_index, shard_count,
+                                             functools.partial(pretrain_example, tok=tok, data_cfg=data_cfg))
+    ds = grain.MapDataset.source(list(records))
     if dataset == "recon_comp":
         texts = [r["context"] for r in records]
         order = np.random.default_rng(seed).permutation(len(texts))

@@ -102,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_docs = 500
     c.data.jsonl_train = ""  # user data instead of the bundled corpus (DESIGN.md JSON Lines)
     c.data.jsonl_eval = ""
+    c.data.pretrain_files = ""  # SHINE pretraining on a text corpus: GLOB of .parquet/.jsonl/.txt shards (streamed)
     c.data.tokenizer_vocab = 2048  # tiny tokenizer (scratch models)
     c.data.context_length = 256
     c.data.conversation_length = 128

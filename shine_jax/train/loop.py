@@ -15,6 +15,7 @@ import signal
 import time
 from typing import Any
 
+import grain
 import jax
 import numpy as np
 from flax import nnx
@@ -241,7 +242,8 @@ def shine_param_groups(cfg, params) -> tuple[Any, Any]:
 
 # ---------------------------------------------------------------------------------------------------- data
 def batched_iterator(ds, per_host_batch: int):
-    return iter(ds.batch(per_host_batch, drop_remainder=True).to_iter_dataset())
+    batched = ds.batch(per_host_batch, drop_remainder=True)
+    return iter(batched if isinstance(batched, grain.IterDataset) else batched.to_iter_dataset())
 
 
 def to_global(batch: dict, cfg, mesh) -> dict:
