@@ -1,4 +1,5 @@
-"""Qwen3-1.7B (the paper's setting). Point model.hf_dir at a local HF folder of Qwen3-1.7B:
+"""Qwen3-1.7B (the paper's setting). Point model.hf_dir at a local HF folder of Qwen3-1.7B (or set SHINE_JAX_QWEN3_1P7B_DIR; the
+data: SHINE_JAX_PAPER_DATA, see the README's one-GPU-host walk-through):
 shine-jax train --config configs/qwen3_1p7b.py:pretrain --workdir W --config.model.hf_dir=/path/to/Qwen3-1.7B"""
 
 import os
@@ -7,5 +8,5 @@ from shine_jax.train.paper import paper_config
 
 
 def get_config(arg=None):
-    hf_dir = os.environ.get("SHINE_JAX_HF_DIR", "checkpoints/Qwen3-1.7B")
+    hf_dir = os.environ.get("SHINE_JAX_QWEN3_1P7B_DIR", "checkpoints/Qwen3-1.7B")
     return paper_config("qwen3_1p7b", hf_dir, hidden=2048, stage=arg, preset="qwen3-1.7b")

@@ -156,13 +156,13 @@ TRAIN = ["train", "--config", "configs/qwen3_8b.py:pretrain", "--config.mesh=(1,
 
 def test_launch_train(env):
     (cmd,) = dry_run("launch.sh", ["--name", "shine", "--zone", "us-central2-b", "--project", "p1", "--run", "q8b",
-                                   "--bucket", "gs://my-bucket/scaling", "--env", "SHINE_JAX_HF_DIR=models/Qwen3-8B",
+                                   "--bucket", "gs://my-bucket/scaling", "--env", "SHINE_JAX_QWEN3_8B_DIR=models/Qwen3-8B",
                                    "--sync-every", "300", "--", *TRAIN], env)
     assert cmd[5:9] == ["shine", "--zone=us-central2-b", "--project=p1", "--worker=all"]
     remote = shlex.split(ssh_command(cmd))
     assert remote[:3] == ["cd", "shine_jax", "&&"]
     assert remote[3:] == ["tpu_setup/worker.sh", "--run", "q8b", "--bucket", "gs://my-bucket/scaling",
-                          "--workdir", "runs/q8b", "--sync-every", "300", "--env", "SHINE_JAX_HF_DIR=models/Qwen3-8B",
+                          "--workdir", "runs/q8b", "--sync-every", "300", "--env", "SHINE_JAX_QWEN3_8B_DIR=models/Qwen3-8B",
                           "--detach", "--", *TRAIN]
 
 

@@ -180,3 +180,17 @@ def test_a_validation_split_smaller_than_one_batch_is_an_error():
     cfg = load_config(f"{TINY}:pretrain", ["batch_size=4"])
     with pytest.raises(ConfigError, match=r"fewer than one batch \(4 examples per host\)"):
         loop.evaluate(None, None, None, grain.MapDataset.source([{"x": np.zeros(3)}] * 3), cfg, None)
+
+
+def test_each_qwen3_config_reads_its_own_base_path_and_the_paper_data(monkeypatch):
+    monkeypatch.setenv("SHINE_JAX_QWEN3_8B_DIR", "/models/q8")
+    monkeypatch.setenv("SHINE_JAX_QWEN3_0P6B_DIR", "/models/q06")
+    monkeypatch.setenv("SHINE_JAX_PAPER_DATA", "/data/paper")
+    assert load_config(f"{REPO}/configs/qwen3_8b.py:pretrain").model.hf_dir == "/models/q8"
+    assert load_config(f"{REPO}/configs/qwen3_0p6b.py:pretrain").model.hf_dir == "/models/q06"
+    assert load_config(f"{REPO}/configs/qwen3_1p7b.py:pretrain").model.hf_dir == "checkpoints/Qwen3-1.7B"
+    stages = {s: load_config(f"{REPO}/configs/qwen3_8b.py:{s}").data for s in ("pretrain", "ift_mqa", "ift_1qa")}
+    assert stages["pretrain"].pretrain_files == "/data/paper/pretrain/*.parquet"
+    assert (stages["ift_mqa"].jsonl_train, stages["ift_1qa"].jsonl_train) == ("/data/paper/ift_pwc.jsonl",
+                                                                              "/data/paper/ift_c1qa.jsonl")
+    assert {d.jsonl_eval for d in stages.values()} == {"/data/paper/eval.jsonl"}

@@ -27,7 +27,7 @@ left in gs://B[/P]/RUN/workdir; worker 0 copies the workdir there every --sync-e
   --dir DIR            the repository on the workers (default: $DIR; or SHINE_TPU_DIR)
   --worker W           all (default) or worker indices; a sweep of single-host points may use --worker=0
   --sync-every S       seconds between copies of the workdir to the bucket (default: $SYNC_EVERY; 0: at the end)
-  --env KEY=VALUE      environment for shine-jax (repeatable), e.g. SHINE_JAX_HF_DIR=models/Qwen3-8B
+  --env KEY=VALUE      environment for shine-jax (repeatable), e.g. SHINE_JAX_QWEN3_8B_DIR=models/Qwen3-8B
   --no-distributed     train without --distributed-auto
   --foreground         stay attached until the job ends (default: start it with nohup and return; see watch.sh)
   --dry-run            print every command, one per line, and run none

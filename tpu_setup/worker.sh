@@ -20,7 +20,7 @@ sweep gets --workdir WORKDIR (its points' checkpoints stay in the workdir and ar
   --bucket gs://B[/P]  (required; or SHINE_TPU_BUCKET)
   --workdir PATH       local workdir (default: runs/RUN)
   --sync-every S       worker 0 copies the workdir to the bucket every S seconds (default: $SYNC_EVERY; 0: at the end)
-  --env KEY=VALUE      export this variable for shine-jax (repeatable), e.g. SHINE_JAX_HF_DIR=models/Qwen3-8B
+  --env KEY=VALUE      export this variable for shine-jax (repeatable), e.g. SHINE_JAX_QWEN3_8B_DIR=models/Qwen3-8B
   --no-distributed     train without --distributed-auto (one host, or a single-host GPU)
   --detach             run in the background (nohup), logging to WORKDIR/logs/worker<ID>.log, and return
   --worker-id N        this worker's index (default: \$TPU_WORKER_ID, else the VM metadata, else 0)

@@ -286,7 +286,8 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
     task = lm_task(cfg, base, mesh) if stage_of(cfg).trains_base else shine_task(cfg, base, mesh, workdir)
     tok = base.tokenizer
 
-    train_records = load_records(cfg, workdir, "train")
+    streamed = stage_of(cfg).dataset == "recon_comp" and bool(cfg.data.pretrain_files)  # text shards instead
+    train_records = [] if streamed else load_records(cfg, workdir, "train")
     eval_records = load_records(cfg, workdir, "validation")
     pool = [r["context"] for r in train_records] if cfg.data.distractors else None
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())

@@ -2,7 +2,11 @@
 M2P 4 layers (head dim 128, FFN 2H), scale 0.001, method rl, lr 5e-5 / 3e-5 / 1e-5 per stage with linear warmup
 then decay, effective batch 32, context / conversation lengths 1150 / 2380, bf16 compute with float32 master weights, remat."""
 
+import os
+
 from shine_jax.train.config import ConfigError, base_config
+
+DATA_ENV = "SHINE_JAX_PAPER_DATA"  # where `shine-jax data import` wrote the paper's data (README walk-through)
 
 STAGE_SETTINGS = {  # steps are per stage; warmup as the official scripts (200-400)
     "pretrain": dict(lr=5e-5, warmup=400, steps=20000),
@@ -27,4 +31,10 @@ def paper_config(name: str, hf_dir: str, hidden: int, stage: str | None, preset:
     c.checkpoint_every, c.keep_checkpoints, c.log_every, c.eval_every = 1000, 3, 20, 1000
     s = STAGE_SETTINGS[c.stage]
     c.steps, c.optim.lr, c.optim.warmup_steps = s["steps"], s["lr"], s["warmup"]
+    # the official data of each stage, as imported: the text corpus (parquet shards), ift_pwc (multi-QA),
+    # ift_c1qa (single QA); validation on a held-out QA file the user imports (e.g. SQuAD's validation split)
+    data = os.environ.get(DATA_ENV, "data/paper")
+    c.data.pretrain_files = f"{data}/pretrain/*.parquet" if c.stage == "pretrain" else ""
+    c.data.jsonl_train = {"ift_mqa": f"{data}/ift_pwc.jsonl", "ift_1qa": f"{data}/ift_c1qa.jsonl"}.get(c.stage, "")
+    c.data.jsonl_eval = f"{data}/eval.jsonl"
     return c
