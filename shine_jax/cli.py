@@ -84,6 +84,26 @@ def cmd_chat(args) -> None:
           f"{base.cfg.num_params() / 1e6:.1f}M parameters)")
 
 
+def cmd_converse(args) -> None:
+    """One conversation about a document: its adapter generated once, then every question a turn answered with it
+    (the document never in the prompt; the earlier turns are)."""
+    from shine_jax.shine import Shine
+
+    shine = Shine.load(args.workdir)
+    start = time.time()
+    lora = shine.adapter(read_document(args.doc), on_long=args.on_long)
+    print(f"(adapter generated in {time.time() - start:.2f}s; the document is not in the prompt)", flush=True)
+    questions = args.question or (line.strip() for line in sys.stdin)
+    messages = []
+    for question in questions:
+        if not question:
+            continue
+        messages.append({"role": "user", "content": question})
+        answer = shine.chat(lora, messages, args.max_new_tokens)
+        messages.append({"role": "assistant", "content": answer})
+        print(f"Q: {question}\nA: {answer}", flush=True)
+
+
 # ------------------------------------------------------------------------------------------------ train
 def cmd_train(args, overrides: list[str]) -> None:
     from shine_jax import distributed
@@ -436,6 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--top-p", type=float, default=1.0)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_chat)
+
+    cv = sub.add_parser("converse", help="a multi-turn conversation about a document, on its adapter made once")
+    cv.add_argument("--workdir", required=True, help="a trained SHINE run (workdir or SHINE folder)")
+    cv.add_argument("--doc", required=True, help="a UTF-8 text file")
+    cv.add_argument("--question", action="append", default=[],
+                    help="one turn (repeatable); without any, each line of standard input is one")
+    cv.add_argument("--max-new-tokens", type=int, default=32)
+    cv.add_argument("--on-long", choices=["truncate", "refuse"], default="truncate")
+    cv.set_defaults(func=cmd_converse)
 
     t = sub.add_parser("train", help="train one stage: --config configs/X.py[:STAGE] --workdir W [--config.f=v ...]")
     t.add_argument("--config", required=True)

@@ -138,6 +138,24 @@ class Shine:
         answers = [a.strip() for a in self.base.decode(self.base.generate(ids, mask, max_new_tokens, lora=lora))]
         return answers[0] if isinstance(question, str) else answers
 
+    def adapter(self, document: str, max_evidence_length: int | None = None, on_long: str = "truncate") -> dict:
+        """The generated LoRA of one document (batch 1): made once, then used for any number of ``chat`` turns."""
+        ids, mask = self.encode_evidence([document], max_evidence_length, on_long)
+        return jax.block_until_ready(self.generate_lora(ids, mask))
+
+    def chat(self, lora: dict | None, messages: Sequence[dict], max_new_tokens: int = 64) -> str:
+        """The next assistant turn of ``messages`` (``[{"role": "user" | "assistant", "content": str}, ...]``,
+        ending with a user turn), answered greedily with ``lora`` (``adapter``; None: the base alone). Earlier
+        turns stay in the prompt; the document does not."""
+        if not messages or messages[-1].get("role") != "user":
+            raise InputError("a conversation must end with a user message")
+        bad = [m.get("role") for m in messages if m.get("role") not in ("user", "assistant")]
+        if bad:
+            raise InputError(f"message roles must be user or assistant, got {bad[0]!r}")
+        tok = self.base.tokenizer
+        ids = np.asarray([prompts.encode_text(tok, prompts.generation_text(tok, list(messages)))], np.int32)
+        return self.base.decode(self.base.generate(ids, None, max_new_tokens, lora=lora))[0].strip()
+
     def encode_evidence(self, documents: Sequence[str], max_length: int | None = None, on_long: str = "truncate",
                         names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Documents -> (evidence_ids, evidence_mask) ``[n, max_length]``, as training encodes them

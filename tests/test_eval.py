@@ -156,3 +156,27 @@ def test_ask_and_internalize(trained_workdir, test_records, tmp_path, capsys):
     assert cli.main(["internalize", "--workdir", str(trained_workdir), "--jsonl", str(data), "--out", str(out),
                      "--overwrite"]) == 2
     assert "has an empty context" in capsys.readouterr().err
+
+
+def test_converse_on_one_cached_adapter(trained_workdir, test_records, tmp_path, capsys, monkeypatch):
+    import io
+
+    shine = Shine.load(trained_workdir)
+    doc, qa = test_records[0]["context"], test_records[0]["qa"]
+    lora = shine.adapter(doc)
+    first = shine.chat(lora, [{"role": "user", "content": qa[0]["question"]}], max_new_tokens=4)
+    assert first == shine.ask(doc, qa[0]["question"], max_new_tokens=4)  # turn 1 is exactly `ask`
+    history = [{"role": "user", "content": qa[0]["question"]}, {"role": "assistant", "content": first},
+               {"role": "user", "content": qa[1]["question"]}]
+    second = shine.chat(lora, history, max_new_tokens=4)
+    for bad, match in [([], "end with a user message"), (history[:2], "end with a user message"),
+                       ([{"role": "system", "content": "x"}, history[0]], "roles must be user or assistant")]:
+        with pytest.raises(ValueError, match=match):
+            shine.chat(lora, bad)
+    path = tmp_path / "doc.txt"
+    path.write_text(doc)
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{qa[0]['question']}\n\n{qa[1]['question']}\n"))
+    assert cli.main(["converse", "--workdir", str(trained_workdir), "--doc", str(path), "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert f"Q: {qa[0]['question']}\nA: {first}\nQ: {qa[1]['question']}\nA: {second}\n" in out
+    assert "adapter generated in" in out
