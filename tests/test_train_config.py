@@ -194,3 +194,16 @@ def test_each_qwen3_config_reads_its_own_base_path_and_the_paper_data(monkeypatc
     assert (stages["ift_mqa"].jsonl_train, stages["ift_1qa"].jsonl_train) == ("/data/paper/ift_pwc.jsonl",
                                                                               "/data/paper/ift_c1qa.jsonl")
     assert {d.jsonl_eval for d in stages.values()} == {"/data/paper/eval.jsonl"}
+
+
+def test_a_base_folder_that_is_not_the_named_preset_is_refused(tmp_path):
+    from shine_jax.model.presets import PRESETS, preset_mismatch
+    from shine_jax.train.loop import load_base
+    from tests.conftest import make_hf_model
+
+    assert preset_mismatch("qwen3-8b", PRESETS["qwen3-8b"]) == ""
+    assert preset_mismatch("qwen3-8b", PRESETS["qwen3-1.7b"]).startswith("hidden_size 2048 (preset 4096)")
+    hf_dir, _ = make_hf_model(tmp_path, "llama", tie=True)
+    cfg = load_config(f"{TINY}:pretrain", [f"model.hf_dir='{hf_dir}'", "model.preset='qwen3-0.6b'", "shine.lora_rank=8"])
+    with pytest.raises(ConfigError, match=r"does not hold the qwen3-0.6b the config names: family llama"):
+        load_base(cfg, tmp_path)

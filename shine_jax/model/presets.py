@@ -18,3 +18,14 @@ PRESETS = {
                                 num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64, rope_theta=1e5,
                                 rms_norm_eps=1e-5, tie_word_embeddings=True, max_position_embeddings=8192),
 }
+
+
+ARCHITECTURE_FIELDS = ("family", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                       "num_kv_heads", "head_dim", "tie_word_embeddings")
+
+
+def preset_mismatch(name: str, cfg: ModelConfig) -> str:
+    """How ``cfg`` (a loaded model's) differs from preset ``name`` in its architecture ("" when it does not)."""
+    want = PRESETS[name]
+    return ", ".join(f"{f} {getattr(cfg, f)} (preset {getattr(want, f)})" for f in ARCHITECTURE_FIELDS
+                     if getattr(cfg, f) != getattr(want, f))

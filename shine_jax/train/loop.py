@@ -30,6 +30,7 @@ from shine_jax.model.base_model import BaseModel, state_shardings
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.hypernet import HyperConfig
 from shine_jax.model.m2p import M2PConfig
+from shine_jax.model.presets import preset_mismatch
 from shine_jax.shine import Shine, load_base_from, shine_loss, with_shine_tokens
 from shine_jax.train import checkpoint as ckpt
 from shine_jax.train import flops as flops_lib
@@ -121,7 +122,12 @@ def load_base(cfg, workdir: pathlib.Path) -> BaseModel:
             hf_dir = materialize_smollm2(pathlib.Path("artifacts") / "smollm2-135m-instruct")
         else:
             hf_dir = m.hf_dir
-        base = with_shine_tokens(BaseModel.from_hf(hf_dir, compute_dtype=m.compute_dtype))
+        base = BaseModel.from_hf(hf_dir, compute_dtype=m.compute_dtype)
+        problem = m.preset and preset_mismatch(m.preset, base.cfg)
+        if problem:  # e.g. a Qwen3-8B config pointed at a Qwen3-1.7B folder
+            raise ConfigError(f"{hf_dir} does not hold the {m.preset} the config names: {problem}; point "
+                              f"model.hf_dir at a {m.preset} folder, or set model.preset to ''")
+        base = with_shine_tokens(base)
     base.set_remat(m.remat)
     return base
 
