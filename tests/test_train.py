@@ -46,51 +46,46 @@ def _train_cli(workdir, stage, steps, extra=(), env=None):
 
 
 @pytest.mark.slow
-def test_killed_and_terminated_runs_resume_exactly(trained_workdir, tmp_path):
-    """ift_1qa for 10 steps, killed (SIGKILL) after step 6 with the last checkpoint at step 4, or stopped by SIGTERM
-    after step 5 (a preemption: it saves step 5 and exits 143 with one line), then the same command again: the
-    losses and the final parameters equal an uninterrupted run's, bit for bit."""
+def test_three_faults_in_a_row_then_the_same_run(trained_workdir, tmp_path):
+    """ift_1qa for 10 steps (checkpoints every 4), interrupted three times in a row: SIGKILL after step 6 (the last
+    checkpoint is step 4), SIGTERM after step 7 (a preemption: it saves step 7 and exits 143 with one line), SIGKILL
+    after step 9 (last checkpoint 8), then the same command once more: the losses and the final parameters equal an
+    uninterrupted run's, bit for bit."""
     import shutil
 
-    from shine_jax.shine import Shine
-
-    runs = {}
-    for name, kill in (("straight", None), ("killed", "6"), ("terminated", "5")):
-        wd = tmp_path / name
-        shutil.copytree(trained_workdir / "ift_mqa" / "final", wd / "ift_mqa" / "final")
-        extra = [f"data.dir='{trained_workdir / 'data'}'"]
-        if name == "killed":
-            proc = _train_cli(wd, "ift_1qa", 10, extra, env={KILL_ENV: kill})
-            assert proc.returncode == -9, proc.stderr[-2000:]
-            assert max(r["step"] for r in read_metrics(wd / "ift_1qa" / "metrics.jsonl")) == 6
-            proc = _train_cli(wd, "ift_1qa", 10, extra)
-            assert proc.returncode == 0, proc.stderr[-3000:]
-        elif name == "terminated":
-            proc = _train_cli(wd, "ift_1qa", 10, extra, env={TERM_ENV: kill})
-            errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-            assert proc.returncode == 143 and len(errors) == 1, proc.stderr[-2000:]
-            assert "stopped by SIGTERM after step 5: checkpoint of step 5 saved" in errors[0]
-            assert not (wd / "ift_1qa" / "final").exists()
-            proc = _train_cli(wd, "ift_1qa", 10, extra)
-            assert proc.returncode == 0, proc.stderr[-3000:]
-        else:  # the uninterrupted reference runs in this process
-            from tests.train_utils import SMALL
-            cfg = load_config(f"{REPO}/configs/tiny.py:ift_1qa", SMALL + RESUME + extra)
-            run_stage(cfg, wd, progress=False)
-        runs[name] = wd
     import jax
 
+    from shine_jax.shine import Shine
+    from tests.train_utils import SMALL
+
+    extra = [f"data.dir='{trained_workdir / 'data'}'"]
+    runs = {name: tmp_path / name for name in ("straight", "faulted")}
+    for wd in runs.values():
+        shutil.copytree(trained_workdir / "ift_mqa" / "final", wd / "ift_mqa" / "final")
+    run_stage(load_config(f"{REPO}/configs/tiny.py:ift_1qa", SMALL + RESUME + extra), runs["straight"], progress=False)
+
+    wd = runs["faulted"]
+    for env, status, last_step in (({KILL_ENV: "6"}, -9, 6), ({TERM_ENV: "7"}, 143, 7), ({KILL_ENV: "9"}, -9, 9)):
+        proc = _train_cli(wd, "ift_1qa", 10, extra, env=env)
+        assert proc.returncode == status, proc.stderr[-2000:]
+        assert max(r["step"] for r in read_metrics(wd / "ift_1qa" / "metrics.jsonl")) == last_step
+        if status == 143:
+            errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+            assert len(errors) == 1 and "stopped by SIGTERM after step 7: checkpoint of step 7 saved" in errors[0]
+        assert not (wd / "ift_1qa" / "final").exists()
+    proc = _train_cli(wd, "ift_1qa", 10, extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
     a = read_metrics(runs["straight"] / "ift_1qa" / "metrics.jsonl")
+    b = read_metrics(wd / "ift_1qa" / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(0, 11))
+    assert [r.get("loss") for r in a] == [r.get("loss") for r in b]
+    assert a[0]["val_loss"] == b[0]["val_loss"] and a[-1]["val_loss"] == b[-1]["val_loss"]
+    assert json.loads((wd / "ift_1qa" / "summary.json").read_text())["resumed_from"] == 8
     pa = Shine.load(runs["straight"] / "ift_1qa" / "final").hyper_params()
-    for name, resumed in (("killed", 4), ("terminated", 5)):
-        b = read_metrics(runs[name] / "ift_1qa" / "metrics.jsonl")
-        assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(0, 11)), name
-        assert [r.get("loss") for r in a] == [r.get("loss") for r in b], name
-        assert a[0]["val_loss"] == b[0]["val_loss"] and a[-1]["val_loss"] == b[-1]["val_loss"], name
-        assert json.loads((runs[name] / "ift_1qa" / "summary.json").read_text())["resumed_from"] == resumed
-        pb = Shine.load(runs[name] / "ift_1qa" / "final").hyper_params()
-        for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
-            np.testing.assert_array_equal(x, y)
+    pb = Shine.load(wd / "ift_1qa" / "final").hyper_params()
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+        np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.slow
