@@ -160,7 +160,7 @@ def _eval(args) -> None:
 
     settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                             sft_epochs=args.sft_epochs, sft_lr=args.sft_lr, max_doc_tokens=args.max_doc_tokens,
-                            **retrieval_settings(args))
+                            retrieval=retrieval_settings(args))
     results, files = evaluate_jsonl(args.workdir, args.data, [m.strip() for m in args.methods.split(",") if m.strip()],
                                     settings, args.out, limit=args.limit, on_long=args.on_long,
                                     skip_bad=args.skip_bad_lines, progress=not args.no_progress, bank=args.bank)
@@ -168,13 +168,13 @@ def _eval(args) -> None:
     print(f"results: {files['json']}  table: {files['markdown']}  plot: {files['png']}")
 
 
-def retrieval_settings(args) -> dict:
-    """The ``EvalSettings`` fields of ``--rag-*`` (checked before any model loads)."""
+def retrieval_settings(args):
+    """The ``RetrievalSettings`` of ``--rag-*``, checked before any model loads."""
     from shine_jax.eval.retrieval import RetrievalSettings
 
-    RetrievalSettings(args.rag_chunk_tokens, args.rag_overlap, args.rag_k, args.rag_embedder).check()
-    return dict(rag_chunk_tokens=args.rag_chunk_tokens, rag_overlap=args.rag_overlap, rag_k=args.rag_k,
-                rag_embedder=args.rag_embedder)
+    settings = RetrievalSettings(args.rag_chunk_tokens, args.rag_overlap, args.rag_k, args.rag_embedder)
+    settings.check()
+    return settings
 
 
 def add_retrieval_args(p: argparse.ArgumentParser) -> None:
@@ -378,7 +378,7 @@ def _demo(args) -> None:
     if args.bank < 0:
         raise ConfigError(f"--bank must be >= 0 documents (0: no bank setting), got {args.bank}")
     settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                            sft_epochs=args.sft_epochs, **retrieval_settings(args))
+                            sft_epochs=args.sft_epochs, retrieval=retrieval_settings(args))
     test_sets = demo_test_sets(cfg, args, set_names, distractors)  # built before training: they are cheap
     for _, records, _ in test_sets.values():
         check_document_count(methods, len(records))

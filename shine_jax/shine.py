@@ -131,8 +131,7 @@ class Shine:
         A document longer than the evidence length is truncated with a warning giving both lengths, or refused
         with ``on_long="refuse"`` (the rule ``eval`` follows)."""
         questions = [question] if isinstance(question, str) else list(question)
-        ev_ids, ev_mask = self.encode_evidence([document], max_evidence_length, on_long)
-        lora = self.generate_lora(ev_ids, ev_mask)
+        lora = self.adapter(document, max_evidence_length, on_long)
         ids, mask = self.base.chat_prompt(questions)
         lora = jax.tree.map(lambda x: jnp.repeat(x, len(questions), axis=1), lora)
         answers = [a.strip() for a in self.base.decode(self.base.generate(ids, mask, max_new_tokens, lora=lora))]
@@ -188,14 +187,14 @@ class Shine:
         HF folder this run's base was read from), so ``AutoPeftModelForCausalLM`` finds the base. With
         ``documents`` (the texts of the indices) a ``shine_provenance.json`` records their SHA-256 and this run."""
         from shine_jax.convert.peft import write_peft_adapter
-        from shine_jax.model.lora import compose_examples
+        from shine_jax.model.lora import compose_examples, lora_batch
 
         indices = [index] if isinstance(index, int) else list(index)
         if not indices:
             raise InputError("no example to export: give at least one index")
         if documents is not None and len(documents) != len(indices):
             raise InputError(f"{len(documents)} documents for {len(indices)} adapter examples")
-        batch = next(iter(lora.values()))["A"].shape[1]
+        batch = lora_batch(lora)
         bad = [i for i in indices if not -batch <= i < batch]
         if bad:
             raise InputError(f"index {bad[0]} is outside the LoRA batch of {batch} example(s)")

@@ -189,7 +189,7 @@ def squad_rows(n_contexts=40, seed=0):
 def official_groups(contexts, count, pad_tokens, seed):
     """The official GroupedSquadDataset.shuffle, written out with its own calls (global random, numpy)."""
     contexts = list(contexts)
-    num_groups = (count(importers.SQUAD_SEP.join(contexts)) + pad_tokens - 1) // pad_tokens
+    num_groups = (count(importers.SEP.join(contexts)) + pad_tokens - 1) // pad_tokens
     random.seed(seed)
     random.shuffle(contexts)
     return [[str(s) for s in arr] for arr in np.array_split(contexts, num_groups)]
@@ -203,7 +203,7 @@ def test_squad_n_pads_each_context_with_other_contexts_by_the_official_rule(tmp_
     assert len(docs) == len(contexts) and summary.questions == len(rows)
     groups, positions = set(), []
     for doc in docs:
-        passages = doc["context"].split(importers.SQUAD_SEP)
+        passages = doc["context"].split(importers.SEP)
         gold = [c for c in contexts if questions[c] == [q["question"] for q in doc["qa"]]]
         assert len(gold) == 1 and passages.count(gold[0]) == 1  # the gold context is there, whole, once
         assert set(passages) <= set(contexts) and len(set(passages)) == len(passages)  # distractors: other contexts
@@ -214,7 +214,7 @@ def test_squad_n_pads_each_context_with_other_contexts_by_the_official_rule(tmp_
     # the groups are exactly the official partition, and hold pad tokens on average
     expected = official_groups(contexts, importers.whitespace_count, pad, seed=7)
     assert groups == {frozenset(g) for g in expected}
-    lengths = [importers.whitespace_count(importers.SQUAD_SEP.join(g)) for g in expected]
+    lengths = [importers.whitespace_count(importers.SEP.join(g)) for g in expected]
     assert 0.8 * pad <= sum(lengths) / len(lengths) <= pad
     assert "groups of 300 tokens on average" in summary.notes[0]
     # deterministic given --seed, another seed groups otherwise
@@ -244,8 +244,8 @@ def test_squad_n_counts_with_the_tokenizer_folder(tmp_path, monkeypatch):
     docs, _, _ = run_import(tmp_path, "squad-n", rows, "jsonl", pad_tokens=pad, tokenizer=str(tmp_path))
     assert loaded == {"path": str(tmp_path), "local_files_only": True}
     contexts = list(dict.fromkeys(r["context"] for r in rows))
-    total = len(importers.SQUAD_SEP.join(contexts))
-    assert len({frozenset(d["context"].split(importers.SQUAD_SEP)) for d in docs}) == math.ceil(total / pad)
+    total = len(importers.SEP.join(contexts))
+    assert len({frozenset(d["context"].split(importers.SEP)) for d in docs}) == math.ceil(total / pad)
     with pytest.raises(InputError, match="no such folder"):
         run_import(tmp_path, "squad-n", rows, "jsonl", pad_tokens=pad, tokenizer=str(tmp_path / "missing"))
 

@@ -84,7 +84,7 @@ def test_rag_in_the_harness_own_document_and_bank(trained_workdir):
                {"id": "b", "context": "The Danube flows through ten countries into the Black Sea.",
                 "qa": [{"question": "Which river reaches the Black Sea?", "answers": ["the Danube"]},
                        {"question": "How many countries?", "answers": ["ten"]}]}]
-    settings = EvalSettings(batch_size=2, max_new_tokens=2, rag_k=1, rag_chunk_tokens=32)
+    settings = EvalSettings(batch_size=2, max_new_tokens=2, retrieval=RetrievalSettings(chunk_tokens=32, k=1))
     own = evaluate(shine, records, ["rag"], settings, show_progress=False)
     assert own["methods"]["rag"]["questions"] == 3 and own["methods"]["rag"]["top1_chunk_from_own_doc"] == 1.0
     assert "bank" not in own

@@ -29,14 +29,14 @@ from typing import Any
 from tqdm import tqdm
 
 from shine_jax.data import sources
+from shine_jax.data.prompts import SEP
 from shine_jax.errors import InputError
 from shine_jax.fileutil import atomic_text_file
 
 PROBE_ROWS = 20  # a file whose first rows all fail this many times is of another format
 NO_ANSWER = "No Answer Present."  # MS MARCO's answer for a query its passages do not answer
-# squad-n joins a group's passages with this text: the default ``sep`` of the official GroupedSquadDataset, which
+# squad-n joins a group's passages with prompts.SEP: the default ``sep`` of the official GroupedSquadDataset, which
 # test.py (the paper's SQuAD numbers) uses; the same token shine_jax's pretraining packs texts with
-SQUAD_SEP = "<|endoftext|>"
 DEFAULT_SEED = 42  # GroupedSquadDataset's default seed
 
 
@@ -359,7 +359,7 @@ def guess_formats(row: Any) -> tuple[str, ...]:
 def whitespace_count(text: str) -> int:
     """Words, the length measure without --tokenizer; the squad-n separator counts as one (one token in Qwen's
     tokenizer) even where no space surrounds it."""
-    return len(text.replace(SQUAD_SEP, f" {SQUAD_SEP} ").split())
+    return len(text.replace(SEP, f" {SEP} ").split())
 
 
 def load_token_counter(tokenizer_dir: str | None) -> Callable[[str], int]:
@@ -398,17 +398,17 @@ def pad_with_distractors(documents: list[dict], pad_tokens: int, count: Callable
     order, from the same generator: deterministic given ``seed``."""
     contexts = [d["context"] for d in documents]
     by_context = {d["context"]: d for d in documents}
-    num_groups = max(1, -(-count(SQUAD_SEP.join(contexts)) // pad_tokens))
+    num_groups = max(1, -(-count(SEP.join(contexts)) // pad_tokens))
     rng = random.Random(seed)  # the official random.seed(seed) then random.shuffle / random.sample: same draws
     rng.shuffle(contexts)
     groups = [g for g in array_split(contexts, num_groups) if g]  # more groups than contexts: empty ones go
     sizes = []
     for group in groups:
-        sizes.append(count(SQUAD_SEP.join(group)))
+        sizes.append(count(SEP.join(group)))
         for gold in group:
             order = rng.sample(group, len(group))
             doc = by_context[gold]
-            yield record(f"{doc['id']}-n{pad_tokens}" if doc["id"] else None, SQUAD_SEP.join(order), doc["qa"])
+            yield record(f"{doc['id']}-n{pad_tokens}" if doc["id"] else None, SEP.join(order), doc["qa"])
     if sizes:
         notes.append(f"squad-n: {len(contexts)} contexts in {len(groups)} groups of {pad_tokens} tokens on average "
                      f"(measured: mean {sum(sizes) / len(sizes):.0f}, min {min(sizes)}, max {max(sizes)})")

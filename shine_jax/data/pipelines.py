@@ -27,9 +27,8 @@ import numpy as np
 
 from shine_jax import stages as stages_lib
 from shine_jax.data import corpus, text_corpus
-from shine_jax.data.prompts import COPY_PROMPT, IGNORE, chat_turns, encode_text, icl_user_text
+from shine_jax.data.prompts import COPY_PROMPT, IGNORE, SEP, chat_turns, encode_text, icl_user_text
 
-SEP = "<|endoftext|>"
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 LM_PACK_CANDIDATES = 12  # records offered to one packed base-pretraining row
 LM_PACK_MIN_ROOM = 24  # a row with less room left is full (the shortest examples are ~25 tokens)

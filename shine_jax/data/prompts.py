@@ -11,6 +11,7 @@ import numpy as np
 from shine_jax.data.tokenizer import BOS_TOKEN, CHAT_TEMPLATE, EOS_TOKEN
 
 IGNORE = -100
+SEP = "<|endoftext|>"  # joins documents into one evidence, as the official pretraining and grouped SQuAD do
 COPY_PROMPT = "Repeat the text."  # base_pretrain copy examples: this line, the document, then the document again
 
 

@@ -146,7 +146,7 @@ def evaluate(shine, records: Sequence[dict], method_names: Sequence[str], settin
     contexts = None
     if bank is not None or "rag" in method_names:
         bank_docs, record_docs = bank_of(records, bank or [])
-        retrieval = settings.retrieval()
+        retrieval = settings.retrieval
         retrieval.check()  # before the embedder loads
         t = time.perf_counter()
         index = ChunkIndex.build(bank_docs, make_embedder(retrieval.embedder, shine.base), shine.base.tokenizer,

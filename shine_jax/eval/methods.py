@@ -10,7 +10,7 @@ cost of SHINE's Table 1), then answers questions with it (``prompt`` decides wha
   ``sft_epochs`` epochs (one epoch = one pass over the document), all documents of a batch trained at once as a
   per-example LoRA (rows never interact: per-row losses are summed and Adam is element-wise);
 * ``shine`` — one generated LoRA per document, reused for all of its questions;
-* ``rag``   — retrieval-augmented generation: every question is preceded by the ``rag_k`` chunks of the bank most
+* ``rag``   — retrieval-augmented generation: every question is preceded by the ``retrieval.k`` chunks of the bank most
   similar to it (``retrieval.ChunkIndex``; the base model is the embedder). Without a bank it searches only its own
   document's chunks; with one, the whole bank;
 * ``shine-wrong-doc`` — the control: ``shine``'s generation and prompt, but each document is answered with the
@@ -53,13 +53,7 @@ class EvalSettings:
     sft_rank: int = 8
     max_doc_tokens: int = 0  # 0: the SHINE run's evidence length
     seed: int = 0
-    rag_chunk_tokens: int = 64
-    rag_overlap: int = 16
-    rag_k: int = 1
-    rag_embedder: str = "minilm"
-
-    def retrieval(self) -> RetrievalSettings:
-        return RetrievalSettings(self.rag_chunk_tokens, self.rag_overlap, self.rag_k, self.rag_embedder)
+    retrieval: RetrievalSettings = dataclasses.field(default_factory=RetrievalSettings)  # rag and the bank
 
 
 class Method:
@@ -144,7 +138,8 @@ class RetrievalAugmented(Method):
     def __init__(self, k: int):
         self.k = k
         self.index: ChunkIndex | None = None
-        self.own_doc: np.ndarray | None = None  # None: search the whole bank
+        self.record_docs: np.ndarray | None = None  # record i's own bank document
+        self.own_doc: np.ndarray | None = None  # what each record may search: record_docs, or None (the whole bank)
         self.hits_own: list[bool] = []  # per question: does the best chunk come from the question's document?
 
     def attach(self, index: ChunkIndex, record_docs: np.ndarray, whole_bank: bool) -> None:
@@ -184,7 +179,7 @@ def make_methods(names: Sequence[str], settings: EvalSettings, max_doc_tokens: i
     table = {"none": lambda: NoMemory(), "icl": lambda: InContext(),
              "sft": lambda: TestTimeTraining(settings, max_doc_tokens),
              "shine": lambda: GeneratedLoRA(max_doc_tokens), "shine-wrong-doc": lambda: WrongDocLoRA(max_doc_tokens),
-             "rag": lambda: RetrievalAugmented(settings.rag_k)}
+             "rag": lambda: RetrievalAugmented(settings.retrieval.k)}
     check_method_names(names)
     return [table[n]() for n in names]
 

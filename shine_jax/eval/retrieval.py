@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shine_jax.data.pipelines import left_pad
+from shine_jax.data.pipelines import pad_evidence
 from shine_jax.errors import InputError
 from shine_jax.model.sentence_encoder import SentenceEncoder
 
@@ -74,10 +74,8 @@ class BaseEmbedder:
             enc = [tok(t, add_special_tokens=False)["input_ids"][: self.max_tokens] or [tok.pad_token_id]
                    for t in texts[start:start + self.batch_size]]
             length = -(-max(len(e) for e in enc) // PAD_MULTIPLE) * PAD_MULTIPLE
-            rows = [left_pad(e, length, tok.pad_token_id) for e in enc]
-            rows += [left_pad([tok.pad_token_id], length, tok.pad_token_id)] * (self.batch_size - len(rows))
-            ids, mask = (np.stack([r[k] for r in rows]) for k in ("ids", "mask"))
-            ids, mask = self.base.put_batch(ids, mask)
+            padding_rows = [[tok.pad_token_id]] * (self.batch_size - len(enc))  # one compiled batch shape
+            ids, mask = self.base.put_batch(*pad_evidence(tok, enc + padding_rows, length))
             out.append(np.asarray(_mean_states(self.base.graphdef, self.base.state, ids, mask))[: len(enc)])
         return np.concatenate(out) if out else np.zeros((0, self.base.cfg.hidden_size), np.float32)
 

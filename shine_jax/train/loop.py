@@ -337,11 +337,12 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
     log.hparams(cfg.to_dict(), initial_eval)
     if initial_eval:
         log.write(0, initial_eval)
-    kill_after = int(os.environ.get(KILL_ENV, "-1")), int(os.environ.get(TERM_ENV, "-1"))
+    faults = {int(os.environ[env]): sig for env, sig in ((KILL_ENV, signal.SIGKILL), (TERM_ENV, signal.SIGTERM))
+              if env in os.environ}  # tests: step -> the signal this process sends itself after it
     with watch_sigterm(checkpointer.manager) as preemption:
         step, state, last_eval, step_times = _train_steps(
             cfg, task, state, start, train_it, step_fn, eval_fn, eval_ds, mesh, checkpointer, meta, log, progress,
-            preemption, kill_after)
+            preemption, faults)
     checkpointer.close()
     log.close()
     if not np.isfinite(last_eval.get("val_loss", 0.0)):  # a diverged stage leaves no final/ to build on
@@ -359,7 +360,7 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
 
 
 def _train_steps(cfg, task, state, start, train_it, step_fn, eval_fn, eval_ds, mesh, checkpointer, meta, log,
-                 progress, preemption, kill_after):
+                 progress, preemption, faults):
     """Steps start + 1 .. cfg.steps: logging, validation, checkpoints. -> (last step, state, last validation,
     step times)."""
     bar = _progress(cfg, start, progress)
@@ -403,11 +404,10 @@ def _train_steps(cfg, task, state, start, train_it, step_fn, eval_fn, eval_ds, m
             saved = checkpointer.save(step, state, train_it, meta)
         if bar is not None:
             bar.update(1)
-        if step == kill_after[0]:
-            checkpointer.wait()
-            os.kill(os.getpid(), signal.SIGKILL)
-        if step == kill_after[1]:
-            os.kill(os.getpid(), signal.SIGTERM)
+        if step in faults:
+            if faults[step] == signal.SIGKILL:
+                checkpointer.wait()  # a crash after the last checkpoint was written, not during it
+            os.kill(os.getpid(), faults[step])
         if step < cfg.steps and preemption.requested(step):
             stopped_at(step, state, train_it, meta, checkpointer, log, bar, saved)
     if bar is not None:
