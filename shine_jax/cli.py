@@ -158,9 +158,11 @@ def _eval(args) -> None:
     from shine_jax.eval.report import markdown_table
     from shine_jax.eval.run import evaluate_jsonl
 
+    # memory3's bank is kept beside the results unless --memory3-dir names a folder
+    bank_dir = args.memory3_dir or str(pathlib.Path(args.out).with_suffix("")) + "_memory3"
     settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                             sft_epochs=args.sft_epochs, sft_lr=args.sft_lr, max_doc_tokens=args.max_doc_tokens,
-                            retrieval=retrieval_settings(args))
+                            retrieval=retrieval_settings(args), memory3=memory3_settings(args, bank_dir))
     results, files = evaluate_jsonl(args.workdir, args.data, [m.strip() for m in args.methods.split(",") if m.strip()],
                                     settings, args.out, limit=args.limit, on_long=args.on_long,
                                     skip_bad=args.skip_bad_lines, progress=not args.no_progress, bank=args.bank)
@@ -175,6 +177,21 @@ def retrieval_settings(args):
     settings = RetrievalSettings(args.rag_chunk_tokens, args.rag_overlap, args.rag_k, args.rag_embedder)
     settings.check()
     return settings
+
+
+def memory3_settings(args, directory: str = ""):
+    """The ``Memory3Settings`` of ``--memory3-*``, checked before any model loads."""
+    from shine_jax.eval.memory3 import Memory3Settings
+
+    settings = Memory3Settings(top_k=args.memory3_top_k, memories=args.memory3_memories, directory=directory)
+    settings.check()
+    return settings
+
+
+def add_memory3_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--memory3-top-k", type=int, default=8,
+                   help="memory3: tokens a reference keeps per memory layer and KV head")
+    p.add_argument("--memory3-memories", type=int, default=5, help="memory3: references read by each 64-token chunk")
 
 
 def add_retrieval_args(p: argparse.ArgumentParser) -> None:
@@ -378,7 +395,8 @@ def _demo(args) -> None:
     if args.bank < 0:
         raise ConfigError(f"--bank must be >= 0 documents (0: no bank setting), got {args.bank}")
     settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                            sft_epochs=args.sft_epochs, retrieval=retrieval_settings(args))
+                            sft_epochs=args.sft_epochs, retrieval=retrieval_settings(args),
+                            memory3=memory3_settings(args))
     test_sets = demo_test_sets(cfg, args, set_names, distractors)  # built before training: they are cheap
     for _, records, _ in test_sets.values():
         check_document_count(methods, len(records))
@@ -489,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workdir", required=True, help="a trained SHINE run (workdir or SHINE folder)")
     e.add_argument("--data", required=True, help="JSON Lines: {id, context, qa: [{question, answers}]}")
     e.add_argument("--methods", default="none,icl,sft,shine",
-                   help="any of none, icl, sft, shine, shine-wrong-doc (the control: another document's LoRA)")
+                   help="any of none, icl, sft, shine, shine-wrong-doc (the control: another document's LoRA), rag, "
+                        "memory3 (explicit memory: sparse key-values of the references)")
     e.add_argument("--out", default="results.json")
     e.add_argument("--limit", type=int, default=0, help="evaluate only the first N documents")
     e.add_argument("--batch-size", type=int, default=32)
@@ -504,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "conversation is routed to the bank document its first question retrieves, rag searches "
                         "the whole bank")
     add_retrieval_args(e)
+    add_memory3_args(e)
+    e.add_argument("--memory3-dir", default="",
+                   help="memory3: folder the memory bank is written to (default: beside --out, OUT_memory3)")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_eval)
 
@@ -587,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also evaluate each set in the bank setting: its documents among others of its kind, N in "
                         "all (0: off)")
     add_retrieval_args(d)
+    add_memory3_args(d)
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=cmd_demo, takes_overrides=True)
     return p

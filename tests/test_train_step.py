@@ -117,6 +117,10 @@ def test_bf16_compute_and_remat_match_float32():
         losses[name] = (float(loss), grads)
         assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(task.params))  # master weights stay float32
     assert losses["remat"][0] == pytest.approx(losses["f32"][0], rel=1e-6)
-    for g1, g2 in zip(jax.tree.leaves(losses["f32"][1]), jax.tree.leaves(losses["remat"][1])):
-        np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-7)
+    # relative to the largest gradient, as in the sharded check: an element that sums many cancelling terms (a
+    # bias gradient of ~5e-5) may differ by ~3e-3 of itself between two float32 fusions; a remat bug is O(1)
+    g_f32, g_remat = jax.tree.leaves(losses["f32"][1]), jax.tree.leaves(losses["remat"][1])
+    scale = max(float(np.abs(g).max()) for g in g_f32)
+    for g1, g2 in zip(g_f32, g_remat):
+        assert float(np.abs(np.asarray(g1) - np.asarray(g2)).max()) <= 1e-5 * scale
     assert losses["bf16"][0] == pytest.approx(losses["f32"][0], rel=2e-2)

@@ -7,8 +7,8 @@ training) and the generation time per question.
 
 With a *bank* (the evaluated documents plus distractor documents), no method is handed its document: each
 conversation is routed by its first question to the bank document whose chunk is most similar
-(``retrieval.ChunkIndex.route``), and the method builds its memory from that document (``rag`` searches the whole
-bank at every question instead). The share of conversations routed to their own document is reported.
+(``retrieval.ChunkIndex.route``), and the method builds its memory from that document (``rag`` and ``memory3``
+search the whole bank instead). The share of conversations routed to their own document is reported.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from shine_jax.data import prompts
 from shine_jax.data.pipelines import left_pad
 from shine_jax.errors import UserError
 from shine_jax.eval.methods import (
+    RETRIEVING,
     EvalSettings,
     Method,
     check_document_count,
@@ -107,7 +108,8 @@ def run_method(shine, method: Method, records: list[dict], settings: EvalSetting
             full_rows = np.concatenate([rows, np.zeros(settings.batch_size - len(rows), int)])
             lora = method.lora_for_rows(memory, full_rows)
             t = time.perf_counter()
-            new = shine.base.generate(ids, mask, settings.max_new_tokens, lora=lora)
+            new = method.generate(shine.base, memory, [start + i for i in rows], ids, mask, settings.max_new_tokens,
+                                  lora)
             gen_s += time.perf_counter() - t
             texts = [s.strip() for s in shine.base.decode(new[: len(rows)])]
             for i, pred in zip(rows, texts):
@@ -134,7 +136,7 @@ def evaluate(shine, records: Sequence[dict], method_names: Sequence[str], settin
              on_long: str = "truncate", skip_bad: bool = False, show_progress: bool = True,
              bank: Sequence[str] | None = None) -> dict:
     """Every method on ``records``; ``bank``: extra documents for the bank setting (None: each method is given its
-    document; ``rag`` then searches only that document's chunks)."""
+    document; ``rag`` and ``memory3`` then search only that document's chunks)."""
     settings = settings or EvalSettings()
     max_doc = settings.max_doc_tokens or shine.max_evidence_length
     records = check_records(shine, records, max_doc, on_long, skip_bad)
@@ -144,7 +146,7 @@ def evaluate(shine, records: Sequence[dict], method_names: Sequence[str], settin
     check_document_count(method_names, len(records))  # before the first method runs, not after sft's minutes
     results: dict[str, Any] = {"settings": dataclasses.asdict(settings), "max_doc_tokens": max_doc, "methods": {}}
     contexts = None
-    if bank is not None or "rag" in method_names:
+    if bank is not None or any(name in RETRIEVING for name in method_names):
         bank_docs, record_docs = bank_of(records, bank or [])
         retrieval = settings.retrieval
         retrieval.check()  # before the embedder loads
@@ -159,7 +161,7 @@ def evaluate(shine, records: Sequence[dict], method_names: Sequence[str], settin
             results["bank"] = {"documents": len(bank_docs), "chunks": len(index),
                                "routed_to_own_document": float(np.mean(routed == record_docs))}
         for method in methods:
-            method.attach(index, record_docs, whole_bank=bank is not None)
+            method.attach(index, record_docs, whole_bank=bank is not None, bank_docs=bank_docs)
     for method in methods:
         bar = None
         if show_progress:

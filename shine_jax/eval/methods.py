@@ -13,6 +13,10 @@ cost of SHINE's Table 1), then answers questions with it (``prompt`` decides wha
 * ``rag``   — retrieval-augmented generation: every question is preceded by the ``retrieval.k`` chunks of the bank most
   similar to it (``retrieval.ChunkIndex``; the base model is the embedder). Without a bank it searches only its own
   document's chunks; with one, the whole bank;
+* ``memory3`` — explicit memory (Memory3, ``eval.memory3``): every reference (128-token window) of the bank is
+  encoded once by the frozen base into sparse attention keys/values written to disk; the first half of the layers
+  attend to the 5 references retrieved for each 64-token chunk of the conversation (own document, or the whole
+  bank in the bank setting);
 * ``shine-wrong-doc`` — the control: ``shine``'s generation and prompt, but each document is answered with the
   LoRA generated from *another* document of the evaluated list (``memory_sources``: document i gets document
   (i + 1) mod n's). On a trained model it falls to the ``none`` level, which shows the adapter carries its own
@@ -24,6 +28,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import pathlib
+import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,12 +43,15 @@ from shine_jax.data import pipelines
 from shine_jax.data.corpus import find_full_names
 from shine_jax.data.prompts import icl_user_text
 from shine_jax.errors import InputError
+from shine_jax.eval import memory3
+from shine_jax.eval.memory3 import Memory3Settings
 from shine_jax.eval.retrieval import ChunkIndex, RetrievalSettings
 from shine_jax.model.lora import lora_shapes
 from shine_jax.model.losses import causal_lm_loss
 
-METHODS = ("none", "icl", "sft", "shine", "shine-wrong-doc", "rag")
+METHODS = ("none", "icl", "sft", "shine", "shine-wrong-doc", "rag", "memory3")
 MIN_DOCUMENTS = {"shine-wrong-doc": 2}  # the control needs another document to take the LoRA from
+RETRIEVING = ("rag", "memory3")  # the methods that search the bank (the harness builds its chunk index for them)
 
 
 @dataclasses.dataclass
@@ -54,6 +64,7 @@ class EvalSettings:
     max_doc_tokens: int = 0  # 0: the SHINE run's evidence length
     seed: int = 0
     retrieval: RetrievalSettings = dataclasses.field(default_factory=RetrievalSettings)  # rag and the bank
+    memory3: Memory3Settings = dataclasses.field(default_factory=Memory3Settings)
 
 
 class Method:
@@ -80,11 +91,18 @@ class Method:
     def lora_for_rows(self, memory, rows: np.ndarray):
         return None
 
+    def generate(self, base, memory, records: Sequence[int], ids: np.ndarray, mask: np.ndarray,
+                 max_new_tokens: int, lora) -> np.ndarray:
+        """The new ids ``[B, max_new_tokens]`` of a chat batch whose first rows are ``records`` (indices into the
+        evaluated list; the other rows are padding)."""
+        return base.generate(ids, mask, max_new_tokens, lora=lora)
+
     def extra_results(self) -> dict:
         return {}
 
-    def attach(self, index: ChunkIndex, record_docs: np.ndarray, whole_bank: bool) -> None:
-        """The bank's chunk index, for methods that retrieve (record i's own document is ``record_docs[i]``)."""
+    def attach(self, index: ChunkIndex, record_docs: np.ndarray, whole_bank: bool, bank_docs: Sequence[str]) -> None:
+        """The bank's chunk index and documents, for methods that retrieve (record i's own document is
+        ``bank_docs[record_docs[i]]``)."""
 
 
 class NoMemory(Method):
@@ -142,7 +160,7 @@ class RetrievalAugmented(Method):
         self.own_doc: np.ndarray | None = None  # what each record may search: record_docs, or None (the whole bank)
         self.hits_own: list[bool] = []  # per question: does the best chunk come from the question's document?
 
-    def attach(self, index: ChunkIndex, record_docs: np.ndarray, whole_bank: bool) -> None:
+    def attach(self, index, record_docs, whole_bank, bank_docs):
         self.index, self.record_docs = index, record_docs
         self.own_doc = None if whole_bank else record_docs
 
@@ -154,6 +172,65 @@ class RetrievalAugmented(Method):
 
     def extra_results(self):
         return {"top1_chunk_from_own_doc": float(np.mean(self.hits_own)) if self.hits_own else 0.0}
+
+
+class ExplicitMemory(Method):
+    """Memory3 (``eval.memory3``): the whole bank is written once, at the first ``prepare``; each chunk of a
+    conversation reads the references retrieved for it, from its own document or, in the bank setting, from all."""
+
+    name = "memory3"
+
+    def __init__(self, settings: Memory3Settings, retrieval: RetrievalSettings):
+        settings.check()
+        self.s, self.retrieval = settings, retrieval
+        self.index: ChunkIndex | None = None  # rag's index: its embedder embeds the references and the chunks
+        self.record_docs: np.ndarray | None = None
+        self.own_doc: np.ndarray | None = None  # what each record may search: record_docs, or None (the bank)
+        self.bank_docs: list[str] = []
+        self.bank: memory3.MemoryBank | None = None
+        self.write_s = 0.0
+        self.hits_own: list[bool] = []  # per retrieval: is the best reference from the record's own document?
+        self.tmp: tempfile.TemporaryDirectory | None = None  # the bank's folder when no directory is set
+
+    def attach(self, index, record_docs, whole_bank, bank_docs):
+        self.index, self.record_docs, self.bank_docs = index, record_docs, list(bank_docs)
+        self.own_doc = None if whole_bank else record_docs
+
+    def folder(self) -> pathlib.Path:
+        if self.s.directory:
+            return pathlib.Path(self.s.directory)
+        self.tmp = tempfile.TemporaryDirectory(prefix="memory3-")
+        return pathlib.Path(self.tmp.name) / "bank"
+
+    def prepare(self, shine, docs):
+        if self.bank is None:  # every record may read any bank document's references
+            t = time.perf_counter()
+            self.bank = memory3.build_bank(shine.base, self.bank_docs, self.index.embedder, self.s, self.retrieval,
+                                           self.folder())
+            self.write_s = time.perf_counter() - t
+        return self.bank
+
+    def generate(self, base, memory, records, ids, mask, max_new_tokens, lora):
+        def retrieve(rows, texts):
+            recs = np.asarray(records)[rows]
+            hits = memory.search(texts, self.s.memories, None if self.own_doc is None else self.own_doc[recs])
+            self.hits_own += [bool(h) and memory.index.docs[h[0]] == self.record_docs[r] for h, r in zip(hits, recs)]
+            return hits
+
+        return memory3.generate(base, memory, ids, mask, len(records), max_new_tokens, retrieve, self.s,
+                                () if lora is None else (lora,))
+
+    def extra_results(self):
+        bank = self.bank
+        if bank is None:
+            return {}
+        files = sum((bank.path / memory3.doc_file(d)).stat().st_size for d in range(bank.documents))
+        return {"memory3": {
+            "bytes_per_doc": bank.array_bytes / bank.documents, "file_bytes_per_doc": files / bank.documents,
+            "documents": bank.documents, "references": len(bank.index), "tokens_kept_per_reference": self.s.top_k,
+            "memory_layers": bank.keys.shape[1], "write_s_per_document": self.write_s / bank.documents,
+            "top1_reference_from_own_doc": float(np.mean(self.hits_own)) if self.hits_own else 0.0,
+            "directory": str(bank.path) if self.s.directory else None}}
 
 
 class TestTimeTraining(Method):
@@ -179,7 +256,8 @@ def make_methods(names: Sequence[str], settings: EvalSettings, max_doc_tokens: i
     table = {"none": lambda: NoMemory(), "icl": lambda: InContext(),
              "sft": lambda: TestTimeTraining(settings, max_doc_tokens),
              "shine": lambda: GeneratedLoRA(max_doc_tokens), "shine-wrong-doc": lambda: WrongDocLoRA(max_doc_tokens),
-             "rag": lambda: RetrievalAugmented(settings.retrieval.k)}
+             "rag": lambda: RetrievalAugmented(settings.retrieval.k),
+             "memory3": lambda: ExplicitMemory(settings.memory3, settings.retrieval)}
     check_method_names(names)
     return [table[n]() for n in names]
 

@@ -229,7 +229,7 @@ class BaseModel:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        eos = self._eos_ids(eos_token_id)
+        eos = self.eos_ids(eos_token_id)
         pad = pad_token_id if pad_token_id is not None else (self._pad_id() if eos.size else 0)
         ids, mask = self.put_batch(input_ids, attention_mask)
         out = _generate_fn(self._graphdef, self._state, ids, mask, self._put_loras(loras),
@@ -237,7 +237,8 @@ class BaseModel:
                            jnp.asarray(eos, jnp.int32), jnp.int32(pad), max_new_tokens)
         return np.asarray(out)
 
-    def _eos_ids(self, eos_token_id) -> np.ndarray:
+    def eos_ids(self, eos_token_id=None) -> np.ndarray:
+        """The ids that end generation: ``eos_token_id`` if given, else the tokenizer's and the config's."""
         if eos_token_id is None:
             eos_token_id = []
             if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
@@ -267,7 +268,7 @@ class BaseModel:
 
     def decode(self, ids: np.ndarray) -> list[str]:
         tok = self._need_tokenizer()
-        eos = set(self._eos_ids(None).tolist())
+        eos = set(self.eos_ids(None).tolist())
         texts = []
         for row in np.asarray(ids):
             row = row.tolist()

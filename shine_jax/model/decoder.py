@@ -6,6 +6,9 @@ Weights are stored ``[in, out]`` (``x @ W``) with a leading ``layers`` axis so o
 and compile time does not grow with depth. Every parameter carries its logical axis names in the
 ``logical_axes`` metadata; ``shine_jax.sharding`` turns them into mesh shardings (resolved by us rather than by
 NNX eager sharding so a model can be built with or without a mesh).
+
+Attention can also read *extra keys/values* (``extra_kv``, off by default): keys and values that are no tokens of
+the sequence, prepended to each layer's keys with their own mask (Memory3's explicit memories, ``eval.memory3``).
 """
 
 from __future__ import annotations
@@ -61,13 +64,31 @@ class DecoderLayers(nnx.Module):
         return {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
 
 
+def attention_qkv(cfg: ModelConfig, w: dict, x: jax.Array,
+                  loras: Sequence[dict] = ()) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A layer's queries ``[B, T, nh, hd]``, keys and values ``[B, T, nkv, hd]`` of its input ``x`` (the residual
+    stream), before RoPE: attention norm, projections (+ LoRA deltas), q/k norm."""
+    b, t, _ = x.shape
+    h = L.rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
+    q = apply_loras(h @ w["q"], h, loras, "q").reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k = apply_loras(h @ w["k"], h, loras, "k").reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    v = apply_loras(h @ w["v"], h, loras, "v").reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    if cfg.qk_norm:
+        q = L.rms_norm(q, w["q_norm"], cfg.rms_norm_eps)
+        k = L.rms_norm(k, w["k_norm"], cfg.rms_norm_eps)
+    return q, k, v
+
+
 def layer_forward(cfg: ModelConfig, w: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
                   loras: Sequence[dict], kv: tuple[jax.Array, jax.Array] | None, write_index,
-                  dtype) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+                  dtype, extra: tuple[jax.Array, ...] | None = None,
+                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """One pre-norm decoder layer. LoRA deltas are added to the projection outputs before q/k norm and RoPE.
 
     ``kv``: this layer's cache ``([B, S, nkv, hd], [B, S, nkv, hd])``; the new keys/values are written at
     ``write_index`` and attention runs over the whole cache (``mask`` hides what is not written yet).
+    ``extra``: keys (RoPE already applied) and values ``[B, E, nkv, hd]`` put before the sequence's keys, and
+    ``[B, T, E]``: which of them each query sees.
     """
     b, t, _ = x.shape
     w = {k: v.astype(dtype) for k, v in w.items()}
@@ -75,19 +96,17 @@ def layer_forward(cfg: ModelConfig, w: dict, x: jax.Array, cos: jax.Array, sin: 
     def proj(inp, name):
         return apply_loras(inp @ w[name], inp, loras, name)
 
-    h = L.rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
-    q = proj(h, "q").reshape(b, t, cfg.num_heads, cfg.head_dim)
-    k = proj(h, "k").reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-    v = proj(h, "v").reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-    if cfg.qk_norm:
-        q = L.rms_norm(q, w["q_norm"], cfg.rms_norm_eps)
-        k = L.rms_norm(k, w["k_norm"], cfg.rms_norm_eps)
+    q, k, v = attention_qkv(cfg, w, x, loras)
     q, k = L.apply_rope(q, cos, sin), L.apply_rope(k, cos, sin)
     if kv is not None:
         k_cache = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, write_index, 0, 0))
         v_cache = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, write_index, 0, 0))
         kv = (k_cache, v_cache)
         k, v = k_cache.astype(dtype), v_cache.astype(dtype)
+    if extra is not None:
+        k = jnp.concatenate([extra[0].astype(dtype), k], axis=1)
+        v = jnp.concatenate([extra[1].astype(dtype), v], axis=1)
+        mask = jnp.concatenate([extra[2], mask], axis=-1)
     attn = L.gqa_attention(q, k, v, mask).reshape(b, t, cfg.q_dim)
     x = x + proj(attn, "o")
 
@@ -127,13 +146,15 @@ class Decoder(nnx.Module):
         return logits.astype(jnp.float32)
 
     def run_layers(self, x: jax.Array, key_valid: jax.Array, positions: jax.Array, loras: Sequence[dict] = (),
-                   cache: dict | None = None, collect_last_n: int = 0) -> tuple[jax.Array, Any, dict | None]:
+                   cache: dict | None = None, collect_last_n: int = 0,
+                   extra_kv: tuple[jax.Array, ...] | None = None) -> tuple[jax.Array, Any, dict | None]:
         """Run the scanned stack.
 
         x ``[B, T, H]``; ``key_valid`` ``[B, S]`` marks real keys (S = T without a cache, the cache length with
         one); ``positions`` ``[B, T]`` RoPE positions. Returns the final residual stream, the last
         ``collect_last_n`` positions of the residual stream after every layer (``[B, L, n, H]`` or None), and
-        the updated cache.
+        the updated cache. ``extra_kv``: keys (rotated) and values ``[L, B, E, nkv, hd]`` and a mask
+        ``[L, B, T, E]`` that every layer's attention reads before the sequence (see ``layer_forward``).
         """
         cfg = self.cfg
         b, t, _ = x.shape
@@ -143,9 +164,9 @@ class Decoder(nnx.Module):
         loras = tuple(loras)
 
         def body(carry, xs):
-            w, layer_loras, kv = xs
+            w, layer_loras, kv, extra = xs
             carry = shd.constrain(carry, ("batch", "length", None))
-            out, kv = layer_forward(cfg, w, carry, cos, sin, mask, layer_loras, kv, write_index, self.dtype)
+            out, kv = layer_forward(cfg, w, carry, cos, sin, mask, layer_loras, kv, write_index, self.dtype, extra)
             out = shd.constrain(out, ("batch", "length", None))
             collected = out[:, t - collect_last_n:] if collect_last_n else None
             return out, (collected, kv)
@@ -153,7 +174,7 @@ class Decoder(nnx.Module):
         if self.remat:
             body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
         kv_in = None if cache is None else (cache["k"], cache["v"])
-        x, (collected, kv_out) = jax.lax.scan(body, x, (self.layers.weights(), loras, kv_in))
+        x, (collected, kv_out) = jax.lax.scan(body, x, (self.layers.weights(), loras, kv_in, extra_kv))
         if collected is not None:
             collected = jnp.swapaxes(collected, 0, 1)  # [L, B, n, H] -> [B, L, n, H]
         new_cache = None
@@ -195,16 +216,17 @@ class Decoder(nnx.Module):
             "next_pos": jnp.zeros((batch,), jnp.int32),
         }
 
-    def extend(self, cache: dict, input_ids: jax.Array, attention_mask: jax.Array,
-               loras: Sequence[dict] = ()) -> tuple[jax.Array, dict]:
-        """Append a chunk (prompt prefill or one new token per row) to the cache; returns its last logits."""
+    def extend(self, cache: dict, input_ids: jax.Array, attention_mask: jax.Array, loras: Sequence[dict] = (),
+               extra_kv: tuple[jax.Array, ...] | None = None) -> tuple[jax.Array, dict]:
+        """Append a chunk (prompt prefill or one new token per row) to the cache; returns its last logits.
+        ``extra_kv``: keys/values the chunk's attention reads besides the cache (``run_layers``)."""
         mask = attention_mask.astype(bool)
         valid = jax.lax.dynamic_update_slice(cache["valid"], mask, (0, cache["index"]))
         positions = cache["next_pos"][:, None] + jnp.cumsum(mask, axis=1) - 1
         positions = jnp.maximum(positions, 0)
         cache = dict(cache, valid=valid, next_pos=cache["next_pos"] + mask.sum(axis=1).astype(jnp.int32))
         x = self.embed_tokens(input_ids)
-        x, _, cache = self.run_layers(x, valid, positions, loras, cache=cache)
+        x, _, cache = self.run_layers(x, valid, positions, loras, cache=cache, extra_kv=extra_kv)
         return self.project_logits(x[:, -1:])[:, 0], cache
 
 

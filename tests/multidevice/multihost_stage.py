@@ -19,7 +19,7 @@ import os
 import sys
 
 mode = sys.argv[1]
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={1 if mode == 'check' else 2}"
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={1 if mode == 'check' else 2}"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import hashlib  # noqa: E402

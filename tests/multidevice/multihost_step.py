@@ -9,7 +9,7 @@ import os
 import sys
 
 mode = sys.argv[1]
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={4 if mode == 'single' else 2}"
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={4 if mode == 'single' else 2}"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
