@@ -81,3 +81,14 @@ def test_a_base_built_in_memory_is_copied(tmp_path):
     shine.save(tmp_path / "s")
     assert (tmp_path / "s" / "base" / "model.json").is_file()
     assert checkpoints.base_model_dict(tmp_path / "s")["hidden_size"] == 16
+
+
+def test_all_finite_reads_every_floating_leaf_and_skips_integers():
+    import jax.numpy as jnp
+
+    from shine_jax.train.checkpoint import all_finite
+
+    assert all_finite({"a": jnp.ones(3, jnp.bfloat16), "b": np.arange(3), "c": jnp.zeros((2, 2))})
+    assert all_finite({})
+    for bad in (jnp.array([1.0, jnp.inf], jnp.bfloat16), jnp.array([0.0, jnp.nan]), np.array([-np.inf], np.float32)):
+        assert not all_finite({"ok": jnp.ones(2), "step": jnp.int32(7), "bad": bad})

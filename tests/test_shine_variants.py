@@ -257,9 +257,7 @@ def _teacher_batch(cfg, b=4, vocab=96, seed=0):
     return dict(batch, teacher_input_ids=tid, teacher_attention_mask=tmask)
 
 
-def test_kl_train_step_on_a_tiny_model():
-    from shine_jax.train.step import init_state, make_train_step
-
+def test_kl_loss_and_its_gradients_on_a_tiny_model():
     cfg = small_config("ift_mqa", 4, ["shine.loss='kl'", "grad_accum=1", "optim.warmup_steps=0",
                                       "data.context_length=48", "data.conversation_length=40"])
     base = BaseModel.random(loop.scratch_model_config(cfg, 96), seed=0)
@@ -280,12 +278,6 @@ def test_kl_train_step_on_a_tiny_model():
     both, _ = jax.jit(lambda fr, pr: shine_loss(nnx.merge(base.graphdef, fr), nnx.merge(hgraph, pr), batch,
                                                 "nll+kl", 0.25))(task.frozen, task.params)
     assert float(both) == pytest.approx(float(nll) + 0.25 * float(loss), rel=1e-5)
-    # the jitted train step moves only the hypernetwork
-    tx = optim.make_optimizer(cfg.optim, cfg.steps, task.labels, task.lr_mults)
-    step = jax.jit(make_train_step(task.loss_fn, tx))
-    state, m = step(init_state(task.params, tx), task.frozen, jax.tree.map(lambda x: x[None], batch))
-    assert np.isfinite(float(m["loss"])) and float(m["grad_norm"]) > 0 and int(m["skipped"]) == 0
-    assert not np.array_equal(np.asarray(state["params"]["mem_tokens"]), np.asarray(task.params["mem_tokens"]))
 
 
 def test_teacher_gets_no_gradient():

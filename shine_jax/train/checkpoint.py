@@ -118,15 +118,21 @@ def resolve_dir(path: str | os.PathLike) -> epath.Path:
 
 
 def all_finite(tree: Any) -> bool:
-    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
-    return bool(_all_finite(leaves)) if leaves else True
+    """Whether every floating-point value of ``tree`` is finite, the same answer on every process.
 
-
-@jax.jit
-def _all_finite(leaves: list) -> jax.Array:
-    # one program, not one eager reduction per leaf: with several processes on CPU (gloo), many small
-    # collective programs in flight at once could pair up differently on each process and hang
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    Checked on the host, shard by shard (each process reads its own shards, as a save does), then agreed with one
+    small collective. One XLA program reducing every leaf took XLA:CPU 4 s to compile for a tiny SHINE state, 17 s
+    for 150 leaves: a cost paid at the first save of every run, larger than the check it replaces."""
+    ok = True
+    for x in jax.tree.leaves(tree):
+        if not jnp.issubdtype(np.result_type(x), jnp.floating):  # also bfloat16, which numpy does not call floating
+            continue
+        shards = [s.data for s in x.addressable_shards] if isinstance(x, jax.Array) else [x]
+        ok = ok and all(bool(np.isfinite(np.asarray(s)).all()) for s in shards)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        ok = bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+    return bool(ok)
 
 
 def abstract_like(tree: Any) -> Any:
