@@ -154,6 +154,13 @@ def test_a_finished_stage_is_reused_only_with_the_same_settings(tmp_path):
     steps = cfg.steps
     cfg.steps = steps + 200
     assert reuse_problem(stage_dir, cfg) == f"trained with other settings (steps: {steps} -> {steps + 200})"
+    # a stage recorded before a field existed is reused while the field keeps its default (the old behaviour)
+    cfg.steps = steps
+    old = {k: v for k, v in trained_settings(cfg).items() if k != "shine.memory_norm"}
+    (stage_dir / "summary.json").write_text(json.dumps({"settings_hash": "older", "settings": old}))
+    assert reuse_problem(stage_dir, cfg) is None
+    cfg.shine.memory_norm = "rmsnorm"
+    assert reuse_problem(stage_dir, cfg) == "trained with other settings (shine.memory_norm: None -> 'rmsnorm')"
 
 
 def test_micro_batch_must_split_over_the_data_and_fsdp_axes():

@@ -435,6 +435,20 @@ def reuse_problem(stage_dir, c: ml_collections.ConfigDict) -> str | None:
     if old.get("settings_hash") == settings_hash(c):
         return None
     before, now = old.get("settings") or {}, trained_settings(c)
-    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and not added_since(k, before, now))
+    if before and not changed:
+        return None  # the only differences are fields added since, at the defaults that keep the old behaviour
     shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
     return f"trained with other settings ({shown or 'recorded before settings were hashed'})"
+
+
+def added_since(key: str, before: dict, now: dict) -> bool:
+    """A field the recorded stage predates, set to its default here (a new field's default is the old behaviour)."""
+    if key in before or key not in now:
+        return False
+    default = base_config().to_dict()
+    for part in key.split("."):
+        if not isinstance(default, dict) or part not in default:
+            return False
+        default = default[part]
+    return now[key] == (list(default) if isinstance(default, tuple) else default)
