@@ -162,7 +162,8 @@ def _eval(args) -> None:
     bank_dir = args.memory3_dir or str(pathlib.Path(args.out).with_suffix("")) + "_memory3"
     settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                             sft_epochs=args.sft_epochs, sft_lr=args.sft_lr, max_doc_tokens=args.max_doc_tokens,
-                            retrieval=retrieval_settings(args), memory3=memory3_settings(args, bank_dir))
+                            retrieval=retrieval_settings(args),
+                            memory3=memory3_settings(args, bank_dir, memory3_base(args.memory3_base, args.workdir)))
     results, files = evaluate_jsonl(args.workdir, args.data, [m.strip() for m in args.methods.split(",") if m.strip()],
                                     settings, args.out, limit=args.limit, on_long=args.on_long,
                                     skip_bad=args.skip_bad_lines, progress=not args.no_progress, bank=args.bank)
@@ -179,13 +180,30 @@ def retrieval_settings(args):
     return settings
 
 
-def memory3_settings(args, directory: str = ""):
+def memory3_settings(args, directory: str = "", base: str = ""):
     """The ``Memory3Settings`` of ``--memory3-*``, checked before any model loads."""
     from shine_jax.eval.memory3 import Memory3Settings
 
-    settings = Memory3Settings(top_k=args.memory3_top_k, memories=args.memory3_memories, directory=directory)
+    settings = Memory3Settings(top_k=args.memory3_top_k, memories=args.memory3_memories, directory=directory,
+                               base=base)
     settings.check()
     return settings
+
+
+def memory3_base(option: str, workdir: str) -> str:
+    """The base memory3 reads with: ``--memory3-base`` (``frozen``: the SHINE run's), else the workdir's
+    memory3_train result when there is one, else the SHINE run's ("")."""
+    from shine_jax.eval.memory3 import TRAINED
+    from shine_jax.model.base_model import MODEL_JSON
+
+    if option == "frozen":
+        return ""
+    if option:
+        if not pathlib.Path(option).is_dir():
+            raise InputError(f"--memory3-base {option} is not a folder")
+        return option
+    trained = pathlib.Path(workdir) / TRAINED
+    return str(trained) if (trained / MODEL_JSON).is_file() else ""
 
 
 def add_memory3_args(p: argparse.ArgumentParser) -> None:
@@ -353,9 +371,11 @@ def cmd_demo(args) -> None:
 def _demo(args) -> None:
     """The embedded default: bundled data -> every stage of the config's pipeline (for ``tiny``: base, RECON/COMP
     pretraining, multi-QA, single-QA) -> none, icl, sft, shine and the wrong-document control on each test set
-    (test-split documents of one person, and the same documents with 1-3 distractor people)."""
+    (test-split documents of one person, and the same documents with 1-3 distractor people). With ``memory3`` in
+    ``--methods`` it also trains the config's ``memory3_train`` (its ``SIDE_STAGES``), the base memory3 reads with."""
     from shine_jax.data.corpus import write_jsonl
     from shine_jax.eval.harness import evaluate
+    from shine_jax.eval.memory3 import TRAINED
     from shine_jax.eval.methods import (
         METHODS,
         EvalSettings,
@@ -371,6 +391,7 @@ def _demo(args) -> None:
         load_config,
         pipeline_stages,
         reuse_problem,
+        side_stages,
         split_stage_overrides,
     )
     from shine_jax.train.loop import run_stage
@@ -389,14 +410,17 @@ def _demo(args) -> None:
     set_names = [s.strip() for s in args.sets.split(",") if s.strip()]
     check_set_names(set_names)
     distractors = parse_range(args.distractors, "--distractors")
-    overrides = split_stage_overrides(args.config_overrides, stages)
-    configs = {stage: load_config(f"{args.config}:{stage}", overrides[stage]) for stage in stages}  # all checked first
+    # memory3 reads with a base trained to read memories, when the config can train one (after the pipeline)
+    side = ("memory3_train",) if "memory3" in methods and "memory3_train" in side_stages(args.config) else ()
+    overrides = split_stage_overrides(args.config_overrides, stages + side)
+    configs = {stage: load_config(f"{args.config}:{stage}", overrides[stage])
+               for stage in stages + side}  # all checked first
     cfg = configs[stages[-1]]
     if args.bank < 0:
         raise ConfigError(f"--bank must be >= 0 documents (0: no bank setting), got {args.bank}")
     settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                             sft_epochs=args.sft_epochs, retrieval=retrieval_settings(args),
-                            memory3=memory3_settings(args))
+                            memory3=memory3_settings(args, base=str(workdir / TRAINED) if side else ""))
     test_sets = demo_test_sets(cfg, args, set_names, distractors)  # built before training: they are cheap
     for _, records, _ in test_sets.values():
         check_document_count(methods, len(records))
@@ -526,6 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_memory3_args(e)
     e.add_argument("--memory3-dir", default="",
                    help="memory3: folder the memory bank is written to (default: beside --out, OUT_memory3)")
+    e.add_argument("--memory3-base", default="", metavar="DIR",
+                   help="memory3: the base that writes and reads the memories: memory3_train's final folder, a "
+                        "workdir holding one, or an HF folder; 'frozen': the SHINE run's base (default: "
+                        "WORKDIR/memory3_train/final when it exists, else the SHINE run's base)")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_eval)
 

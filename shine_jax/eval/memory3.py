@@ -41,8 +41,12 @@ Reading (``generate``):
 * Decoding is greedy, as the harness's other methods, and stops at EOS; it runs in jitted segments between
   retrievals.
 
-Not here: Memory3's training (the paper pretrains its model to read memories); this is the method on a base
-trained without them.
+Training (``read_loss``, the stage ``memory3_train``; data: ``data.memory3_data``): the paper pretrains its model
+to read memories. Here a copy of the base is fine-tuned whole on rows that read memories encoded by
+``encode_memories``, the bank's own encoder, with the weights being trained and with gradient through the kept
+keys and values (not through which tokens are kept: an index). ``--memory3-base`` (or a workdir's
+``memory3_train/final``) makes the method write and read with that base; without it, the method runs on the SHINE
+run's frozen base, trained without memories.
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ from shine_jax.eval.retrieval import ChunkIndex, RetrievalSettings
 from shine_jax.fileutil import atomic_dir
 from shine_jax.model import layers as L
 from shine_jax.model.config import ModelConfig
-from shine_jax.model.decoder import attention_qkv, positions_from_mask
+from shine_jax.model.decoder import attention_qkv, layer_forward, positions_from_mask
+from shine_jax.model.losses import chunked_lm_loss
 
 BANK_JSON = "memory3.json"
 FORMAT = "shine_jax memory3 bank 1"
@@ -80,6 +85,7 @@ class Memory3Settings:
     prefix: str = "Reference: "  # put before each reference when it is encoded, never kept
     directory: str = ""  # where the bank is written; "": a temporary folder, removed with the method
     batch_size: int = 16  # references per encoding pass
+    base: str = ""  # the base that writes and reads memories (memory3_train's); "": the evaluated SHINE's base
 
     def check(self) -> None:
         for value, what in ((self.top_k, "tokens kept per reference (top-k)"),
@@ -131,46 +137,96 @@ def keep_tokens(x: jax.Array, idx: jax.Array, ok: jax.Array) -> jax.Array:
     return jnp.where(ok[..., None], taken, 0).swapaxes(1, 2)
 
 
+def encode_memories(decoder, ids: jax.Array, mask: jax.Array, ref_valid: jax.Array, layers: int,
+                    top_k: int) -> tuple[jax.Array, jax.Array]:
+    """Keys (before RoPE) and values of the kept tokens of each reference, ``[B, layers, top_k, nkv, hd]`` each:
+    ``ids``/``mask`` ``[B, T]`` the prefix and reference (right-padded), ``ref_valid`` ``[B, T]`` the reference's
+    tokens. Only the memory layers run (the last one only to its keys and values). Pure and differentiable in the
+    decoder's weights (the choice of tokens is not: it is an index): the bank's writer and ``memory3_train``'s loss
+    both call it, so training reads memories made exactly as evaluation makes them."""
+    cfg = decoder.cfg
+    x = decoder.embed_tokens(ids)
+    cos, sin = L.rope_cos_sin(positions_from_mask(mask), cfg.head_dim, cfg.rope_theta)
+    causal = L.attention_mask(mask.astype(bool), 0, ids.shape[1])
+    stacked = decoder.layers.weights()
+    keys, values = [], []
+    for layer in range(layers):
+        w = {n: a[layer].astype(decoder.dtype) for n, a in stacked.items()}
+        q, k, v = attention_qkv(cfg, w, x)
+        idx, ok = select_tokens(q, k, ref_valid, top_k)
+        keys.append(keep_tokens(k, idx, ok))
+        values.append(keep_tokens(v, idx, ok))
+        if layer + 1 < layers:  # the next memory layer's input
+            x, _ = layer_forward(cfg, w, x, cos, sin, causal, (), None, 0, decoder.dtype)
+    return jnp.stack(keys, axis=1), jnp.stack(values, axis=1)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _encode(graphdef, layers: int, top_k: int, state, ids, mask, ref_valid):
-    """Keys (before RoPE) and values of the kept tokens, ``[B, layers, top_k, nkv, hd]`` each."""
-    decoder = nnx.merge(graphdef, state)
-    x = decoder.embed_tokens(ids)
-    _, streams, _ = decoder.run_layers(x, mask.astype(bool), positions_from_mask(mask), collect_last_n=ids.shape[1])
-    inputs = jnp.concatenate([x[:, None], streams[:, :layers - 1]], axis=1).swapaxes(0, 1)  # each layer's input
-    weights = {n: w[:layers].astype(decoder.dtype) for n, w in decoder.layers.weights().items()}
+    return encode_memories(nnx.merge(graphdef, state), ids, mask, ref_valid, layers, top_k)
 
-    def one_layer(w, h):
-        q, k, v = attention_qkv(decoder.cfg, w, h)
-        idx, ok = select_tokens(q, k, ref_valid, top_k)
-        return keep_tokens(k, idx, ok), keep_tokens(v, idx, ok)
 
-    keys, values = jax.vmap(one_layer)(weights, inputs)  # [layers, B, top_k, nkv, hd]
-    return keys.swapaxes(0, 1), values.swapaxes(0, 1)
+def reference_rows(tok, texts: Sequence[str], s: Memory3Settings, rows: int | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What ``encode_memories`` reads for references ``texts``: (ids, mask, ref_valid) ``[rows, len(prefix) +
+    reference_tokens]``, the prefix then the reference's first ``reference_tokens`` tokens, right-padded (rows past
+    ``texts`` are empty)."""
+    return reference_rows_of_ids(tok, [encode_text(tok, t)[: s.reference_tokens] for t in texts], s, rows)
+
+
+def reference_rows_of_ids(tok, refs: Sequence[Sequence[int]], s: Memory3Settings, rows: int | None = None,
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``reference_rows`` of references already tokenised (at most ``reference_tokens`` ids each)."""
+    prefix = encode_text(tok, s.prefix)
+    length = len(prefix) + s.reference_tokens  # one shape for every batch
+    rows = len(refs) if rows is None else rows
+    ids = np.full((rows, length), tok.pad_token_id, np.int32)
+    mask = np.zeros((rows, length), np.int32)
+    ref_valid = np.zeros((rows, length), bool)
+    for i, ref in enumerate(refs):
+        ids[i, :len(prefix) + len(ref)] = prefix + list(ref)
+        mask[i, :len(prefix) + len(ref)] = 1
+        ref_valid[i, len(prefix):len(prefix) + len(ref)] = True
+    return ids, mask, ref_valid
 
 
 def encode_references(base, texts: Sequence[str], s: Memory3Settings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(keys, values ``[R, memory layers, top_k, nkv, hd]``, tokens kept ``[R]``) of the references ``texts``."""
-    tok = base.tokenizer
-    prefix = encode_text(tok, s.prefix)
-    refs = [encode_text(tok, t)[: s.reference_tokens] for t in texts]
-    length = len(prefix) + s.reference_tokens  # one compiled shape for every batch
     layers = memory_layers(base.cfg)
-    keys, values = [], []
-    for start in range(0, len(refs), s.batch_size):
-        batch = refs[start:start + s.batch_size]
-        ids = np.full((s.batch_size, length), tok.pad_token_id, np.int32)  # right-padded; padding rows empty
-        mask = np.zeros((s.batch_size, length), np.int32)
-        ref_valid = np.zeros((s.batch_size, length), bool)
-        for i, ref in enumerate(batch):
-            ids[i, :len(prefix) + len(ref)] = prefix + ref
-            mask[i, :len(prefix) + len(ref)] = 1
-            ref_valid[i, len(prefix):len(prefix) + len(ref)] = True
+    keys, values, kept = [], [], []
+    for start in range(0, len(texts), s.batch_size):
+        batch = texts[start:start + s.batch_size]
+        ids, mask, ref_valid = reference_rows(base.tokenizer, batch, s, s.batch_size)  # padding rows: empty
         k, v = _encode(base.graphdef, layers, s.top_k, base.state, *base.put_batch(ids, mask, ref_valid))
         keys.append(np.asarray(k)[: len(batch)])
         values.append(np.asarray(v)[: len(batch)])
-    kept = np.minimum([len(r) for r in refs], s.top_k).astype(np.int32)
-    return np.concatenate(keys), np.concatenate(values), kept
+        kept.append(np.minimum(ref_valid[: len(batch)].sum(1), s.top_k))
+    return np.concatenate(keys), np.concatenate(values), np.concatenate(kept).astype(np.int32)
+
+
+TRAINED = pathlib.Path("memory3_train") / "final"  # where a workdir keeps its memory-reading base
+
+
+def load_reading_base(path: str | pathlib.Path, compute_dtype: str | None = None):
+    """The base of ``--memory3-base``: a shine_jax model folder (``memory3_train``'s ``final``), a workdir holding
+    one, or a Hugging Face folder (with SHINE's tokens added, as training loads one, so that it shares the SHINE
+    run's tokenizer)."""
+    from shine_jax.model.base_model import MODEL_JSON, BaseModel
+    from shine_jax.shine import with_shine_tokens
+
+    path = pathlib.Path(path)
+    if (path / TRAINED / MODEL_JSON).is_file():
+        path = path / TRAINED
+    if (path / MODEL_JSON).is_file():
+        return BaseModel.load(path, compute_dtype=compute_dtype)
+    if (path / "config.json").is_file():
+        return with_shine_tokens(BaseModel.from_hf(path, compute_dtype=compute_dtype))
+    raise InputError(f"memory3: {path} is no base model folder (model.json or config.json), nor a workdir with "
+                     f"{TRAINED}")
+
+
+def same_tokenizer(a, b) -> bool:
+    return a is b or (len(a) == len(b) and a.get_vocab() == b.get_vocab())
 
 
 # ------------------------------------------------------------------------------------------------- storage
@@ -239,6 +295,7 @@ def build_bank(base, documents: Sequence[str], embedder, s: Memory3Settings, ret
     keys, values, kept = encode_references(base, index.texts, s)
     cfg = base.cfg
     meta = {"settings": {k: v for k, v in dataclasses.asdict(s).items() if k not in ("directory", "batch_size")},
+            "base": str(base.origin.path) if base.origin else "",
             "memory_layers": memory_layers(cfg), "num_layers": cfg.num_layers, "num_kv_heads": cfg.num_kv_heads,
             "head_dim": cfg.head_dim, "dtype": str(keys.dtype),
             "layout": "keys, values: [reference, memory layer, slot, kv head, head dim]; kept: [reference]",
@@ -288,6 +345,34 @@ def _decode(graphdef, top_k: int, state, carry, stop, loras, keys, values, ok, e
         return i + 1, logits, cache, done | jnp.isin(tok, eos), out
 
     return jax.lax.while_loop(lambda c: (c[0] < stop) & ~jnp.all(c[3]), step, carry)
+
+
+def read_loss(decoder, batch: dict, top_k: int) -> tuple[jax.Array, jax.Array]:
+    """``memory3_train``'s loss: the NLL of ``labels`` (``losses.chunked_lm_loss``: mean, labelled positions) of
+    rows that read the memories of their references, encoded now by ``decoder`` itself (``encode_memories``, so
+    the gradient reaches the writing as well as the reading).
+
+    ``batch``: ``input_ids``, ``attention_mask``, ``labels`` ``[B, T]`` (left-padded) and ``ref_ids``, ``ref_mask``,
+    ``ref_valid`` ``[B, N, L]`` (``reference_rows``; an empty row is no memory). Every token of a row reads all
+    of its row's memories, laid out as ``generate`` lays out one chunk's: slot j of every memory at position j,
+    the row from position ``top_k`` on."""
+    cfg = decoder.cfg
+    b, n, length = batch["ref_ids"].shape
+    flat = [batch[k].reshape(b * n, length) for k in ("ref_ids", "ref_mask", "ref_valid")]
+    keys, values = encode_memories(decoder, *flat, memory_layers(cfg), top_k)
+
+    def slots(a):  # [B * N, layers, top_k, nkv, hd] -> [layers, B, N * top_k, nkv, hd], as MemoryBank.gather
+        a = a.reshape(b, n, *a.shape[1:])
+        return jnp.moveaxis(a, 2, 0).reshape(a.shape[2], b, n * top_k, *a.shape[4:])
+
+    kept = jnp.minimum(batch["ref_valid"].sum(-1), top_k)  # [B, N], as MemoryBank.kept
+    ok = (jnp.arange(top_k) < kept[..., None]).reshape(b, n * top_k)
+    mask = batch["attention_mask"]
+    sees = mask.astype(bool)[:, :, None] & ok[:, None, :]
+    extra = memory_kv(cfg, top_k, slots(keys), slots(values), sees)
+    x, _, _ = decoder.run_layers(decoder.embed_tokens(batch["input_ids"]), mask.astype(bool),
+                                 top_k + positions_from_mask(mask), extra_kv=extra)
+    return chunked_lm_loss(x, decoder.project_logits, batch["labels"])
 
 
 Retrieve = Callable[[list[int], list[str]], list[list[int]]]  # (rows, query texts) -> reference ids, best first

@@ -14,9 +14,10 @@ cost of SHINE's Table 1), then answers questions with it (``prompt`` decides wha
   similar to it (``retrieval.ChunkIndex``; the base model is the embedder). Without a bank it searches only its own
   document's chunks; with one, the whole bank;
 * ``memory3`` — explicit memory (Memory3, ``eval.memory3``): every reference (128-token window) of the bank is
-  encoded once by the frozen base into sparse attention keys/values written to disk; the first half of the layers
+  encoded once by the base into sparse attention keys/values written to disk; the first half of the layers
   attend to the 5 references retrieved for each 64-token chunk of the conversation (own document, or the whole
-  bank in the bank setting);
+  bank in the bank setting). The base is ``memory3.base`` when set (``memory3_train``'s, trained to read
+  memories), else the SHINE run's frozen base;
 * ``shine-wrong-doc`` — the control: ``shine``'s generation and prompt, but each document is answered with the
   LoRA generated from *another* document of the evaluated list (``memory_sources``: document i gets document
   (i + 1) mod n's). On a trained model it falls to the ``none`` level, which shows the adapter carries its own
@@ -191,6 +192,21 @@ class ExplicitMemory(Method):
         self.write_s = 0.0
         self.hits_own: list[bool] = []  # per retrieval: is the best reference from the record's own document?
         self.tmp: tempfile.TemporaryDirectory | None = None  # the bank's folder when no directory is set
+        self.base = None  # the base that writes and reads the memories
+
+    def reading_base(self, shine):
+        """``memory3.base`` (loaded once, on the SHINE base's mesh), else the SHINE run's base. The harness
+        tokenises the prompts with the SHINE base's tokenizer, so the two must share it."""
+        if self.base is None:
+            if not self.s.base:
+                self.base = shine.base
+                return self.base
+            base = memory3.load_reading_base(self.s.base)
+            if not memory3.same_tokenizer(base.tokenizer, shine.base.tokenizer):
+                raise InputError(f"memory3: the base in {self.s.base} has another tokenizer than the evaluated "
+                                 f"SHINE run's base")
+            self.base = base if shine.base.mesh is None else base.shard(shine.base.mesh)
+        return self.base
 
     def attach(self, index, record_docs, whole_bank, bank_docs):
         self.index, self.record_docs, self.bank_docs = index, record_docs, list(bank_docs)
@@ -204,8 +220,9 @@ class ExplicitMemory(Method):
 
     def prepare(self, shine, docs):
         if self.bank is None:  # every record may read any bank document's references
+            base = self.reading_base(shine)  # loading it is no cost of writing memories
             t = time.perf_counter()
-            self.bank = memory3.build_bank(shine.base, self.bank_docs, self.index.embedder, self.s, self.retrieval,
+            self.bank = memory3.build_bank(base, self.bank_docs, self.index.embedder, self.s, self.retrieval,
                                            self.folder())
             self.write_s = time.perf_counter() - t
         return self.bank
@@ -217,8 +234,8 @@ class ExplicitMemory(Method):
             self.hits_own += [bool(h) and memory.index.docs[h[0]] == self.record_docs[r] for h, r in zip(hits, recs)]
             return hits
 
-        return memory3.generate(base, memory, ids, mask, len(records), max_new_tokens, retrieve, self.s,
-                                () if lora is None else (lora,))
+        return memory3.generate(base if self.base is None else self.base, memory, ids, mask, len(records), max_new_tokens, retrieve,
+                                self.s, () if lora is None else (lora,))
 
     def extra_results(self):
         bank = self.bank
@@ -230,7 +247,8 @@ class ExplicitMemory(Method):
             "documents": bank.documents, "references": len(bank.index), "tokens_kept_per_reference": self.s.top_k,
             "memory_layers": bank.keys.shape[1], "write_s_per_document": self.write_s / bank.documents,
             "top1_reference_from_own_doc": float(np.mean(self.hits_own)) if self.hits_own else 0.0,
-            "directory": str(bank.path) if self.s.directory else None}}
+            "directory": str(bank.path) if self.s.directory else None,
+            "base": self.s.base or "the SHINE run's base (frozen)"}}
 
 
 class TestTimeTraining(Method):

@@ -25,6 +25,8 @@ from shine_jax.model.losses import LOSSES
 from shine_jax.model.m2p import MEMORY_NORMS
 
 STAGES = stages_lib.NAMES  # in training order; what each stage does: shine_jax/stages.py
+ALL_STAGES = stages_lib.ALL_NAMES  # and the side stages (memory3_train), trained apart from the pipeline
+STAGE_ONLY_GROUPS = {"memory3": "memory3_train"}  # config groups that only this stage reads (not in others' hash)
 MODEL_SOURCES = ("scratch", "hf", "smollm2")
 
 
@@ -123,6 +125,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.lm_copy_share = 0.0  # base_pretrain: examples that ask for the document back verbatim
     c.data.lm_copy_warmup = 0.0  # base_pretrain (packed): this share of the first steps copies random token spans
 
+    c.memory3 = ml_collections.ConfigDict()  # memory3_train (eval.memory3's settings; data.memory3_data)
+    c.memory3.reference_tokens = 128  # tokens per reference, as the memory3 method cuts them
+    c.memory3.top_k = 8  # tokens a reference keeps per memory layer and KV head
+    c.memory3.memories = 5  # references a row reads
+    c.memory3.prefix = "Reference: "  # put before each reference when it is encoded
+    c.memory3.lm_share = 0.3  # rows of continual LM on a reference reading its neighbours (the rest: QA)
+    c.memory3.lm_docs = 500  # training documents whose references are the LM texts and their neighbours (the
+    # sentence embedder reads each reference once: ~800 references, about a CPU minute)
+    c.memory3.fresh_max_people = 2  # QA rows: documents about 1..this freshly generated people
+
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 20
@@ -216,7 +228,7 @@ def split_stage_overrides(overrides, stages) -> dict[str, list[str]]:
     for item in overrides:
         key = item.strip().removeprefix("--").removeprefix("config.")
         head, dot, rest = key.partition(".")
-        scoped = bool(dot) and head in STAGES
+        scoped = bool(dot) and head in ALL_STAGES
         if (rest if scoped else key).partition("=")[0].strip() == "stage":
             raise ConfigError(f"override {item!r}: a multi-stage run sets each config's stage itself")
         if scoped:
@@ -284,12 +296,14 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
         if not cond:
             raise ConfigError(f"config field {field!r}: {msg}")
 
-    need(c.stage in STAGES, "stage", f"{c.stage!r} is not one of {', '.join(STAGES)}")
+    need(c.stage in ALL_STAGES, "stage", f"{c.stage!r} is not one of {', '.join(ALL_STAGES)}")
     need(c.model.source in MODEL_SOURCES, "model.source", f"{c.model.source!r} is not one of {', '.join(MODEL_SOURCES)}")
     stage = stages_lib.stage(c.stage)
     need(not stage.trains_base or c.model.source == "scratch", "stage",
          "base_pretrain trains a base model from scratch; it needs model.source='scratch'")
     need(c.model.source != "hf" or bool(c.model.hf_dir), "model.hf_dir", "model.source='hf' needs model.hf_dir")
+    if stage.dataset == "memory3":
+        validate_memory3(c, need)
     for f in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every",
               "eval_every"):
         need(c[f] >= 1, f, f"must be >= 1, got {c[f]}")
@@ -370,6 +384,36 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
              "non-integer")
 
 
+def memory3_settings(c: ml_collections.ConfigDict):
+    """``eval.memory3.Memory3Settings`` of ``c.memory3``: what memory3_train encodes and reads memories with."""
+    from shine_jax.eval.memory3 import Memory3Settings
+
+    m = c.memory3
+    return Memory3Settings(reference_tokens=m.reference_tokens, top_k=m.top_k, memories=m.memories, prefix=m.prefix)
+
+
+def validate_memory3(c: ml_collections.ConfigDict, need) -> None:
+    from shine_jax.errors import InputError
+
+    try:
+        memory3_settings(c).check()
+    except InputError as e:
+        raise ConfigError(f"config group 'memory3': {str(e).removeprefix('memory3: ')}") from None
+    m = c.memory3
+    need(0.0 <= m.lm_share <= 1.0, "memory3.lm_share", "must lie in [0, 1]")
+    need(m.lm_docs >= 0, "memory3.lm_docs", f"must be >= 0, got {m.lm_docs}")
+    need(m.lm_share == 0 or m.lm_docs > 0, "memory3.lm_docs", "continual LM rows (lm_share > 0) need documents")
+    need(1 <= m.fresh_max_people <= 4, "memory3.fresh_max_people", "must lie in [1, 4]")
+    need(m.reference_tokens <= c.data.conversation_length, "data.conversation_length",
+         f"an LM row is one reference: {c.data.conversation_length} < memory3.reference_tokens "
+         f"{m.reference_tokens}")
+
+
+def side_stages(path: str) -> tuple[str, ...]:
+    """The side stages a config file trains (its ``SIDE_STAGES``; none when it has none)."""
+    return tuple(getattr(import_config_module(path), "SIDE_STAGES", ()))
+
+
 def checkpoint_dir_problem(value: str) -> str:
     """What is wrong with a ``checkpoint_dir`` value ("" when nothing): a local path or ``gs://bucket[/prefix]``."""
     if value != value.strip():
@@ -412,6 +456,8 @@ def trained_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
 
     def walk(d, prefix):
         for k, v in d.items():
+            if not prefix and STAGE_ONLY_GROUPS.get(k, c.stage) != c.stage:
+                continue  # another stage's settings: the hashes of stages trained before the group existed stay
             if isinstance(v, dict):
                 walk(v, f"{prefix}{k}.")
             elif f"{prefix}{k}" not in NOT_HASHED:

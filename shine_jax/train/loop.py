@@ -35,7 +35,14 @@ from shine_jax.shine import Shine, load_base_from, shine_loss, with_shine_tokens
 from shine_jax.train import checkpoint as ckpt
 from shine_jax.train import flops as flops_lib
 from shine_jax.train import optimizer as optim
-from shine_jax.train.config import ConfigError, profile_range, settings_hash, trained_settings, validate
+from shine_jax.train.config import (
+    ConfigError,
+    memory3_settings,
+    profile_range,
+    settings_hash,
+    trained_settings,
+    validate,
+)
 from shine_jax.train.metrics import MetricsLog, Throughput, TrainMetrics
 from shine_jax.train.preemption import Preempted, watch_sigterm
 from shine_jax.train.step import (
@@ -96,6 +103,12 @@ def stage_of(cfg) -> stages_lib.Stage:
 
 def load_base(cfg, workdir: pathlib.Path) -> BaseModel:
     m = cfg.model
+    if stage_of(cfg).trains == "memory_base" and cfg.init_from:  # a base folder to go on from (HF or ours)
+        from shine_jax.eval.memory3 import load_reading_base
+
+        base = load_reading_base(cfg.init_from, m.compute_dtype)
+        base.set_remat(m.remat)
+        return base
     if m.source == "scratch":
         if stage_of(cfg).trains_base and cfg.init_from:  # continue training an earlier base
             base = BaseModel.load(pathlib.Path(cfg.init_from), compute_dtype=m.compute_dtype)
@@ -170,21 +183,47 @@ class Task:
     teacher: bool = False  # the training batches carry the KL loss's teacher fields
 
 
-def lm_task(cfg, base: BaseModel, mesh) -> Task:
+def decoder_task(base: BaseModel, mesh, loss, flops: float) -> Task:
+    """Every weight of the base trained with ``loss(decoder, batch) -> (loss, labelled tokens)``; the result is a
+    base model folder."""
     graphdef = base.graphdef
     shardings = nnx.to_pure_dict(state_shardings(base.state, mesh))
 
     def loss_fn(params, frozen, batch):
-        decoder = nnx.merge(graphdef, params)
-        return decoder.lm_loss(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        return loss(nnx.merge(graphdef, params), batch)
 
     def finalize(params, out_dir):
         base.set_params(multihost.to_host(params))  # gathers the shards of other hosts too
         base.save(out_dir, overwrite=True)
 
-    flops = flops_lib.lm_step_flops(base.cfg, cfg.batch_size, cfg.data.lm_length)
     return Task(nnx.to_pure_dict(base.state), None, loss_fn,
                 optim.param_labels(nnx.to_pure_dict(base.state), optim.decoder_group), shardings, finalize, flops)
+
+
+def lm_task(cfg, base: BaseModel, mesh) -> Task:
+    return decoder_task(base, mesh, lambda d, b: d.lm_loss(b["input_ids"], b["attention_mask"], b["labels"]),
+                        flops_lib.lm_step_flops(base.cfg, cfg.batch_size, cfg.data.lm_length))
+
+
+def memory3_task(cfg, base: BaseModel, mesh) -> Task:
+    """memory3_train: the whole base learns to read (and write) Memory3 memories (``memory3.read_loss``; the
+    memories are encoded by the weights being trained, with gradient)."""
+    from shine_jax.eval.memory3 import memory_layers, read_loss
+
+    s = memory3_settings(cfg)
+    rows = cfg.batch_size * s.memories  # the references encoded per step, in the memory layers only
+    ref_len = s.reference_tokens + 8  # the prefix: a few tokens
+    share = memory_layers(base.cfg) / base.cfg.num_layers
+    flops = (flops_lib.lm_step_flops(base.cfg, cfg.batch_size, cfg.data.conversation_length)
+             + 3 * share * flops_lib.decoder_forward_flops(base.cfg, rows * ref_len, ref_len, False))
+    return decoder_task(base, mesh, lambda d, b: read_loss(d, b, s.top_k), flops)
+
+
+def stage_task(cfg, base: BaseModel, mesh, workdir: pathlib.Path) -> Task:
+    trains = stage_of(cfg).trains
+    if trains == "memory_base":
+        return memory3_task(cfg, base, mesh)
+    return lm_task(cfg, base, mesh) if trains == "base" else shine_task(cfg, base, mesh, workdir)
 
 
 def shine_task(cfg, base: BaseModel, mesh, workdir: pathlib.Path) -> Task:
@@ -269,6 +308,21 @@ def count_tokens(batch: dict) -> int:
     return int(sum(np.asarray(m).sum() for m in masks))
 
 
+def memory3_datasets(cfg, workdir: pathlib.Path, tok, train_records, eval_records, shard: dict):
+    """memory3_train's (train, validation) datasets (``data.memory3_data``): the continual-LM pool's neighbours
+    come from the evaluation's embedder, once per data build (kept in ``<data dir>/memory3``)."""
+    from shine_jax.data import memory3_data
+    from shine_jax.model.sentence_encoder import SentenceEncoder
+
+    m, s = cfg.memory3, memory3_settings(cfg)
+    docs = memory3_data.lm_documents(train_records, m.lm_docs) if m.lm_share > 0 else []
+    pool = memory3_data.LmPool.build(tok, docs, s, lambda texts: SentenceEncoder()(texts),  # loaded if not kept
+                                     data_dir_of(cfg, workdir) / "memory3")
+    length = cfg.data.conversation_length
+    train = memory3_data.train_dataset(tok, pool, s, length, m.lm_share, m.fresh_max_people, cfg.seed, **shard)
+    return train, memory3_data.eval_dataset(tok, eval_records, s, length, cfg.seed + 1000, **shard)
+
+
 # ---------------------------------------------------------------------------------------------------- main
 def run_stage(cfg, workdir: str | os.PathLike, progress: bool = True) -> dict:
     validate(cfg, jax.device_count())
@@ -289,7 +343,7 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
 
     base = load_base(cfg, workdir)
     base.shard(mesh)
-    task = lm_task(cfg, base, mesh) if stage_of(cfg).trains_base else shine_task(cfg, base, mesh, workdir)
+    task = stage_task(cfg, base, mesh, workdir)
     tok = base.tokenizer
 
     streamed = stage_of(cfg).dataset == "recon_comp" and bool(cfg.data.pretrain_files)  # text shards instead
@@ -299,11 +353,14 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
     warm_rows = round(cfg.data.lm_copy_warmup * cfg.steps) * (cfg.batch_size // jax.process_count()) \
         if stage_of(cfg).dataset == "lm" else 0
-    train_ds = pipelines.stage_dataset(cfg.stage, train_records, tok, cfg.data, cfg.seed, distractor_pool=pool,
-                                       teacher=task.teacher, copy_warmup_rows=warm_rows, **shard)
-    eval_ds = pipelines.stage_dataset(cfg.stage, eval_records, tok, cfg.data, cfg.seed + 1000,
-                                      distractor_pool=[r["context"] for r in eval_records] if pool else None,
-                                      repeat=False, **shard)
+    if stage_of(cfg).dataset == "memory3":
+        train_ds, eval_ds = memory3_datasets(cfg, workdir, tok, train_records, eval_records, shard)
+    else:
+        train_ds = pipelines.stage_dataset(cfg.stage, train_records, tok, cfg.data, cfg.seed, distractor_pool=pool,
+                                           teacher=task.teacher, copy_warmup_rows=warm_rows, **shard)
+        eval_ds = pipelines.stage_dataset(cfg.stage, eval_records, tok, cfg.data, cfg.seed + 1000,
+                                          distractor_pool=[r["context"] for r in eval_records] if pool else None,
+                                          repeat=False, **shard)
     per_host = cfg.batch_size // jax.process_count()
     train_it = batched_iterator(train_ds, per_host)
 
