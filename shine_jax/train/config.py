@@ -481,20 +481,18 @@ def reuse_problem(stage_dir, c: ml_collections.ConfigDict) -> str | None:
     if old.get("settings_hash") == settings_hash(c):
         return None
     before, now = old.get("settings") or {}, trained_settings(c)
-    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and not added_since(k, before, now))
+    defaults = defaults_of(c)
+    # a field the recorded stage predates, at its default here, is the old behaviour (a new field's default keeps it)
+    added_since = {k for k in set(now) - set(before) if k in defaults and now[k] == defaults[k]}
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k not in added_since)
     if before and not changed:
         return None  # the only differences are fields added since, at the defaults that keep the old behaviour
     shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
     return f"trained with other settings ({shown or 'recorded before settings were hashed'})"
 
 
-def added_since(key: str, before: dict, now: dict) -> bool:
-    """A field the recorded stage predates, set to its default here (a new field's default is the old behaviour)."""
-    if key in before or key not in now:
-        return False
-    default = base_config().to_dict()
-    for part in key.split("."):
-        if not isinstance(default, dict) or part not in default:
-            return False
-        default = default[part]
-    return now[key] == (list(default) if isinstance(default, tuple) else default)
+def defaults_of(c: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``trained_settings`` of the base config for the stage of ``c``: the value each field has unless set."""
+    d = base_config()
+    d.stage = c.stage
+    return trained_settings(d)
