@@ -2,7 +2,7 @@
 
     .venv/bin/python experiments/probe_reading.py BASE_DIR [--docs 48] [--seed 0] [--people 1] [--out OUT.json]
 
-BASE_DIR is a BaseModel folder (e.g. ``W/base_pretrain/final``). Family 1 is the bundled corpus's test split (test
+BASE_DIR is a BaseModel folder (e.g. ``W/base_pretrain/final``) or a Hugging Face folder (e.g. ``models/tiny_base``). Family 1 is the bundled corpus's test split (test
 people, test phrasings included); family 2 (``corpus.make_family2_documents``) has names and values from syllables
 no training text uses and fact and question phrasings of its own. Each document's questions are asked in order as
 one conversation, exactly as ``shine-jax eval`` asks them, with greedy decoding. Prints one line per family and
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import types
 
 from shine_jax.data import corpus
@@ -42,7 +43,8 @@ def main() -> None:
     p.add_argument("--people", type=int, default=1, help="people per document")
     p.add_argument("--out", default="")
     a = p.parse_args()
-    base = BaseModel.load(a.base)
+    is_hf = os.path.exists(os.path.join(a.base, "config.json")) and not os.path.exists(os.path.join(a.base, "model.json"))
+    base = BaseModel.from_hf(a.base) if is_hf else BaseModel.load(a.base)
     model = types.SimpleNamespace(base=base)  # none and icl only need the base
     settings = EvalSettings(batch_size=16, max_new_tokens=16)
     rows = []

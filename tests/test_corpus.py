@@ -368,3 +368,31 @@ def test_family2_is_held_out_wording_and_syllables():
 
 def _splits_into(word: str, syllables) -> bool:
     return word == "" or any(word.startswith(s) and _splits_into(word[len(s):], syllables) for s in syllables)
+
+
+def test_broad_documents_never_use_family2_wording_or_syllables():
+    """The broad reading curriculum keeps family2 held out: no broad word holds a family2 syllable, no broad
+    sentence or question matches a family2 phrasing, no broad frame uses a family2 key word, and every answer is
+    stated verbatim; the same rng state gives the same documents."""
+    docs = [C.broad_document(random.Random(f"b{i}")) for i in range(40)]
+    assert docs == [C.broad_document(random.Random(f"b{i}")) for i in range(40)]
+    fact2 = [C.template_pattern(t.text) for t in C.FAMILY2_FACT_TEMPLATES]
+    question2 = [C.template_pattern(t.text) for t in C.FAMILY2_QUESTION_TEMPLATES]
+    family2_keys = ("native", "salary", "occupation", "line of work", "educated", "relax", "at present")
+    frames = " ".join(C.BROAD_FACT_FRAMES + C.BROAD_QUESTION_FRAMES) + " ".join(
+        n for nouns in C.BROAD_KEY_NOUNS.values() for n in nouns)
+    assert not any(k in frames for k in family2_keys)
+    invented = 0
+    for d in docs:
+        for q in d["qa"]:
+            assert q["answers"][0] in d["context"]
+            assert not any(p.fullmatch(q["question"]) for p in question2), q["question"]
+            known = any(n in q["question"] for nouns in C.BROAD_KEY_NOUNS.values() for n in nouns)
+            invented += not known
+        for sentence in pipelines.SENTENCE_END.split(d["context"]):
+            assert not any(p.fullmatch(sentence) for p in fact2), sentence
+    assert invented > 0  # some keys are invented words: only the shared key ties question to statement
+    rng = random.Random(5)
+    for _ in range(300):
+        word = C.broad_word(rng).lower()
+        assert not any(s in word for s in C.FAMILY2_SYLLABLES), word

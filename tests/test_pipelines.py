@@ -232,6 +232,24 @@ def test_base_pretrain_fresh_people(tok, records):
         small_config("base_pretrain", extra=[*BUNDLED, "data.lm_fresh_share=1.5"])
 
 
+def test_base_pretrain_broad_documents(tok, records):
+    """lm_broad_share=1: every example is a broad document (names of no training record, every answer in the
+    prompt); a share outside [0, 1] is refused naming the field."""
+    cfg = small_config("base_pretrain", extra=[*BUNDLED, "data.lm_mix=(0.0, 0.0, 1.0)", "data.lm_broad_share=1.0",
+                                                "data.lm_fact_share=0.0", "data.lm_person_share=0.0",
+                                                "data.lm_fresh_max_people=1", "data.lm_answer_loss=True",
+                                                "data.lm_length=384"]).data
+    rng = np.random.default_rng(0)
+    for rec in records[:6]:
+        ex = pipelines.lm_example(rec, rng, tok, cfg)
+        prompt = visible(tok, ex["input_ids"], ex["attention_mask"]).split("Question:")[0]
+        answers = answers_of(tok, ex["labels"])
+        assert answers and all(a in prompt for a in answers)
+        assert set(prompt.replace("'s", " ").split()).isdisjoint(corpus.FIRST_NAMES)
+    with pytest.raises(Exception, match="lm_broad_share"):
+        small_config("base_pretrain", extra=[*BUNDLED, "data.lm_broad_share=-0.1"])
+
+
 def test_chatml_fast_path_equals_the_template(tok):
     """The bundled tokenizer's chat is rendered without Jinja; it must equal what its template renders."""
     turns = [("Where was Ada born?", "Dunmere"), ("Her job?", "florist"), ("And?", "x y")]

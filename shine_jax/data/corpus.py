@@ -941,3 +941,108 @@ def make_family2_documents(num_docs: int, seed: int = 0, *, min_people: int = 1,
         )
         records.append({"id": f"family2-{index:06d}", **record})
     return records
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Broad reading: documents whose only regularity is "a key of a person, then its value"
+# ---------------------------------------------------------------------------------------------------------------
+
+# The fresh documents teach reading with the bundled phrasings and TRAIN_SYLLABLES names, and a base trained on them
+# reads only text like that (family2 icl F1 0.049). Broad documents vary what a reader must not depend on: names and
+# values are letter strings of any consonant-vowel shape (none containing a FAMILY2 syllable), and half of the facts
+# are stated in plain key-value frames whose key is an attribute noun or an invented word, so the one cue left is
+# the key shared by question and statement. None of these frames or nouns is a family2 phrasing or its key word.
+BROAD_ONSETS = ("", "b", "br", "c", "ch", "d", "dr", "f", "fl", "g", "gr", "h", "j", "k", "kl", "l", "m", "n", "p",
+                "pl", "r", "s", "sk", "st", "t", "tr", "v", "w", "z")
+BROAD_VOWELS = ("a", "e", "i", "o", "u", "ai", "au", "ea", "ie", "oa")
+BROAD_CODAS = ("", "", "", "l", "m", "n", "r", "s", "t", "nd", "rk", "st")
+BROAD_KEY_NOUNS: dict[str, tuple[str, ...]] = {
+    "birth_date": ("birthday", "date of birth"),
+    "birth_city": ("birthplace", "home town", "city of birth"),
+    "residence": ("home city", "current city", "city of residence"),
+    "job": ("job", "profession", "trade"),
+    "employer": ("employer", "firm", "workplace"),
+    "school": ("alma mater", "university", "school"),
+    "hobby": ("hobby", "favourite activity", "free-time activity"),
+}
+BROAD_FACT_FRAMES = (
+    "{name}'s {key} is {value}.", "The {key} of {name} is {value}.", "For {name}, the {key} is {value}.",
+    "{name} gives {value} as the {key}.", "{name} - {key}: {value}.", "Asked about the {key}, {name} said {value}.",
+)
+BROAD_QUESTION_FRAMES = (
+    "What is the {key} of {name}?", "What is {name}'s {key}?", "Tell me the {key} of {name}.",
+    "{name}: which {key}?", "Which {key} did {name} give?",
+)
+_FAMILY2_PIECES = tuple(s.lower() for s in FAMILY2_SYLLABLES)
+
+
+def broad_word(rng: random.Random, lo: int = 1, hi: int = 3) -> str:
+    """A capitalised letter string of ``lo..hi`` onset-vowel-coda syllables containing no FAMILY2 syllable."""
+    while True:
+        word = "".join(rng.choice(BROAD_ONSETS) + rng.choice(BROAD_VOWELS) + rng.choice(BROAD_CODAS)
+                       for _ in range(rng.randint(lo, hi)))
+        if len(word) >= 3 and not any(piece in word for piece in _FAMILY2_PIECES):
+            return word.capitalize()
+
+
+def broad_person(rng: random.Random) -> Person:
+    """A person named by ``broad_word``s; places and the roots of employers and schools are broad words half of the
+    time (else drawn from the bundled pools)."""
+
+    def place() -> str:
+        return broad_word(rng, 2, 3) if rng.random() < FRESH_VALUE_SHARE else rng.choice(CITIES)
+
+    def organisation(pool: Sequence[str], patterns: Sequence[str]) -> str:
+        return rng.choice(patterns).format(broad_word(rng, 2, 3)) if rng.random() < FRESH_VALUE_SHARE \
+            else rng.choice(pool)
+
+    birth_city, residence = place(), place()
+    while residence == birth_city:
+        residence = place()
+    return Person(
+        first_name=broad_word(rng), last_name=broad_word(rng, 2, 4), pronoun=_weighted(rng, PRONOUN_WEIGHTS),
+        birth_date=_random_date(rng), birth_city=birth_city, residence=residence, job=rng.choice(JOBS),
+        employer=organisation(EMPLOYERS, EMPLOYER_PATTERNS), school=organisation(SCHOOLS, SCHOOL_PATTERNS),
+        hobby=rng.choice(HOBBIES),
+    )
+
+
+def _broad_paragraph(person: Person, rng: random.Random, num_facts: int) -> tuple[str, list[dict[str, Any]]]:
+    """``num_facts`` facts of ``person``: each an attribute (in a train phrasing or a key-value frame) or an invented
+    key with a broad-word value, always in a key-value frame. Keys and values are distinct within the paragraph."""
+    attributes = rng.sample(ATTRIBUTES, min(num_facts, len(ATTRIBUTES)))
+    sentences, qa, used_keys = [], [], set()
+    for attribute in attributes:
+        if rng.random() < 0.3:  # an invented key: only the key word ties the question to its statement
+            key, value = broad_word(rng, 2, 3).lower(), broad_word(rng, 1, 3)
+        else:
+            key, value = rng.choice(BROAD_KEY_NOUNS[attribute]), person.attribute(attribute)
+        if key in used_keys or any(value == q["answers"][0] for q in qa):
+            continue
+        used_keys.add(key)
+        if key in BROAD_KEY_NOUNS[attribute] and rng.random() < 0.5:
+            sentence = render_fact(rng.choice(_allowed("fact", attribute, "train", opening=not sentences)), person)
+        else:
+            sentence = rng.choice(BROAD_FACT_FRAMES).format(name=person.full_name, key=key, value=value)
+        sentences.append(sentence[0].upper() + sentence[1:])
+        question = rng.choice(BROAD_QUESTION_FRAMES).format(name=person.full_name, key=key)
+        qa.append({"question": question, "answers": [value]})
+    return " ".join(sentences), qa
+
+
+def broad_document(rng: random.Random, min_people: int = 1, max_people: int = 2,
+                   min_facts: int = 3, max_facts: int = 6) -> dict[str, Any]:
+    """A training document about ``broad_person``s (see BROAD_KEY_NOUNS): answers can only be read, and the
+    question's key is the cue to the sentence that states it."""
+    group: list[Person] = []
+    while len(group) < rng.randint(min_people, max_people):
+        candidate = broad_person(rng)
+        if all(_compatible(candidate, other) for other in group):
+            group.append(candidate)
+    paragraphs, qa = [], []
+    for person in group:
+        paragraph, questions = _broad_paragraph(person, rng, rng.randint(min_facts, max_facts))
+        paragraphs.append(paragraph)
+        qa.extend(questions)
+    rng.shuffle(qa)
+    return {"id": "broad", "context": "\n\n".join(paragraphs), "qa": qa}
