@@ -242,7 +242,9 @@ def test_memory3_in_the_harness_own_document_and_bank(base, tmp_path):
                             memory3=m3.Memory3Settings(reference_tokens=16, top_k=4, memories=2, interval=16,
                                                        directory=str(tmp_path / "bank")))
     for bank in (None, [BANK[0], BANK[3]]):
-        res = evaluate(shine, records, ["memory3"], settings, show_progress=False, bank=bank)["methods"]["memory3"]
+        out = evaluate(shine, records, ["memory3"], settings, show_progress=False, bank=bank)
+        assert ("retrieval" in out) == (bank is not None)  # rag's chunk index only where the bank must be routed
+        res = out["methods"]["memory3"]
         for rec, pred in zip(records, res["predictions"]):
             f1s = [best_f1(a, qa["answers"]) for a, qa in zip(pred["answers"], rec["qa"])]
             assert len(f1s) == len(rec["qa"]) and all(np.isfinite(f) and 0 <= f <= 1 for f in f1s)

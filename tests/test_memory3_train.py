@@ -150,7 +150,7 @@ def test_the_stage_lowers_its_loss_and_evaluation_reads_with_its_base(tok, small
     settings = EvalSettings(memory3=dataclasses.replace(S, directory=str(tmp_path / "bank"), base=str(tmp_path / "w")))
     method = make_methods(["memory3"], settings, 256)[0]
     docs = [r["context"] for r in records[:2]]
-    method.attach(ChunkIndex.build(docs, fake_embedder, tok, RetrievalSettings()), np.arange(2), False, docs)
+    method.attach(None, fake_embedder, np.arange(2), False, docs)
     bank = method.prepare(shine, docs)  # the harness's first call: the bank is written by the reading base
     assert method.extra_results()["memory3"]["base"] == str(tmp_path / "w")
     assert json.loads((tmp_path / "bank" / m3.BANK_JSON).read_text())["base"] == str(final)

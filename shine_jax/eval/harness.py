@@ -150,18 +150,20 @@ def evaluate(shine, records: Sequence[dict], method_names: Sequence[str], settin
         bank_docs, record_docs = bank_of(records, bank or [])
         retrieval = settings.retrieval
         retrieval.check()  # before the embedder loads
-        t = time.perf_counter()
-        index = ChunkIndex.build(bank_docs, make_embedder(retrieval.embedder, shine.base), shine.base.tokenizer,
-                                 retrieval)
-        results["retrieval"] = {"documents": len(bank_docs), "chunks": len(index),
-                                "index_s_per_document": (time.perf_counter() - t) / len(bank_docs)}
+        embedder = make_embedder(retrieval.embedder, shine.base)
+        index = None
+        if bank is not None or "rag" in method_names:  # memory3 alone embeds its own references
+            t = time.perf_counter()
+            index = ChunkIndex.build(bank_docs, embedder, shine.base.tokenizer, retrieval)
+            results["retrieval"] = {"documents": len(bank_docs), "chunks": len(index),
+                                    "index_s_per_document": (time.perf_counter() - t) / len(bank_docs)}
         if bank is not None:
             routed = index.route([r["qa"][0]["question"] for r in records])
             contexts = [bank_docs[d] for d in routed]
-            results["bank"] = {"documents": len(bank_docs), "chunks": len(index),
+            results["bank"] = {"documents": len(bank_docs),
                                "routed_to_own_document": float(np.mean(routed == record_docs))}
         for method in methods:
-            method.attach(index, record_docs, whole_bank=bank is not None, bank_docs=bank_docs)
+            method.attach(index, embedder, record_docs, whole_bank=bank is not None, bank_docs=bank_docs)
     for method in methods:
         bar = None
         if show_progress:

@@ -52,7 +52,7 @@ from shine_jax.model.losses import causal_lm_loss
 
 METHODS = ("none", "icl", "sft", "shine", "shine-wrong-doc", "rag", "memory3")
 MIN_DOCUMENTS = {"shine-wrong-doc": 2}  # the control needs another document to take the LoRA from
-RETRIEVING = ("rag", "memory3")  # the methods that search the bank (the harness builds its chunk index for them)
+RETRIEVING = ("rag", "memory3")  # the methods that search the bank (the harness loads their embedder)
 
 
 @dataclasses.dataclass
@@ -101,9 +101,10 @@ class Method:
     def extra_results(self) -> dict:
         return {}
 
-    def attach(self, index: ChunkIndex, record_docs: np.ndarray, whole_bank: bool, bank_docs: Sequence[str]) -> None:
-        """The bank's chunk index and documents, for methods that retrieve (record i's own document is
-        ``bank_docs[record_docs[i]]``)."""
+    def attach(self, index: ChunkIndex | None, embedder, record_docs: np.ndarray, whole_bank: bool,
+               bank_docs: Sequence[str]) -> None:
+        """The bank's chunk index (None when no method needs rag's chunks), its embedder and documents, for methods
+        that retrieve (record i's own document is ``bank_docs[record_docs[i]]``)."""
 
 
 class NoMemory(Method):
@@ -161,7 +162,7 @@ class RetrievalAugmented(Method):
         self.own_doc: np.ndarray | None = None  # what each record may search: record_docs, or None (the whole bank)
         self.hits_own: list[bool] = []  # per question: does the best chunk come from the question's document?
 
-    def attach(self, index, record_docs, whole_bank, bank_docs):
+    def attach(self, index, embedder, record_docs, whole_bank, bank_docs):
         self.index, self.record_docs = index, record_docs
         self.own_doc = None if whole_bank else record_docs
 
@@ -184,7 +185,7 @@ class ExplicitMemory(Method):
     def __init__(self, settings: Memory3Settings, retrieval: RetrievalSettings):
         settings.check()
         self.s, self.retrieval = settings, retrieval
-        self.index: ChunkIndex | None = None  # rag's index: its embedder embeds the references and the chunks
+        self.embedder = None  # rag's embedder: it embeds the references and the prompt's chunks
         self.record_docs: np.ndarray | None = None
         self.own_doc: np.ndarray | None = None  # what each record may search: record_docs, or None (the bank)
         self.bank_docs: list[str] = []
@@ -208,8 +209,8 @@ class ExplicitMemory(Method):
             self.base = base if shine.base.mesh is None else base.shard(shine.base.mesh)
         return self.base
 
-    def attach(self, index, record_docs, whole_bank, bank_docs):
-        self.index, self.record_docs, self.bank_docs = index, record_docs, list(bank_docs)
+    def attach(self, index, embedder, record_docs, whole_bank, bank_docs):
+        self.embedder, self.record_docs, self.bank_docs = embedder, record_docs, list(bank_docs)
         self.own_doc = None if whole_bank else record_docs
 
     def folder(self) -> pathlib.Path:
@@ -222,7 +223,7 @@ class ExplicitMemory(Method):
         if self.bank is None:  # every record may read any bank document's references
             base = self.reading_base(shine)  # loading it is no cost of writing memories
             t = time.perf_counter()
-            self.bank = memory3.build_bank(base, self.bank_docs, self.index.embedder, self.s, self.retrieval,
+            self.bank = memory3.build_bank(base, self.bank_docs, self.embedder, self.s, self.retrieval,
                                            self.folder())
             self.write_s = time.perf_counter() - t
         return self.bank
