@@ -29,6 +29,7 @@ from typing import Any
 from tqdm import tqdm
 
 from shine_jax.data import sources
+from shine_jax.data.hf_tokenizer import Tokenizer, is_tokenizer_folder
 from shine_jax.data.prompts import SEP
 from shine_jax.errors import InputError
 from shine_jax.fileutil import atomic_text_file
@@ -368,10 +369,13 @@ def load_token_counter(tokenizer_dir: str | None) -> Callable[[str], int]:
         return whitespace_count
     if not pathlib.Path(tokenizer_dir).is_dir():
         raise InputError(f"--tokenizer {tokenizer_dir}: no such folder (an HF tokenizer folder is expected)")
-    from transformers import AutoTokenizer  # heavy; only --tokenizer needs it
+    if is_tokenizer_folder(tokenizer_dir):
+        tok = Tokenizer.from_folder(tokenizer_dir)
+    else:
+        from transformers import AutoTokenizer  # heavy; only a folder without tokenizer.json needs it
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    tok.model_max_length = sys.maxsize  # whole groups are counted: no "longer than the maximum" warning
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        tok.model_max_length = sys.maxsize  # whole groups are counted: no "longer than the maximum" warning
     return lambda text: len(tok(text)["input_ids"])
 
 

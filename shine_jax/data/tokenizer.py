@@ -2,8 +2,8 @@
 
 SHINE's base models are Qwen3 (byte-level BPE, ChatML). For CPU-sized experiments on the synthetic biographies
 a pretrained 150k-token vocabulary is far too large, so :func:`train_bpe_tokenizer` trains a few-thousand-token
-byte-level BPE with HF ``tokenizers`` and wraps it as a ``transformers.PreTrainedTokenizerFast`` that behaves
-like SHINE's Qwen tokenizer:
+byte-level BPE with HF ``tokenizers`` and wraps it as a ``hf_tokenizer.Tokenizer`` (the folder it writes loads in
+``transformers`` too) that behaves like SHINE's Qwen tokenizer:
 
 * special tokens, ids 0..5 in this order: ``<|endoftext|>`` (pad, unk), ``<|im_start|>`` (bos: never added
   automatically), ``<|im_end|>`` (eos), and SHINE's ``<RECON>``, ``<COMP>``, ``<NOTHING>``; each is one id and
@@ -36,10 +36,8 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast
+from shine_jax.data.hf_tokenizer import Tokenizer
 
 __all__ = [
     "SPECIAL_TOKENS", "PAD_TOKEN", "BOS_TOKEN", "EOS_TOKEN", "SHINE_TOKENS", "CHAT_TEMPLATE", "MIN_VOCAB_SIZE",
@@ -113,35 +111,33 @@ def _bpe_tokenizer(texts: Iterable[str], vocab_size: int):
     return tokenizer
 
 
-def _wrap(tokenizer):
-    from transformers import PreTrainedTokenizerFast
+# tokenizer_config.json of a bundled tokenizer (the settings transformers would write for it)
+_CONFIG = {
+    "backend": "tokenizers", "bos_token": BOS_TOKEN, "clean_up_tokenization_spaces": False, "eos_token": EOS_TOKEN,
+    "extra_special_tokens": list(SHINE_TOKENS), "model_max_length": 1000000000000000019884624838656,
+    "pad_token": PAD_TOKEN, "padding_side": "left", "tokenizer_class": "TokenizersBackend",
+    "truncation_side": "right", "unk_token": PAD_TOKEN,
+}
 
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token=PAD_TOKEN,
-        unk_token=PAD_TOKEN,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        extra_special_tokens=list(SHINE_TOKENS),
-        padding_side="left",
-        truncation_side="right",
-        chat_template=CHAT_TEMPLATE,
-        clean_up_tokenization_spaces=False,
-    )
+
+def _wrap(backend) -> Tokenizer:
+    from tokenizers import processors
+
+    # adds nothing around a text: the post-processor transformers writes for a tokenizer without one
+    backend.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B:1", special_tokens=[])
+    return Tokenizer(backend, _CONFIG, CHAT_TEMPLATE)
 
 
 def train_bpe_tokenizer(
     texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike[str]
-) -> PreTrainedTokenizerFast:
+) -> Tokenizer:
     """Train a byte-level BPE tokenizer on ``texts``, save it to ``out_dir`` and return it (as loaded back).
 
     ``vocab_size`` counts everything: the 6 special tokens (ids 0..5), the 256 byte tokens and the merges (fewer
     if ``texts`` do not support that many merges with frequency >= 2). The result is deterministic for the same
     texts in the same order. ``out_dir`` gets ``tokenizer.json``, ``tokenizer_config.json`` and
-    ``chat_template.jinja``; ``transformers.AutoTokenizer.from_pretrained(out_dir)`` loads it offline.
+    ``chat_template.jinja``; ``transformers.AutoTokenizer.from_pretrained(out_dir)`` loads it offline as well.
     """
-    from transformers import AutoTokenizer
-
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(
             f"vocab_size must be an int >= {MIN_VOCAB_SIZE} (6 special + 256 byte tokens), got {vocab_size!r}"
@@ -151,7 +147,7 @@ def train_bpe_tokenizer(
     tokenizer = _wrap(_bpe_tokenizer(texts, vocab_size))
     os.makedirs(out_dir, exist_ok=True)
     tokenizer.save_pretrained(os.fspath(out_dir))
-    return AutoTokenizer.from_pretrained(os.fspath(out_dir))
+    return Tokenizer.from_folder(out_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -193,7 +189,7 @@ def tiny_tokenizer_dir(cache_dir: str | os.PathLike[str], vocab_size: int = 2048
 
 def tiny_tokenizer(
     cache_dir: str | os.PathLike[str], vocab_size: int = 2048, seed: int = 0, num_docs: int = 4000
-) -> PreTrainedTokenizerFast:
+) -> Tokenizer:
     """A BPE tokenizer trained on the bundled corpus's train split, cached under ``cache_dir`` (see
     :func:`tiny_tokenizer_dir`) and reused when present.
 
@@ -204,8 +200,6 @@ def tiny_tokenizer(
     test-only phrasings and the second test family are never seen. A cache built from different settings or a
     different ``corpus.py`` is retrained.
     """
-    from transformers import AutoTokenizer
-
     from shine_jax.data import corpus
 
     out_dir = tiny_tokenizer_dir(cache_dir, vocab_size, seed)
@@ -214,7 +208,7 @@ def tiny_tokenizer(
         "corpus_fingerprint": _corpus_fingerprint(), "trainer_revision": _TRAINER_REVISION,
     }
     if _is_cached(out_dir, meta):
-        return AutoTokenizer.from_pretrained(out_dir)
+        return Tokenizer.from_folder(out_dir)
     records = corpus.build_corpus(seed, docs_per_split={"train": num_docs, "validation": 0, "test": 0})["train"]
     # and documents about generated people, so the syllables of their names and values become tokens as well
     rng = random.Random(f"{seed}/tokenizer/fresh")
@@ -236,4 +230,4 @@ def tiny_tokenizer(
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return AutoTokenizer.from_pretrained(out_dir)
+    return Tokenizer.from_folder(out_dir)

