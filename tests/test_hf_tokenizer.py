@@ -25,10 +25,9 @@ SYSTEM_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0
 
 def made_up_folder(path):
     """A word-level tokenizer whose post-processor wraps every text in <s> ... </s>."""
-    from tokenizers import AddedToken, processors
+    from tokenizers import AddedToken, pre_tokenizers, processors
     from tokenizers import Tokenizer as Backend
     from tokenizers import models as tmodels
-    from tokenizers import pre_tokenizers
 
     words = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "Hi", "?", "Yes", ".", "And", "then", ",",
              "don", "'", "t", "Ada", "born", "was", "Where", "system", "user", "assistant"]
