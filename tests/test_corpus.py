@@ -396,3 +396,21 @@ def test_broad_documents_never_use_family2_wording_or_syllables():
     for _ in range(300):
         word = C.broad_word(rng).lower()
         assert not any(s in word for s in C.FAMILY2_SYLLABLES), word
+
+
+def test_relation_documents_tie_each_question_to_its_statement_by_one_invented_word():
+    """Every question of a relation document shares its relation word with exactly one statement, which ends
+    with the answer; nothing matches a family2 phrasing or holds a family2 syllable."""
+    question2 = [C.template_pattern(t.text) for t in C.FAMILY2_QUESTION_TEMPLATES]
+    for i in range(30):
+        d = C.relation_document(random.Random(f"r{i}"))
+        assert d == C.relation_document(random.Random(f"r{i}"))
+        sentences = pipelines.SENTENCE_END.split(d["context"].replace("\n\n", " "))
+        for q in d["qa"]:
+            answer = q["answers"][0]
+            name_words = {w for s in sentences for w in s.split() if w[:1].isupper()}
+            shared = [s for s in sentences if set(q["question"].rstrip("?").replace("'s", "").split()) & (
+                set(s.rstrip(".").replace("'s", "").replace(",", "").replace(":", "").split()) - name_words
+                - {"is", "the", "of", "has", "a", "in", "at", "as", "with", "on", "from", "what", "For", "when"})]
+            assert any(s.rstrip(".").endswith(answer) for s in shared), (q, sentences)
+            assert not any(p.fullmatch(q["question"]) for p in question2)

@@ -1046,3 +1046,47 @@ def broad_document(rng: random.Random, min_people: int = 1, max_people: int = 2,
         qa.extend(questions)
     rng.shuffle(qa)
     return {"id": "broad", "context": "\n\n".join(paragraphs), "qa": qa}
+
+
+# Relation documents: every fact is stated by an invented relation (one or two generated words, value last, after a
+# filler such as "in" or "the city of") and asked with the same relation word in a question frame of its own, and
+# the values are of the same kinds as the attributes', so neither the wording nor the kind of value tells the facts
+# apart: only the relation word shared by question and statement does. This is reading as lexical matching, the
+# skill a reader of unseen phrasings (family2) needs.
+RELATION_FACT_FRAMES = (
+    "{name} {r} {filler}{value}.", "{name} {r} {r2} {filler}{value}.", "{Poss} {r} is {value}.",
+    "{Poss} {r} {r2} is {value}.", "For {r}, {name} has {value}.", "{name}, when it comes to {r}: {value}.",
+)
+RELATION_QUESTION_FRAMES = (
+    "What does {name} {r}?", "Which {r} does {name} have?", "What is {name}'s {r}?", "{name} {r} what?",
+    "Where or what is the {r} of {name}?", "Which {r} is {name}'s?",
+)
+RELATION_FILLERS = ("", "", "in ", "at ", "as ", "from ", "with ", "on ", "the ", "a ")
+
+
+def relation_document(rng: random.Random, min_people: int = 1, max_people: int = 2,
+                      min_facts: int = 3, max_facts: int = 6) -> dict[str, Any]:
+    """A training document of ``broad_person``s whose facts are all stated and asked by invented relations."""
+    group: list[Person] = []
+    while len(group) < rng.randint(min_people, max_people):
+        candidate = broad_person(rng)
+        if all(_compatible(candidate, other) for other in group):
+            group.append(candidate)
+    paragraphs, qa = [], []
+    for person in group:
+        sentences, used = [], set()
+        for attribute in rng.sample(ATTRIBUTES, rng.randint(min_facts, max_facts)):
+            r, r2 = broad_word(rng, 1, 2).lower(), broad_word(rng, 1, 2).lower()
+            value = person.attribute(attribute)
+            if r in used or any(value == q["answers"][0] for q in qa):
+                continue
+            used.add(r)
+            sentence = rng.choice(RELATION_FACT_FRAMES).format(
+                name=person.full_name, Poss=f"{person.full_name}'s", r=r, r2=r2, filler=rng.choice(RELATION_FILLERS),
+                value=value)
+            sentences.append(sentence)
+            qa.append({"question": rng.choice(RELATION_QUESTION_FRAMES).format(name=person.full_name, r=r),
+                       "answers": [value]})
+        paragraphs.append(" ".join(sentences))
+    rng.shuffle(qa)
+    return {"id": "relation", "context": "\n\n".join(paragraphs), "qa": qa}

@@ -165,7 +165,9 @@ def lm_sequence(record: dict, rng: np.random.Generator, tok, data_cfg) -> tuple[
     (``corpus.fresh_document``, 1..``lm_fresh_max_people`` people): their names and most values occur in no other
     text, so the answer loss falls only by copying from the prompt, not by recalling the corpus. A share
     ``lm_broad_share`` replaces the record by a ``corpus.broad_document``: names and values of any letter shape,
-    facts in key-value frames with invented keys, so reading cannot lean on the corpus's names and phrasings. A share
+    facts in key-value frames with invented keys, so reading cannot lean on the corpus's names and phrasings; a share
+    ``lm_relation_share`` by a ``corpus.relation_document`` (every fact stated and asked by an invented relation
+    word). A share
     ``lm_copy_share`` asks for the document back verbatim (``COPY_PROMPT``, answer-scored): every answer token is
     a copy, which teaches the copying circuit long before question answering alone would.
     """
@@ -177,6 +179,9 @@ def lm_sequence(record: dict, rng: np.random.Generator, tok, data_cfg) -> tuple[
     if data_cfg.lm_broad_share > 0 and rng.random() < data_cfg.lm_broad_share:  # reading without the corpus's cues
         record = corpus.broad_document(random.Random(int(rng.integers(2**63))),
                                        max_people=data_cfg.lm_fresh_max_people)
+    if data_cfg.lm_relation_share > 0 and rng.random() < data_cfg.lm_relation_share:  # reading by a shared word
+        record = corpus.relation_document(random.Random(int(rng.integers(2**63))),
+                                          max_people=data_cfg.lm_fresh_max_people)
     if data_cfg.lm_copy_share > 0 and rng.random() < data_cfg.lm_copy_share:  # the plainest lesson in reading
         paragraph = record["context"].split("\n\n")[0]  # one person's bio: short enough to pack
         ids, labels = chat_turns(tok, [(f"{COPY_PROMPT}\n\n{paragraph}", paragraph)])

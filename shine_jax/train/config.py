@@ -124,6 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.lm_fresh_max_people = 4  # base_pretrain: people per fresh document, 1..this
     c.data.lm_copy_share = 0.0  # base_pretrain: examples that ask for the document back verbatim
     c.data.lm_broad_share = 0.0  # base_pretrain: examples about corpus.broad_document (any names, key-value facts)
+    c.data.lm_relation_share = 0.0  # base_pretrain: examples about corpus.relation_document (invented relations)
     c.data.lm_copy_warmup = 0.0  # base_pretrain (packed): this share of the first steps copies random token spans
 
     c.memory3 = ml_collections.ConfigDict()  # memory3_train (eval.memory3's settings; data.memory3_data)
@@ -338,6 +339,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     need(c.data.lm_copy_warmup == 0 or c.data.lm_pack, "data.lm_copy_warmup", "needs data.lm_pack=True")
     need(0.0 <= c.data.lm_copy_share <= 1.0, "data.lm_copy_share", "must lie in [0, 1]")
     need(0.0 <= c.data.lm_broad_share <= 1.0, "data.lm_broad_share", "must lie in [0, 1]")
+    need(0.0 <= c.data.lm_relation_share <= 1.0, "data.lm_relation_share", "must lie in [0, 1]")
     need(1 <= c.data.lm_fresh_max_people <= 4, "data.lm_fresh_max_people", "must lie in [1, 4]")
     need(c.data.lm_questions >= 0, "data.lm_questions", "must be >= 0 (0 = all that fit)")
     need(0 <= c.data.distractors <= 8, "data.distractors", f"must lie in [0, 8], got {c.data.distractors}")
