@@ -41,7 +41,8 @@ def bank_line(results: dict) -> str:
     if not bank:
         return ""
     rag = results["methods"].get("rag", {}).get("top1_chunk_from_own_doc")
-    return (f"\nbank: {bank['documents']} documents ({bank['chunks']} chunks); conversations routed to their own "
+    chunks = results["retrieval"]["chunks"]  # the bank is indexed whenever it is on
+    return (f"\nbank: {bank['documents']} documents ({chunks} chunks); conversations routed to their own "
             f"document: {bank['routed_to_own_document']:.3f}"
             + (f"; rag questions whose best chunk is from their own document: {rag:.3f}" if rag is not None else "")
             + "\n")
