@@ -274,3 +274,15 @@ def test_eval_cli_refuses_bad_memory3_options(tmp_path, capsys):
                          "memory3", option, "0"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: memory3:") and match in err[0], err
+
+
+def test_reading_with_other_settings_than_training_is_named(tmp_path):
+    """training_mismatch names each memory3 setting that differs from the memory3_train stage's summary.json."""
+    final = tmp_path / "memory3_train" / "final"
+    final.mkdir(parents=True)
+    settings = {"memory3.top_k": 8, "memory3.memories": 5, "memory3.reference_tokens": 128, "memory3.prefix": "Reference: "}
+    (final.parent / "summary.json").write_text(json.dumps({"settings": settings}))
+    assert m3.training_mismatch(tmp_path, m3.Memory3Settings()) is None  # a workdir or its final folder
+    assert m3.training_mismatch(final, m3.Memory3Settings()) is None
+    assert m3.training_mismatch(final, m3.Memory3Settings(top_k=4, memories=3)) == "top_k 8 -> 4, memories 5 -> 3"
+    assert m3.training_mismatch(tmp_path / "elsewhere", m3.Memory3Settings(top_k=4)) is None  # no stage: no claim

@@ -205,6 +205,21 @@ def encode_references(base, texts: Sequence[str], s: Memory3Settings) -> tuple[n
 
 
 TRAINED = pathlib.Path("memory3_train") / "final"  # where a workdir keeps its memory-reading base
+SHARED_SETTINGS = ("reference_tokens", "top_k", "memories", "prefix")  # what training and reading must agree on
+
+
+def training_mismatch(base_dir: str | pathlib.Path, s: Memory3Settings) -> str | None:
+    """How ``s`` differs from the settings the ``memory3_train`` stage behind ``base_dir`` trained with (its
+    ``summary.json``), or None when they agree or the folder is not such a stage's ``final``."""
+    path = pathlib.Path(base_dir)
+    path = path / TRAINED if (path / TRAINED).is_dir() else path
+    summary = path.parent / "summary.json"
+    if path.name != "final" or not summary.is_file():
+        return None
+    trained = json.loads(summary.read_text(encoding="utf-8")).get("settings", {})
+    diff = [f"{name} {trained[f'memory3.{name}']!r} -> {getattr(s, name)!r}" for name in SHARED_SETTINGS
+            if f"memory3.{name}" in trained and trained[f"memory3.{name}"] != getattr(s, name)]
+    return ", ".join(diff) or None
 
 
 def load_reading_base(path: str | pathlib.Path, compute_dtype: str | None = None):

@@ -32,6 +32,7 @@ import math
 import pathlib
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -203,6 +204,10 @@ class ExplicitMemory(Method):
                 self.base = shine.base
                 return self.base
             base = memory3.load_reading_base(self.s.base)
+            mismatch = memory3.training_mismatch(self.s.base, self.s)
+            if mismatch:  # legal (a study of the settings), but rarely meant
+                warnings.warn(f"memory3: reading with other settings than {self.s.base} was trained with: {mismatch}",
+                              stacklevel=2)
             if not memory3.same_tokenizer(base.tokenizer, shine.base.tokenizer):
                 raise InputError(f"memory3: the base in {self.s.base} has another tokenizer than the evaluated "
                                  f"SHINE run's base")
