@@ -113,3 +113,51 @@ def test_the_scan_sees_every_import_form(source, expected):
 def test_the_scan_flags_a_private_reach_in():
     tree = ast.parse("def f(model, self):\n    model._state\n    self._ok\n    p._replace(a=1)\n")
     assert private_reach_ins({"shine_jax.x": tree}) == ["shine_jax.x:2: model._state"]
+
+
+OPTIONAL = {"torch", "peft", "wandb"}  # the [torch] and [wandb] extras; code importing them says how to get them
+
+
+def _installed_closure(names: set[str]) -> set[str]:
+    """``names`` and every distribution they require (extras not taken), normalised, as installed here."""
+    import importlib.metadata as md
+    import re
+
+    norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
+    seen, todo = set(), [norm(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = md.requires(name) or []
+        except md.PackageNotFoundError:
+            continue
+        todo += [norm(re.split(r"[ ;<>=!~\[(]", r, maxsplit=1)[0]) for r in requires if "extra ==" not in r]
+    return seen
+
+
+def test_every_third_party_import_is_installed_by_the_plain_setup():
+    """A module shine_jax imports must come with requirements.txt (directly or as a dependency), unless it belongs
+    to an optional extra: the test venv has more (torch brings Jinja2), so a missing pin would pass the suite and
+    break a user's plain install."""
+    import importlib.metadata as md
+    import re
+    import sys
+
+    modules = set()
+    for tree in package_modules().values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    modules -= set(sys.stdlib_module_names) | {"shine_jax", "__future__"}
+    pinned = {re.split(r"[ =<>~!\[]", line, maxsplit=1)[0] for line in (PACKAGE.parent / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    closure = _installed_closure(pinned)
+    distributions = md.packages_distributions()
+    missing = {m: distributions.get(m) for m in modules
+               if not any(re.sub(r"[-_.]+", "-", d).lower() in closure | OPTIONAL for d in distributions.get(m, [m]))}
+    assert not missing, f"imported by shine_jax but not installed by requirements.txt: {missing}"
