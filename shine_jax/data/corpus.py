@@ -1030,15 +1030,22 @@ def _broad_paragraph(person: Person, rng: random.Random, num_facts: int) -> tupl
     return " ".join(sentences), qa
 
 
-def broad_document(rng: random.Random, min_people: int = 1, max_people: int = 2,
-                   min_facts: int = 3, max_facts: int = 6) -> dict[str, Any]:
-    """A training document about ``broad_person``s (see BROAD_KEY_NOUNS): answers can only be read, and the
-    question's key is the cue to the sentence that states it."""
+def _broad_group(rng: random.Random, min_people: int, max_people: int) -> list[Person]:
+    """Compatible ``broad_person``s; the size is drawn anew before each addition (as the recorded broad and
+    relation runs drew it), which favours small groups over a uniform draw in ``min_people..max_people``."""
     group: list[Person] = []
     while len(group) < rng.randint(min_people, max_people):
         candidate = broad_person(rng)
         if all(_compatible(candidate, other) for other in group):
             group.append(candidate)
+    return group
+
+
+def broad_document(rng: random.Random, min_people: int = 1, max_people: int = 2,
+                   min_facts: int = 3, max_facts: int = 6) -> dict[str, Any]:
+    """A training document about ``broad_person``s (see BROAD_KEY_NOUNS): answers can only be read, and the
+    question's key is the cue to the sentence that states it."""
+    group = _broad_group(rng, min_people, max_people)
     paragraphs, qa = [], []
     for person in group:
         paragraph, questions = _broad_paragraph(person, rng, rng.randint(min_facts, max_facts))
@@ -1067,11 +1074,7 @@ RELATION_FILLERS = ("", "", "in ", "at ", "as ", "from ", "with ", "on ", "the "
 def relation_document(rng: random.Random, min_people: int = 1, max_people: int = 2,
                       min_facts: int = 3, max_facts: int = 6) -> dict[str, Any]:
     """A training document of ``broad_person``s whose facts are all stated and asked by invented relations."""
-    group: list[Person] = []
-    while len(group) < rng.randint(min_people, max_people):
-        candidate = broad_person(rng)
-        if all(_compatible(candidate, other) for other in group):
-            group.append(candidate)
+    group = _broad_group(rng, min_people, max_people)
     paragraphs, qa = [], []
     for person in group:
         sentences, used = [], set()
