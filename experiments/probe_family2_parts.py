@@ -12,7 +12,6 @@ made) and prints the `icl` F1 of each variant (greedy, 16 new tokens, one conver
 from __future__ import annotations
 
 import argparse
-import os
 import types
 
 from shine_jax.data import corpus
@@ -36,8 +35,7 @@ def main() -> None:
     p.add_argument("base")
     p.add_argument("--docs", type=int, default=24)
     a = p.parse_args()
-    hf = os.path.exists(os.path.join(a.base, "config.json")) and not os.path.exists(os.path.join(a.base, "model.json"))
-    model = types.SimpleNamespace(base=BaseModel.from_hf(a.base) if hf else BaseModel.load(a.base))
+    model = types.SimpleNamespace(base=BaseModel.open(a.base))
     settings = EvalSettings(batch_size=16, max_new_tokens=16)
     icl = make_methods(["icl"], settings, max_doc_tokens=1024)[0]
     f2 = (corpus.FAMILY2_SYLLABLES, corpus.FAMILY2_FACT_TEMPLATES, corpus.FAMILY2_QUESTION_TEMPLATES)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import types
 
 from shine_jax.data import corpus
@@ -43,8 +42,7 @@ def main() -> None:
     p.add_argument("--people", type=int, default=1, help="people per document")
     p.add_argument("--out", default="")
     a = p.parse_args()
-    is_hf = os.path.exists(os.path.join(a.base, "config.json")) and not os.path.exists(os.path.join(a.base, "model.json"))
-    base = BaseModel.from_hf(a.base) if is_hf else BaseModel.load(a.base)
+    base = BaseModel.open(a.base)
     model = types.SimpleNamespace(base=base)  # none and icl only need the base
     settings = EvalSettings(batch_size=16, max_new_tokens=16)
     rows = []

@@ -72,7 +72,7 @@ def cmd_chat(args) -> None:
 
         materialize_smollm2(model_dir)
     start = time.time()
-    base = BaseModel.from_hf(model_dir) if (model_dir / "config.json").is_file() else BaseModel.load(model_dir)
+    base = BaseModel.open(model_dir)
     loaded = time.time()
     ids, mask = base.chat_prompt([args.question])
     new = base.generate(ids, mask, max_new_tokens=args.max_new_tokens, temperature=args.temperature,

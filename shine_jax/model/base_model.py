@@ -150,6 +150,13 @@ class BaseModel:
                 self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
 
     @classmethod
+    def open(cls, path: str | os.PathLike, compute_dtype: str | None = None) -> BaseModel:
+        """A Hugging Face folder (``config.json``) or else a shine_jax model folder (``model.json``)."""
+        if (pathlib.Path(path) / "config.json").is_file():
+            return cls.from_hf(path, compute_dtype=compute_dtype)
+        return cls.load(path, compute_dtype=compute_dtype)
+
+    @classmethod
     def load(cls, path: str | os.PathLike, dtype: str | None = None, compute_dtype: str | None = None) -> BaseModel:
         path = pathlib.Path(path).absolute()
         if not (path / MODEL_JSON).is_file():
