@@ -118,13 +118,19 @@ def test_the_scan_flags_a_private_reach_in():
 OPTIONAL = {"torch", "peft", "wandb"}  # the [torch] and [wandb] extras; code importing them says how to get them
 
 
+def _distribution_key(name: str) -> str:
+    """A distribution name as packaging normalises it (``Jinja2`` -> ``jinja2``, ``ml_collections`` -> ``ml-collections``)."""
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _installed_closure(names: set[str]) -> set[str]:
     """``names`` and every distribution they require (extras not taken), normalised, as installed here."""
     import importlib.metadata as md
     import re
 
-    norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
-    seen, todo = set(), [norm(n) for n in names]
+    seen, todo = set(), [_distribution_key(n) for n in names]
     while todo:
         name = todo.pop()
         if name in seen:
@@ -134,7 +140,7 @@ def _installed_closure(names: set[str]) -> set[str]:
             requires = md.requires(name) or []
         except md.PackageNotFoundError:
             continue
-        todo += [norm(re.split(r"[ ;<>=!~\[(]", r, maxsplit=1)[0]) for r in requires if "extra ==" not in r]
+        todo += [_distribution_key(re.split(r"[ ;<>=!~\[(]", r, maxsplit=1)[0]) for r in requires if "extra ==" not in r]
     return seen
 
 
@@ -159,5 +165,5 @@ def test_every_third_party_import_is_installed_by_the_plain_setup():
     closure = _installed_closure(pinned)
     distributions = md.packages_distributions()
     missing = {m: distributions.get(m) for m in modules
-               if not any(re.sub(r"[-_.]+", "-", d).lower() in closure | OPTIONAL for d in distributions.get(m, [m]))}
+               if not any(_distribution_key(d) in closure | OPTIONAL for d in distributions.get(m, [m]))}
     assert not missing, f"imported by shine_jax but not installed by requirements.txt: {missing}"
