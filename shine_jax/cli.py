@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import pathlib
@@ -13,7 +12,8 @@ import sys
 import time
 
 from shine_jax.entry import run_entry
-from shine_jax.errors import InputError
+from shine_jax.errors import InputError, writing
+from shine_jax.fileutil import write_json_atomic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -113,7 +113,8 @@ def cmd_train(args, overrides: list[str]) -> None:
     from shine_jax.train.loop import run_stage
 
     cfg = load_config(args.config, overrides)
-    summary = run_stage(cfg, args.workdir, progress=not args.no_progress)
+    with writing(args.workdir, resumable=True):
+        summary = run_stage(cfg, args.workdir, progress=not args.no_progress)
     print(f"stage {summary['stage']} done: {summary['steps']} steps in {summary['wall_s']:.0f}s, "
           f"val_loss {summary.get('val_loss', float('nan')):.4f}; result in {args.workdir}/{summary['stage']}/final")
 
@@ -149,7 +150,7 @@ def read_document(path: str) -> str:
 
 
 def cmd_eval(args) -> None:
-    with warnings_to_stderr():
+    with warnings_to_stderr(), writing(args.out):
         _eval(args)
 
 
@@ -244,41 +245,54 @@ def adapter_folder_names(ids: list[str]) -> list[str]:
     return names
 
 
+def adapter_bytes(lora: dict, documents: int) -> int:
+    """The size of the LoRA factors of ``documents`` examples of a generated batch: an adapter file's payload."""
+    import jax
+
+    return sum(x.nbytes // x.shape[0] for x in jax.tree.leaves(lora)) * documents
+
+
 def cmd_internalize(args) -> None:
+    with warnings_to_stderr():
+        _internalize(args)
+
+
+def _internalize(args) -> None:
     from shine_jax.data.corpus import read_jsonl
     from shine_jax.shine import Shine
 
-    shine = Shine.load(args.workdir)
-    if args.jsonl:
-        docs = []
-        for n, r in enumerate(read_jsonl(args.jsonl)):
-            if not str(r["context"]).strip():  # the rule ask and eval follow: no adapter of nothing
-                raise InputError(f"{args.jsonl}: record {n + 1} ({r.get('id') or 'no id'}) has an empty context")
-            docs.append((str(r.get("id") or f"doc{n:05d}"), r["context"]))
-        docs = [(name, text) for name, text in zip(adapter_folder_names([d for d, _ in docs]), (t for _, t in docs))]
+    if args.jsonl:  # records {"id", "context"} ("qa" optional); bad lines refused or, on request, skipped
+        records = read_jsonl(args.jsonl, skip_bad_lines=args.skip_bad_lines, need_qa=False)
+        names = adapter_folder_names([str(r.get("id") or f"doc{n:05d}") for n, r in enumerate(records)])
+        docs = [(name, r["context"]) for name, r in zip(names, records)]
     else:
         docs = [(pathlib.Path(d).stem, read_document(d)) for d in args.doc]
+    shine = Shine.load(args.workdir)
     if not docs:
         raise InputError("nothing to internalize: pass --doc FILE (repeatable) or --jsonl FILE")
     if not math.isfinite(args.scale):
         raise InputError(f"--scale must be a finite number, got {args.scale}")
     out = pathlib.Path(args.out)
     if args.compose:  # every document in one adapter: the sum of their updates, rank r x documents
-        ids, mask = shine.encode_evidence([text for _, text in docs], names=[name for name, _ in docs])
+        ids, mask = shine.encode_evidence([text for _, text in docs], names=[name for name, _ in docs],
+                                          on_long=args.on_long)
         lora = shine.generate_lora(ids, mask)
-        shine.export_peft(lora, out, index=list(range(len(docs))), overwrite=args.overwrite, scale=args.scale,
-                          base_name=args.base_model, documents=[text for _, text in docs])
+        with writing(out, adapter_bytes(lora, len(docs))):
+            shine.export_peft(lora, out, index=list(range(len(docs))), overwrite=args.overwrite, scale=args.scale,
+                              base_name=args.base_model, documents=[text for _, text in docs])
         print(f"adapter for {len(docs)} documents ({', '.join(name for name, _ in docs)}): {out}")
         return
     single = len(docs) == 1 and not args.jsonl
     for start in range(0, len(docs), args.batch_size):
         chunk = docs[start:start + args.batch_size]
-        ids, mask = shine.encode_evidence([text for _, text in chunk], names=[name for name, _ in chunk])
+        ids, mask = shine.encode_evidence([text for _, text in chunk], names=[name for name, _ in chunk],
+                                          on_long=args.on_long)
         lora = shine.generate_lora(ids, mask)
         for i, (name, text) in enumerate(chunk):
             target = out if single else out / name
-            shine.export_peft(lora, target, index=i, overwrite=args.overwrite, scale=args.scale,
-                              base_name=args.base_model, documents=[text])
+            with writing(target, adapter_bytes(lora, 1)):
+                shine.export_peft(lora, target, index=i, overwrite=args.overwrite, scale=args.scale,
+                                  base_name=args.base_model, documents=[text])
             print(f"adapter for {name}: {target}")
 
 
@@ -314,15 +328,17 @@ def cmd_plan(args, overrides: list[str]) -> None:
     report = plan(cfg, mesh, parse_bytes(args.hbm) if args.hbm else None)
     print(format_report(report))
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(report, indent=2))
+        write_json_atomic(args.json, report)
 
 
 # ------------------------------------------------------------------------------------------------ sweep
 def cmd_sweep(args) -> None:
     from shine_jax.sweep import run_sweep
 
-    rows = run_sweep(args.config, args.workdir, names=args.points, do_eval=args.eval, point_index=args.point_index,
-                     num_shards=args.num_shards, shard_index=args.shard_index, dry_run=args.dry_run)
+    with writing(args.workdir, resumable=True):
+        rows = run_sweep(args.config, args.workdir, names=args.points, do_eval=args.eval,
+                         point_index=args.point_index, num_shards=args.num_shards, shard_index=args.shard_index,
+                         dry_run=args.dry_run)
     if args.dry_run and any("error" in r for r in rows):
         raise InputError(f"{sum('error' in r for r in rows)} point(s) would fail (see BAD POINT above)")
 
@@ -364,7 +380,7 @@ def demo_test_sets(cfg, args, set_names, distractors) -> dict[str, tuple[str, li
 def cmd_demo(args) -> None:
     from shine_jax.fileutil import workdir_lock
 
-    with workdir_lock(args.workdir):  # one writer: its stages and evaluation
+    with workdir_lock(args.workdir), writing(args.workdir, resumable=True):  # one writer: stages and evaluation
         _demo(args)
 
 
@@ -578,6 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--base-model", default=None, metavar="HUB_ID_OR_DIR",
                    help="the adapter's base_model_name_or_path, as PEFT/vLLM should find the base (default: the HF "
                         "folder the run's base was read from)")
+    i.add_argument("--on-long", choices=["truncate", "refuse"], default="truncate",
+                   help="a document longer than the evidence length: truncate with a warning, or refuse")
+    i.add_argument("--skip-bad-lines", action="store_true",
+                   help="--jsonl: warn about and skip bad lines (not UTF-8, not JSON, no or an empty context)")
     i.add_argument("--overwrite", action="store_true")
     i.set_defaults(func=cmd_internalize)
 

@@ -7,7 +7,11 @@ status 2. Any other exception is a bug in shine_jax and keeps its traceback. ``U
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
+import pathlib
+import shutil
 
 
 class UserError(ValueError):
@@ -40,13 +44,46 @@ def storage_problem(error: BaseException) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, needed_bytes: int | None = None, resumable: bool = False):
+    """Mark a block as writing ``path``: a full disk, a quota or a read-only folder met inside it carries the path,
+    the space needed (where the caller knows it) and whether rerunning resumes, for the one line the user sees."""
+    try:
+        yield
+    except BaseException as e:
+        if storage_problem(e) is not None and not hasattr(e, "shine_output"):
+            e.shine_output = (pathlib.Path(path), needed_bytes, resumable)
+        raise
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _free_bytes(path: pathlib.Path) -> int | None:
+    for folder in (path, *path.parents):
+        try:
+            return shutil.disk_usage(folder).free
+        except OSError:
+            continue
+    return None
+
+
 def user_message(error: BaseException) -> str | None:
     """The one line a user sees for an error they can fix (bad input, a missing file, a full disk), or None for
     anything else: a bug, which keeps its traceback."""
     problem = storage_problem(error)
     if problem is not None:
-        return (f"{problem}; free space or choose a writable folder, then rerun (training resumes from its last "
-                f"checkpoint; outputs are written aside and only then renamed into place)")
+        path, needed, resumable = getattr(error, "shine_output", (None, None, False))
+        where = ""
+        if path is not None:
+            free = _free_bytes(path)
+            space = [f"needs about {_mb(needed)}"] if needed else []
+            space += [f"{_mb(free)} free there"] if free is not None else []
+            where = f" (output {path}{': ' + ', '.join(space) if space else ''})"
+        then = ("training resumes from its last good checkpoint" if resumable else
+                "nothing half-written was kept: outputs are written aside and renamed into place when complete")
+        return f"{problem}{where}; free space or choose a writable folder, then rerun ({then})"
     if isinstance(error, (UserError, OSError)):
         return str(error).splitlines()[0] if str(error) else type(error).__name__
     return None

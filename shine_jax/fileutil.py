@@ -20,9 +20,14 @@ from shine_jax.errors import UserError
 def atomic_text_file(path: str | os.PathLike) -> Iterator[Any]:
     """A text file written aside (a temporary file of its own per call: processes sharing a workdir may race) and
     renamed into place when complete, so a reader never sees half a file; removed on any error or Ctrl-C."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = pathlib.Path(path).absolute()
+    created = [p for p in path.parents if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except BaseException:
+        _remove_empty(created)
+        raise
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             yield f
@@ -30,6 +35,32 @@ def atomic_text_file(path: str | os.PathLike) -> Iterator[Any]:
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
+        _remove_empty(created)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_files(*paths: str | os.PathLike) -> Iterator[list[pathlib.Path]]:
+    """Temporary siblings of ``paths`` (same suffix, for writers that infer the format from it) to write into; once
+    every one is complete they are renamed into place, and on any error all are removed: a set of outputs that
+    belong together (a results table, its Markdown and its plot) is never left half-written."""
+    paths = [pathlib.Path(p).absolute() for p in paths]
+    created = sorted({p for path in paths for p in path.parents if not p.exists()}, key=lambda p: -len(p.parts))
+    tmps = []
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+            os.close(fd)
+            tmps.append(pathlib.Path(tmp))
+        yield list(tmps)
+        for tmp, path in zip(tmps, paths):
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        _remove_empty(created)
         raise
 
 
@@ -56,8 +87,13 @@ def atomic_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[
     An existing ``out_dir`` is first renamed aside (``.NAME.replaced-PID``) and deleted only once the new folder
     is in place: a crash between the two renames leaves both complete folders on disk, never neither."""
     out_dir = pathlib.Path(out_dir).absolute()
+    created = [p for p in out_dir.parents if not p.exists()]  # made here: removed again if nothing lands in them
     prepare_output_dir(out_dir, overwrite)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except BaseException:
+        _remove_empty(created)
+        raise
     try:
         yield tmp
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders
@@ -75,7 +111,17 @@ def atomic_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[
             os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
         raise
+
+
+def _remove_empty(folders: list[pathlib.Path]) -> None:
+    """Remove ``folders`` (innermost first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 class WorkdirBusyError(UserError):

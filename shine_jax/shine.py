@@ -16,7 +16,6 @@ import importlib.metadata
 import json
 import os
 import pathlib
-import warnings
 from collections.abc import Sequence
 
 import jax
@@ -161,21 +160,11 @@ class Shine:
         (``pipelines.encode_evidence``; default length: the run's evidence length). The one long-document policy
         of ``ask``, ``eval`` and ``internalize``: an empty document is refused; a longer one is truncated to its
         first tokens with a warning giving both lengths, or refused with ``on_long="refuse"``."""
-        if on_long not in ("truncate", "refuse"):
-            raise InputError(f"on_long must be 'truncate' or 'refuse', got {on_long!r}")
         limit = max_length or self.max_evidence_length
         tok = self.base.tokenizer
-        token_ids = []
-        for i, text in enumerate(documents):
-            name = f"document {names[i]}" if names is not None else "the document"
-            if not text.strip():
-                raise InputError(f"{name} is empty")
-            token_ids.append(prompts.encode_text(tok, text))
-            n = len(token_ids[-1])
-            if n > limit:
-                if on_long == "refuse":
-                    raise InputError(f"{name} has {n} tokens, more than the maximum {limit} (--on-long refuse)")
-                warnings.warn(f"{name} has {n} tokens, more than the maximum {limit}; truncated", stacklevel=2)
+        token_ids = [pipelines.document_tokens(tok, text, limit, on_long,
+                                               f"document {names[i]}" if names is not None else "the document")
+                     for i, text in enumerate(documents)]
         return pipelines.pad_evidence(tok, token_ids, limit)
 
     def export_peft(self, lora: dict, out_dir: str | os.PathLike, index: int | Sequence[int] = 0,

@@ -99,7 +99,7 @@ def test_bad_documents_are_reported_and_skipped(trained_workdir, test_records, t
     assert "line 2" in capsys.readouterr().err
     assert cli.main(base + ["--skip-bad-lines", "--on-long", "refuse"]) == 0
     err = capsys.readouterr().err
-    assert "line 2" in err and "line 3" in err and "document empty is empty" in err
+    assert "line 2" in err and "line 3" in err and "line 4: the 'context' is empty" in err
     assert "document long has" in err and "more than the maximum" in err
     assert json.loads((tmp_path / "r.json").read_text())["methods"]["none"]["documents"] == 1
     assert cli.main(base + ["--skip-bad-lines"]) == 0  # truncation (the default) keeps the long document
@@ -155,7 +155,24 @@ def test_ask_and_internalize(trained_workdir, test_records, tmp_path, capsys):
     write_jsonl([dict(test_records[0], context="  ")], data)
     assert cli.main(["internalize", "--workdir", str(trained_workdir), "--jsonl", str(data), "--out", str(out),
                      "--overwrite"]) == 2
-    assert "has an empty context" in capsys.readouterr().err
+    assert "line 1: the 'context' is empty" in capsys.readouterr().err
+    # documents without questions are enough; --skip-bad-lines skips the bad ones with a numbered warning
+    data.write_text("\n".join([json.dumps({"id": "a", "context": test_records[0]["context"]}), "{not json",
+                                json.dumps({"id": "b", "context": " "})]) + "\n")
+    assert cli.main(["internalize", "--workdir", str(trained_workdir), "--jsonl", str(data), "--out",
+                     str(tmp_path / "skipped"), "--skip-bad-lines"]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "line 2: invalid JSON" in err and "line 3: the 'context' is empty" in err
+    assert sorted(p.name for p in (tmp_path / "skipped").iterdir()) == ["a"]
+    # the long-document policy of ask: refused on request, else truncated with a warning giving both lengths
+    assert cli.main(["internalize", "--workdir", str(trained_workdir), "--doc", str(doc), "--out",
+                     str(tmp_path / "long"), "--on-long", "refuse"]) == 2
+    assert re.search(r"error: document doc has \d+ tokens, more than the maximum \d+", capsys.readouterr().err)
+    assert not (tmp_path / "long").exists()
+    assert cli.main(["internalize", "--workdir", str(trained_workdir), "--doc", str(doc), "--out",
+                     str(tmp_path / "long")]) == 0
+    assert re.search(r"warning: document doc has \d+ tokens, more than the maximum \d+; truncated",
+                     capsys.readouterr().err)
 
 
 def test_converse_on_one_cached_adapter(trained_workdir, test_records, tmp_path, capsys, monkeypatch):

@@ -3,6 +3,8 @@ one-line errors of the CLI for each."""
 
 import json
 import os
+import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -111,3 +113,132 @@ def test_other_internal_errors_keep_their_traceback(monkeypatch):
     monkeypatch.setattr(cli, "cmd_plan", lambda a, o: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["plan", "--config", f"{REPO}/configs/tiny.py:pretrain"])
+
+
+# ------------------------------------------------------------------------------------------------ disk full
+def _records(trained_workdir, n):
+    from shine_jax.data.tfds_builder import load_split
+    from shine_jax.train.loop import corpus_overrides
+    from tests.train_utils import small_config
+
+    ds = load_split(trained_workdir / "data" / "tfds", "test", config="mqa",
+                    **corpus_overrides(small_config("ift_mqa")))
+    return [dict(ds[i], qa=ds[i]["qa"][:1]) for i in range(n)]
+
+
+def _leftovers(folder):
+    """Everything in ``folder`` (recursively) that a writer left behind: temporary files and folders included."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def _one_error_line(capsys):
+    """The one ``error:`` line on stderr (beside any ``warning:`` lines: the fixture's documents are long)."""
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line and not line.startswith("warning:")]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_a_failed_write_removes_the_folders_it_made(tmp_path):
+    """An output that fails leaves nothing behind: not its temporary files, nor the new folders made to hold it."""
+    from shine_jax.fileutil import atomic_dir, atomic_files, atomic_text_file
+
+    (tmp_path / "kept").mkdir()
+    for write in (lambda: atomic_dir(tmp_path / "kept" / "a" / "b" / "adapter"),
+                  lambda: atomic_text_file(tmp_path / "kept" / "a" / "log.jsonl"),
+                  lambda: atomic_files(tmp_path / "kept" / "a" / "r.json", tmp_path / "kept" / "a" / "c" / "r.md")):
+        with pytest.raises(OSError, match="disk full"):
+            with write():
+                raise OSError(28, "disk full")
+        assert _leftovers(tmp_path) == ["kept"]
+
+
+@pytest.mark.slow
+def test_disk_full_through_a_failing_writer_leaves_nothing_half_written(trained_workdir, tmp_path, monkeypatch,
+                                                                         capsys):
+    """ENOSPC raised by the writers themselves, after part of the output is on disk (any machine: no mount needed):
+    one error line naming the output, the space an adapter needs and the space free; no adapter folder, no
+    results file and no temporary file is left; the previous complete output stays."""
+    import errno
+
+    from shine_jax.convert import peft
+    from shine_jax.data.corpus import write_jsonl
+    from shine_jax.eval import report
+
+    data = tmp_path / "docs.jsonl"
+    write_jsonl(_records(trained_workdir, 2), data)
+    out = tmp_path / "out"
+    real_save = peft.save_file
+
+    def save_half_then_fail(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata=metadata)
+        with open(filename, "r+b") as f:
+            f.truncate(os.path.getsize(filename) // 2)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(peft, "save_file", save_half_then_fail)
+    internalize = ["internalize", "--workdir", str(trained_workdir), "--jsonl", str(data), "--out", str(out)]
+    assert cli.main(internalize) == 2
+    line = _one_error_line(capsys)
+    assert re.search(rf"error: no space left on the device \(output {re.escape(str(out))}/\S+: needs about "
+                     r"[\d.]+ MB, [\d.]+ MB free there\); .*nothing half-written was kept", line), line
+    assert _leftovers(out) == []
+
+    # eval: results.json, .md and .png are written together or not at all; an earlier complete set is kept
+    evaluate = ["eval", "--workdir", str(trained_workdir), "--data", str(data), "--methods", "none", "--batch-size",
+                "2", "--max-new-tokens", "2", "--no-progress", "--out", str(tmp_path / "res" / "r.json")]
+    monkeypatch.setattr(peft, "save_file", real_save)
+    assert cli.main(evaluate) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "res").iterdir()}
+    assert sorted(before) == ["r.json", "r.md", "r.png"]
+
+    def plot_then_fail(results, path):
+        pathlib.Path(path).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report, "plot", plot_then_fail)
+    assert cli.main(evaluate) == 2
+    line = _one_error_line(capsys)
+    assert f"no space left on the device (output {tmp_path / 'res' / 'r.json'}" in line
+    assert {p.name: p.read_bytes() for p in (tmp_path / "res").iterdir()} == before
+
+
+@pytest.mark.slow
+def test_disk_full_on_a_small_tmpfs(trained_workdir, tmp_path, capsys):
+    """A real full file system (a 256 KiB tmpfs, filled): internalize and eval fail with one line each and leave
+    nothing behind; once space is freed the same commands succeed. Skipped where mounting is not permitted."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here ({proc.stderr.strip()[:120]}); the failing-writer "
+                    "test covers the same paths")
+    try:
+        from shine_jax.data.corpus import write_jsonl
+
+        data = tmp_path / "docs.jsonl"
+        write_jsonl(_records(trained_workdir, 1), data)
+        filler = mount / "filler"
+        with open(filler, "wb", buffering=0) as f:  # unbuffered: the write that fails is the one that is lost
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        commands = {
+            "internalize": ["internalize", "--workdir", str(trained_workdir), "--jsonl", str(data), "--out",
+                            str(mount / "adapters")],
+            "eval": ["eval", "--workdir", str(trained_workdir), "--data", str(data), "--methods", "none",
+                     "--batch-size", "1", "--max-new-tokens", "2", "--no-progress", "--out", str(mount / "r.json")]}
+        for name, argv in commands.items():
+            assert cli.main(argv) == 2, name
+            line = _one_error_line(capsys)
+            assert "no space left on the device" in line and "0.0 MB free there" in line, line
+            assert _leftovers(mount) == ["filler"], name
+        filler.unlink()
+        for name, argv in commands.items():
+            assert cli.main(argv) == 0, (name, capsys.readouterr().err[-2000:])
+        assert (mount / "adapters").is_dir() and (mount / "r.json").is_file()
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

@@ -273,7 +273,7 @@ def test_kl_loss_and_its_gradients_on_a_tiny_model():
     assert np.any(g["mem_tokens"]) and np.any(g["metalora"]["q"]["B"])
     assert all(np.any(x) for x in jax.tree.leaves(g["m2p"]["layers"]))
     # nll+kl = nll + w * kl; the validation loss is the NLL whatever the training loss
-    nll, _ = task.eval_loss_fn(task.params, task.frozen, batch)
+    nll, _ = jax.jit(task.eval_loss_fn)(task.params, task.frozen, batch)
     hgraph = Shine.create(base, loop.hyper_config(cfg)).hyper_graphdef
     both, _ = jax.jit(lambda fr, pr: shine_loss(nnx.merge(base.graphdef, fr), nnx.merge(hgraph, pr), batch,
                                                 "nll+kl", 0.25))(task.frozen, task.params)

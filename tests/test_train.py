@@ -12,6 +12,7 @@ from shine_jax.train.config import load_config
 from shine_jax.train.loop import KILL_ENV, TERM_ENV, run_stage
 from shine_jax.train.metrics import read_metrics
 from tests.conftest import REPO, STAGES, STEPS
+from tests.train_utils import SMALL
 
 RESUME = ["steps=10", "checkpoint_every=4", "optim.warmup_steps=2", "log_every=1", "eval_every=100"]
 
@@ -35,107 +36,114 @@ def test_each_stage_lowers_the_loss(trained_workdir, stage):
     assert bool(traces) == (stage == "pretrain"), "profile_steps='2,3' traces the pretrain stage only"
 
 
-def _train_cli(workdir, stage, steps, extra=(), env=None):
-    from tests.train_utils import SMALL
-
+def _train_cli(workdir, stage, overrides, env=None):
     args = [sys.executable, "-m", "shine_jax.cli", "train", "--config", f"{REPO}/configs/tiny.py:{stage}",
-            "--workdir", str(workdir), "--no-progress"]
-    args += [f"--config.{o}" for o in SMALL + RESUME + [f"steps={steps}", *extra]]
+            "--workdir", str(workdir), "--no-progress", *(f"--config.{o}" for o in overrides)]
     return subprocess.run(args, cwd=REPO, env=dict(os.environ, **(env or {})), capture_output=True, text=True,
                           timeout=600)
 
 
 @pytest.mark.slow
 def test_three_faults_in_a_row_then_the_same_run(trained_workdir, tmp_path):
-    """ift_1qa for 10 steps (checkpoints every 4), interrupted three times in a row: SIGKILL after step 6 (the last
-    checkpoint is step 4), SIGTERM after step 7 (a preemption: it saves step 7 and exits 143 with one line), SIGKILL
-    after step 9 (last checkpoint 8), then the same command once more: the losses and the final parameters equal an
-    uninterrupted run's, bit for bit."""
+    """The fixture's ift_1qa stage (20 steps, checkpoints every 10) run again from the command line, with its
+    checkpoints kept outside the workdir (``checkpoint_dir``, as a pod keeps them in a bucket) and interrupted three
+    times in a row: SIGKILL at a random step after the checkpoint of step 10, SIGTERM after step 15 (a preemption:
+    it saves step 15 and exits 143 with one line), SIGKILL at a random later step; then the same command once more.
+    The logged losses and the final parameters equal the fixture's uninterrupted run, bit for bit. (The preemption
+    falls on a logging step: a logged loss is the mean over the steps since the last log, and that window is not
+    part of a checkpoint.)"""
+    import random
     import shutil
 
     import jax
 
     from shine_jax.shine import Shine
-    from tests.train_utils import SMALL
+    from tests.conftest import trained_workdir_extra
+    from tests.train_utils import small_overrides
 
-    extra = [f"data.dir='{trained_workdir / 'data'}'"]
-    runs = {name: tmp_path / name for name in ("straight", "faulted")}
-    for wd in runs.values():
-        shutil.copytree(trained_workdir / "ift_mqa" / "final", wd / "ift_mqa" / "final")
-    run_stage(load_config(f"{REPO}/configs/tiny.py:ift_1qa", SMALL + RESUME + extra), runs["straight"], progress=False)
-
-    wd = runs["faulted"]
-    for env, status, last_step in (({KILL_ENV: "6"}, -9, 6), ({TERM_ENV: "7"}, 143, 7), ({KILL_ENV: "9"}, -9, 9)):
-        proc = _train_cli(wd, "ift_1qa", 10, extra, env=env)
+    rng = random.Random(20)
+    kill_1, kill_2 = rng.randint(11, 14), rng.randint(16, 19)
+    wd, bucket = tmp_path / "wd", tmp_path / "bucket"
+    shutil.copytree(trained_workdir / "pretrain" / "final", wd / "pretrain" / "final")
+    overrides = [*small_overrides(STEPS["ift_1qa"], trained_workdir_extra("ift_1qa", trained_workdir),
+                                  trained_workdir / "data"), f"checkpoint_dir='{bucket}'"]
+    steps_kept = []
+    for env, status, kept in (({KILL_ENV: str(kill_1)}, -9, [10]), ({TERM_ENV: "15"}, 143, [10, 15]),
+                              ({KILL_ENV: str(kill_2)}, -9, [10, 15])):
+        proc = _train_cli(wd, "ift_1qa", overrides, env=env)
         assert proc.returncode == status, proc.stderr[-2000:]
-        assert max(r["step"] for r in read_metrics(wd / "ift_1qa" / "metrics.jsonl")) == last_step
+        steps_kept.append(sorted(int(p.name) for p in (bucket / "ift_1qa").iterdir() if p.name.isdigit()))
         if status == 143:
             errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-            assert len(errors) == 1 and "stopped by SIGTERM after step 7: checkpoint of step 7 saved" in errors[0]
+            assert len(errors) == 1 and "stopped by SIGTERM after step 15: checkpoint of step 15 saved" in errors[0]
         assert not (wd / "ift_1qa" / "final").exists()
-    proc = _train_cli(wd, "ift_1qa", 10, extra)
+        assert steps_kept[-1] == kept, (kill_1, kill_2, steps_kept)
+    proc = _train_cli(wd, "ift_1qa", overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (wd / "ift_1qa" / "checkpoints").exists(), "checkpoints written into the workdir"
 
-    a = read_metrics(runs["straight"] / "ift_1qa" / "metrics.jsonl")
+    a = read_metrics(trained_workdir / "ift_1qa" / "metrics.jsonl")
     b = read_metrics(wd / "ift_1qa" / "metrics.jsonl")
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(0, 11))
-    assert [r.get("loss") for r in a] == [r.get("loss") for r in b]
-    assert a[0]["val_loss"] == b[0]["val_loss"] and a[-1]["val_loss"] == b[-1]["val_loss"]
-    assert json.loads((wd / "ift_1qa" / "summary.json").read_text())["resumed_from"] == 8
-    pa = Shine.load(runs["straight"] / "ift_1qa" / "final").hyper_params()
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(0, 21, 5))
+    assert [(r.get("loss"), r.get("val_loss")) for r in a] == [(r.get("loss"), r.get("val_loss")) for r in b]
+    assert json.loads((wd / "ift_1qa" / "summary.json").read_text())["resumed_from"] == 15
+    pa = Shine.load(trained_workdir / "ift_1qa" / "final").hyper_params()
     pb = Shine.load(wd / "ift_1qa" / "final").hyper_params()
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
         np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.slow
-def test_workdir_of_another_model_is_refused(trained_workdir, tmp_path):
+def test_workdir_of_another_model_is_refused(trained_workdir, tmp_path, capsys):
     import shutil
+
+    from shine_jax import cli
 
     wd = tmp_path / "wd"
     shutil.copytree(trained_workdir / "ift_mqa", wd / "ift_mqa")
     shutil.copytree(trained_workdir / "pretrain" / "final", wd / "pretrain" / "final")
-    proc = _train_cli(wd, "ift_mqa", 4, [f"data.dir='{trained_workdir / 'data'}'", "shine.m2p_layers=4"])
-    assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
+    overrides = SMALL + RESUME + ["steps=4", f"data.dir='{trained_workdir / 'data'}'", "shine.m2p_layers=4"]
+    assert cli.main(["train", "--config", f"{REPO}/configs/tiny.py:ift_mqa", "--workdir", str(wd), "--no-progress",
+                     *(f"--config.{o}" for o in overrides)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "different model" in last
 
 
 @pytest.mark.slow
 def test_unreadable_newest_checkpoint_falls_back_to_the_previous_step(trained_workdir, tmp_path):
-    """The newest step of a finished stage loses its state (every file truncated): rerunning warns once, sets the
-    step aside (kept, renamed), resumes from the previous step and ends with the same losses; when no step restores
-    (state folders deleted), one error says so."""
+    """The newest step of the fixture's finished ift_1qa stage loses its state (every file truncated): rerunning
+    warns once, sets the step aside (kept, renamed), resumes from the previous step and ends with the same losses;
+    when no step restores (state folders deleted), one error says so."""
     import shutil
 
     from shine_jax.train.checkpoint import CheckpointError
-    from tests.train_utils import SMALL
+    from tests.conftest import trained_workdir_extra
+    from tests.train_utils import small_config
 
     wd = tmp_path / "wd"
-    shutil.copytree(trained_workdir / "ift_mqa" / "final", wd / "ift_mqa" / "final")
-    overrides = SMALL + RESUME + [f"data.dir='{trained_workdir / 'data'}'", "steps=8"]
-    cfg = load_config(f"{REPO}/configs/tiny.py:ift_1qa", overrides)
-    run_stage(cfg, wd, progress=False)
+    shutil.copytree(trained_workdir / "ift_1qa", wd / "ift_1qa")
+    cfg = small_config("ift_1qa", STEPS["ift_1qa"], trained_workdir_extra("ift_1qa", trained_workdir),
+                       trained_workdir / "data")
     first = read_metrics(wd / "ift_1qa" / "metrics.jsonl")
     ckpts = wd / "ift_1qa" / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == ["4", "8"]
+    assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == ["10", "20"]
 
-    for f in (ckpts / "8" / "state").rglob("*"):
+    for f in (ckpts / "20" / "state").rglob("*"):
         if f.is_file():
             f.write_bytes(b"")
-    with pytest.warns(UserWarning, match=r"checkpoint step 8 .* set aside as \.unreadable-8"):
+    with pytest.warns(UserWarning, match=r"checkpoint step 20 .* set aside as \.unreadable-20"):
         summary = run_stage(cfg, wd, progress=False)
-    assert summary["resumed_from"] == 4
-    assert (ckpts / ".unreadable-8" / "state").is_dir()  # kept for inspection, never deleted
-    again = read_metrics(wd / "ift_1qa" / "metrics.jsonl")  # steps 5-8 again, the same losses
+    assert summary["resumed_from"] == 10
+    assert (ckpts / ".unreadable-20" / "state").is_dir()  # kept for inspection, never deleted
+    again = read_metrics(wd / "ift_1qa" / "metrics.jsonl")  # steps 11-20 again, the same losses
     assert [(r["step"], r.get("loss"), r.get("val_loss")) for r in again] == \
         [(r["step"], r.get("loss"), r.get("val_loss")) for r in first]
 
-    for step in (4, 8):  # the rerun saved a new step 8: now every kept step loses its state
+    for step in (10, 20):  # the rerun saved a new step 20: now every kept step loses its state
         shutil.rmtree(ckpts / str(step) / "state")
     with pytest.raises(CheckpointError, match="no checkpoint .* can be restored"), pytest.warns(UserWarning):
         run_stage(cfg, wd, progress=False)
-    assert {".unreadable-4", ".unreadable-8.1"} <= {p.name for p in ckpts.iterdir()}
+    assert {".unreadable-10", ".unreadable-20.1"} <= {p.name for p in ckpts.iterdir()}
 
 
 @pytest.mark.slow
@@ -143,7 +151,6 @@ def test_diverged_stage_is_one_error_and_writes_no_final(trained_workdir, tmp_pa
     import shutil
 
     from shine_jax.train.config import ConfigError
-    from tests.train_utils import SMALL
 
     wd = tmp_path / "wd"
     shutil.copytree(trained_workdir / "ift_mqa" / "final", wd / "ift_mqa" / "final")

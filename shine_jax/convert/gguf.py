@@ -317,18 +317,19 @@ def materialize_smollm2(out_dir: str | os.PathLike, *, overwrite: bool = False) 
     """Ensure ``out_dir`` holds SmolLM2-135M-Instruct as an HF folder; convert from the wheel's GGUF if needed.
 
     A complete earlier conversion is returned as is (no work) unless ``overwrite`` is True. Safe to call
-    from several processes at once: if another process finishes the same conversion first, its result is used.
+    from several processes at once: one converts (under a file lock beside ``out_dir``), the others reuse it.
     """
+    from filelock import FileLock
+
     out_dir = pathlib.Path(out_dir)
     if not overwrite and is_complete_conversion(out_dir):
         return out_dir
     gguf_path = find_smollm2_gguf()
-    try:
-        return gguf_to_hf(gguf_path, out_dir, overwrite=overwrite)
-    except ValueError:
-        if is_complete_conversion(out_dir):  # lost a race against a concurrent conversion: same result
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir.parent / f".{out_dir.name}.lock")):  # one conversion; the others wait and reuse it
+        if not overwrite and is_complete_conversion(out_dir):
             return out_dir
-        raise
+        return gguf_to_hf(gguf_path, out_dir, overwrite=overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:

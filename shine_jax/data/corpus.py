@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shine_jax.errors import InputError
+from shine_jax.fileutil import atomic_text_file
 
 # ---------------------------------------------------------------------------------------------------------------
 # Data tables
@@ -729,22 +730,23 @@ def build_corpus(
 
 
 def write_jsonl(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> int:
-    """Write one JSON object per line (UTF-8, ``\\n`` endings); returns the number of records."""
-    directory = os.path.dirname(os.fspath(path))
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+    """Write one JSON object per line (UTF-8, ``\\n`` endings), atomically; returns the number of records."""
+    with atomic_text_file(path) as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return len(records)
 
 
-def _record_problem(record: Any) -> str | None:
-    """Why ``record`` is not a valid corpus record, or None if it is."""
+def _record_problem(record: Any, need_qa: bool = True) -> str | None:
+    """Why ``record`` is not a valid corpus record (or, without ``need_qa``, a document record), or None."""
     if not isinstance(record, dict):
         return f"expected a JSON object, got {type(record).__name__}"
     if not isinstance(record.get("context"), str):
         return "missing string field 'context'"
+    if not record["context"].strip():
+        return "the 'context' is empty"
+    if not need_qa and "qa" not in record:
+        return None
     if not isinstance(record.get("qa"), list):
         return "missing list field 'qa'"
     for j, item in enumerate(record["qa"]):
@@ -758,11 +760,13 @@ def _record_problem(record: Any) -> str | None:
     return None
 
 
-def read_jsonl(path: str | os.PathLike[str], *, skip_bad_lines: bool = False) -> list[dict[str, Any]]:
-    """Read and validate a corpus JSONL file.
+def read_jsonl(path: str | os.PathLike[str], *, skip_bad_lines: bool = False,
+               need_qa: bool = True) -> list[dict[str, Any]]:
+    """Read and validate a corpus JSONL file (with ``need_qa=False``, documents whose ``qa`` may be absent).
 
-    A malformed line raises ``ValueError`` naming the file and its 1-based line number; with
-    ``skip_bad_lines=True`` it is skipped with a warning instead. Blank lines are ignored. Lines are split on
+    A malformed line (not UTF-8, not JSON, a missing field, an empty context) raises ``InputError`` naming the file
+    and its 1-based line number; with ``skip_bad_lines=True`` it is skipped with a warning instead. Blank lines are
+    ignored. Lines are split on
     ``\\n`` only, because JSON strings written with ``ensure_ascii=False`` may contain U+2028 and friends, which
     ``str.splitlines`` would treat as line breaks.
     """
@@ -788,7 +792,7 @@ def read_jsonl(path: str | os.PathLike[str], *, skip_bad_lines: bool = False) ->
             except json.JSONDecodeError as e:
                 problem = f"invalid JSON ({e.msg} at column {e.colno})"
             else:
-                problem = _record_problem(record)
+                problem = _record_problem(record, need_qa)
         if problem is None:
             records.append(record)
             continue

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import random
 import re
+import warnings
 from collections.abc import Sequence
 
 import grain
@@ -28,6 +29,7 @@ import numpy as np
 from shine_jax import stages as stages_lib
 from shine_jax.data import corpus, text_corpus
 from shine_jax.data.prompts import COPY_PROMPT, IGNORE, SEP, chat_turns, encode_text, icl_user_text
+from shine_jax.errors import InputError
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 LM_PACK_CANDIDATES = 12  # records offered to one packed base-pretraining row
@@ -46,6 +48,27 @@ def left_pad(ids: Sequence[int], length: int, pad_id: int, labels: Sequence[int]
         out["labels"] = np.full(length, IGNORE, np.int32)
         out["labels"][length - n:] = list(labels)[:length]
     return out
+
+
+ON_LONG = ("truncate", "refuse")
+
+
+def document_tokens(tok, text: str, limit: int, on_long: str = "truncate", name: str = "the document") -> list[int]:
+    """The one document policy of ``ask``, ``eval`` and ``internalize``: a document's tokens (``encode_text``), an
+    empty document refused (``InputError``), one longer than ``limit`` tokens truncated to its first ``limit`` with
+    a warning giving both lengths, or refused with ``on_long="refuse"``."""
+    if on_long not in ON_LONG:
+        raise InputError(f"on_long must be 'truncate' or 'refuse', got {on_long!r}")
+    if not text.strip():
+        raise InputError(f"{name} is empty")
+    ids = encode_text(tok, text)
+    if len(ids) > limit:
+        if on_long == "refuse":
+            raise InputError(f"{name} has {len(ids)} tokens, more than the maximum {limit} (--on-long refuse; "
+                             f"--on-long truncate keeps its first {limit})")
+        warnings.warn(f"{name} has {len(ids)} tokens, more than the maximum {limit}; truncated to its first {limit}",
+                      stacklevel=3)
+    return ids[:limit]
 
 
 def encode_evidence(tok, texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray]:

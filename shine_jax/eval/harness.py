@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from shine_jax.data import prompts
+from shine_jax.data import pipelines, prompts
 from shine_jax.data.pipelines import left_pad
-from shine_jax.errors import UserError
+from shine_jax.errors import InputError, UserError
 from shine_jax.eval.methods import (
     RETRIEVING,
     EvalSettings,
@@ -42,27 +42,19 @@ class BadRecord(UserError):
 
 
 def check_records(shine, records: Sequence[dict], max_doc_tokens: int, on_long: str, skip_bad: bool) -> list[dict]:
-    """Drop (with a warning) or refuse empty documents; truncate (with a warning) or refuse long ones."""
+    """The document policy (``pipelines.document_tokens``) applied to each record, plus: a record needs a question.
+    A bad record is refused, or dropped with a warning under ``skip_bad``; a long one is truncated with a warning."""
     kept = []
     for n, rec in enumerate(records):
-        name = rec.get("id", f"record {n + 1}")
-        problem = None
-        if not rec["context"].strip():
-            problem = f"document {name} is empty"
-        elif not rec["qa"]:
-            problem = f"document {name} has no questions"
-        else:
-            length = len(shine.base.tokenizer(rec["context"], add_special_tokens=False)["input_ids"])
-            if length > max_doc_tokens:
-                msg = f"document {name} has {length} tokens, more than the maximum {max_doc_tokens}"
-                if on_long == "refuse":
-                    problem = msg + " (use --on-long truncate to keep its first tokens)"
-                else:
-                    warnings.warn(msg + "; truncated to the first tokens", stacklevel=2)
-        if problem:
+        name = f"document {rec.get('id', f'record {n + 1}')}"
+        try:
+            if not rec["qa"]:
+                raise InputError(f"{name} has no questions")
+            pipelines.document_tokens(shine.base.tokenizer, rec["context"], max_doc_tokens, on_long, name)
+        except InputError as e:
             if not skip_bad:
-                raise BadRecord(problem)
-            warnings.warn(problem + "; skipped", stacklevel=2)
+                raise BadRecord(str(e)) from None
+            warnings.warn(f"{e}; skipped", stacklevel=2)
             continue
         kept.append(rec)
     return kept

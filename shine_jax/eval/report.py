@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import pathlib
 
+from shine_jax.fileutil import atomic_files
+
 # (method, reference): the F1 ratios reported when both methods ran. The control's ratio to ``none`` should be
 # ~1 on a trained model: an adapter from the wrong document is no better than no adapter.
 RATIOS = (("shine", "icl"), ("shine", "none"), ("shine-wrong-doc", "none"))
@@ -59,12 +61,10 @@ def write_summary(sets: dict[str, dict], extra: dict, out: str | pathlib.Path) -
     """Every set's table and ratios in one ``results.json`` (``{"sets": {name: summary}, **extra}``) and one
     Markdown file beside it."""
     out = pathlib.Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**extra, "sets": {name: summarize(r) for name, r in sets.items()}}, indent=2))
-    tmp.replace(out)
     md = out.with_suffix(".md")
-    md.write_text("\n".join(set_section(name, r) for name, r in sets.items()))
+    with atomic_files(out, md) as (json_tmp, md_tmp):
+        json_tmp.write_text(json.dumps({**extra, "sets": {name: summarize(r) for name, r in sets.items()}}, indent=2))
+        md_tmp.write_text("\n".join(set_section(name, r) for name, r in sets.items()))
     return {"json": out, "markdown": md}
 
 
@@ -114,12 +114,9 @@ def plot(results: dict, path: pathlib.Path) -> None:
 
 def write_results(results: dict, out: str | pathlib.Path) -> dict[str, pathlib.Path]:
     out = pathlib.Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(out)
-    md = out.with_suffix(".md")
-    md.write_text(markdown_table(results))
-    png = out.with_suffix(".png")
-    plot(results, png)
+    md, png = out.with_suffix(".md"), out.with_suffix(".png")
+    with atomic_files(out, md, png) as (json_tmp, md_tmp, png_tmp):
+        json_tmp.write_text(json.dumps(results, indent=2))
+        md_tmp.write_text(markdown_table(results))
+        plot(results, png_tmp)
     return {"json": out, "markdown": md, "png": png}

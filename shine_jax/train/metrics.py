@@ -4,12 +4,14 @@ metric collection the step averages over a logging window."""
 import json
 import os
 import pathlib
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from clu import metrics as clu_metrics
 
+from shine_jax.fileutil import atomic_text_file
 from shine_jax.train.config import TRACKERS, ConfigError
 
 
@@ -32,14 +34,28 @@ def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, bool 
     return out
 
 
+def _summary_writer_class():
+    """tensorboardX's ``SummaryWriter``, imported without torch where torch is not loaded yet: tensorboardX imports
+    torch when it is installed (2 s per process, the largest part of a CLI command's start-up) only to name
+    ``torch.Tensor`` in its type hints; the scalars logged here are Python floats."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # a None entry makes `import torch` raise ImportError, which tensorboardX handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class TensorBoardTracker:
     """Scalars and the stage's hyperparameters as TensorBoard event files, written by tensorboardX (no
     TensorFlow)."""
 
     def __init__(self, directory: pathlib.Path):
-        from tensorboardX import SummaryWriter
-
-        self.writer = SummaryWriter(logdir=str(directory), flush_secs=30)
+        self.writer = _summary_writer_class()(logdir=str(directory), flush_secs=30)
 
     def hparams(self, hparams: dict, metrics: dict) -> None:
         from tensorboardX.summary import hparams as hparams_summaries
@@ -102,7 +118,8 @@ class MetricsLog:
             return
         keep = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        with atomic_text_file(self.path) as f:  # a crash here keeps the whole old log, never half of it
+            f.write("".join(line + "\n" for line in keep))
 
     def hparams(self, config: Mapping[str, Any], metrics: dict[str, float] | None = None) -> None:
         """Record the stage's configuration once (TensorBoard HParams / W&B config)."""
