@@ -36,8 +36,31 @@ def test_each_stage_lowers_the_loss(trained_workdir, stage):
     assert bool(traces) == (stage == "pretrain"), "profile_steps='2,3' traces the pretrain stage only"
 
 
-def _train_cli(workdir, stage, overrides, env=None):
-    args = [sys.executable, "-m", "shine_jax.cli", "train", "--config", f"{REPO}/configs/tiny.py:{stage}",
+# The command line in a process where TensorFlow and torch look absent (as in the plain install, whatever this
+# environment holds): each import finder is wrapped to find neither.
+WITHOUT_TF_AND_TORCH = """
+import sys
+
+
+class Hiding:
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("tensorflow", "torch"):
+            return None
+        return self.finder.find_spec(name, path, target)
+
+
+sys.meta_path[:] = [Hiding(f) for f in sys.meta_path]
+from shine_jax import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _train_cli(workdir, stage, overrides, env=None, without_tf_and_torch=False):
+    entry = ["-c", WITHOUT_TF_AND_TORCH] if without_tf_and_torch else ["-m", "shine_jax.cli"]
+    args = [sys.executable, *entry, "train", "--config", f"{REPO}/configs/tiny.py:{stage}",
             "--workdir", str(workdir), "--no-progress", *(f"--config.{o}" for o in overrides)]
     return subprocess.run(args, cwd=REPO, env=dict(os.environ, **(env or {})), capture_output=True, text=True,
                           timeout=600)
@@ -48,10 +71,11 @@ def test_three_faults_in_a_row_then_the_same_run(trained_workdir, tmp_path):
     """The fixture's ift_1qa stage (20 steps, checkpoints every 10) run again from the command line, with its
     checkpoints kept outside the workdir (``checkpoint_dir``, as a pod keeps them in a bucket) and interrupted three
     times in a row: SIGKILL at a random step after the checkpoint of step 10, SIGTERM after step 15 (a preemption:
-    it saves step 15 and exits 143 with one line), SIGKILL at a random later step; then the same command once more.
-    The logged losses and the final parameters equal the fixture's uninterrupted run, bit for bit. (The preemption
-    falls on a logging step: a logged loss is the mean over the steps since the last log, and that window is not
-    part of a checkpoint.)"""
+    it saves step 15 and exits 143 with one line), SIGKILL at a random later step; then the same command once more,
+    in a process where TensorFlow and torch cannot be imported (the training path needs neither). The logged losses
+    and the final parameters equal the fixture's uninterrupted run, bit for bit. (The preemption falls on a logging
+    step: a logged loss is the mean over the steps since the last log, and that window is not part of a
+    checkpoint.)"""
     import random
     import shutil
 
@@ -78,9 +102,10 @@ def test_three_faults_in_a_row_then_the_same_run(trained_workdir, tmp_path):
             assert len(errors) == 1 and "stopped by SIGTERM after step 15: checkpoint of step 15 saved" in errors[0]
         assert not (wd / "ift_1qa" / "final").exists()
         assert steps_kept[-1] == kept, (kill_1, kill_2, steps_kept)
-    proc = _train_cli(wd, "ift_1qa", overrides)
+    proc = _train_cli(wd, "ift_1qa", overrides, without_tf_and_torch=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (wd / "ift_1qa" / "checkpoints").exists(), "checkpoints written into the workdir"
+    assert list((wd / "ift_1qa" / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard events"
 
     a = read_metrics(trained_workdir / "ift_1qa" / "metrics.jsonl")
     b = read_metrics(wd / "ift_1qa" / "metrics.jsonl")

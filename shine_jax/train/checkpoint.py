@@ -1,7 +1,9 @@
 """Orbax checkpoints of a training stage: train state + Grain iterator state + metadata, atomic and resumable.
 
 ``CheckpointManager`` writes each step into a temporary directory and renames it when complete, so a process
-killed mid-save leaves the previous checkpoint as the latest. Saving is asynchronous (the step loop goes on while
+killed mid-save leaves the previous checkpoint as the latest. That finalisation is Orbax's integrity check; it
+keeps no checksum of the arrays, so a finalised step damaged later (a file deleted or truncated) is found by
+restoring it, and ``restore_latest_good`` then falls back to the previous step. Saving is asynchronous (the step loop goes on while
 the arrays are written); a state with non-finite values is refused, never saved. The directory may be local or a
 ``gs://bucket/prefix`` URI: paths are ``etils.epath`` paths, which Orbax reads and writes natively.
 """
