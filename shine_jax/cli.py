@@ -296,6 +296,30 @@ def _internalize(args) -> None:
             print(f"adapter for {name}: {target}")
 
 
+def cmd_serve(args) -> None:
+    from shine_jax.serve import Session, make_server
+    from shine_jax.shine import Shine
+
+    if args.max_upload_mb <= 0:
+        raise InputError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    session = Session(Shine.load(args.workdir), max_new_tokens=args.max_new_tokens)
+    try:
+        server = make_server(session, args.host, args.port, int(args.max_upload_mb * 2**20))
+    except OSError as e:
+        raise InputError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); choose another --port") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach this machine can use the model",
+              file=sys.stderr)
+    host, port = server.server_address[:2]
+    print(f"serving {args.workdir} at http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 # ------------------------------------------------------------------------------------------------ data
 def cmd_data_import(args) -> None:
     from shine_jax.data.importers import import_files
@@ -341,10 +365,19 @@ def cmd_sweep(args) -> None:
                          dry_run=args.dry_run)
     if args.dry_run and any("error" in r for r in rows):
         raise InputError(f"{sum('error' in r for r in rows)} point(s) would fail (see BAD POINT above)")
+    if args.fit and not args.dry_run:
+        from shine_jax.scaling_fit import fit_sweep
+
+        workdir = pathlib.Path(args.workdir)
+        fit_sweep(workdir / "results.csv", workdir / "fit", args.fit_metric, args.fit_offset)
 
 
 # ------------------------------------------------------------------------------------------------ demo
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+# The config files: a checkout's configs/ (a link to the package's, and the paths earlier runs recorded), else
+# those shipped inside the installed package.
+_CHECKOUT_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = (_CHECKOUT_CONFIGS if (_CHECKOUT_CONFIGS / "tiny.py").is_file()
+           else pathlib.Path(__file__).resolve().parent / "configs")
 
 
 def demo_test_sets(cfg, args, set_names, distractors) -> dict[str, tuple[str, list[dict], list[str] | None]]:
@@ -601,6 +634,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--overwrite", action="store_true")
     i.set_defaults(func=cmd_internalize)
 
+    sv = sub.add_parser("serve", help="a page on this machine: a document -> its adapter, then chat with it beside "
+                                      "none and icl, a scale slider, the PEFT zip")
+    sv.add_argument("--workdir", required=True, help="a trained run (or a SHINE folder)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="0: any free port")
+    sv.add_argument("--max-upload-mb", type=float, default=1.0, help="refuse larger documents (413, one line)")
+    sv.add_argument("--max-new-tokens", type=int, default=48)
+    sv.set_defaults(func=cmd_serve)
+
     from shine_jax.data.importers import DEFAULT_SEED, FORMATS  # pure Python: no JAX either
 
     da = sub.add_parser("data", help="prepare document-QA data").add_subparsers(dest="data_command", required=True)
@@ -632,6 +674,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--num-shards", type=int, default=1, help="split the selected points over N jobs ...")
     w.add_argument("--shard-index", type=int, default=0, help="... and run points I, I+N, I+2N, ...")
     w.add_argument("--dry-run", action="store_true", help="print each point's size and commands; train nothing")
+    w.add_argument("--fit", action="store_true",
+                   help="then fit loss ~ a x^(-b) along each axis of results.csv (curve_fit, standard errors): "
+                        "WORKDIR/fit.md and fit.png (finished points are not run again: rerun with --fit to refit)")
+    w.add_argument("--fit-metric", default="pretrain_val_loss", help="the results.csv column to fit")
+    w.add_argument("--fit-offset", action="store_true", help="fit a x^(-b) + c (an irreducible loss c)")
     w.set_defaults(func=cmd_sweep)
 
     d = sub.add_parser("demo", help="the embedded default: train a config's PIPELINE (default: tiny, on CPU), "

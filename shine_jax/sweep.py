@@ -36,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from shine_jax import checkpoints
@@ -269,10 +270,12 @@ def stage_record(stage_dir: pathlib.Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ children
-def run_child(argv: list[str], log_path: pathlib.Path, env: dict[str, str], result: pathlib.Path) -> dict[str, Any]:
+def run_child(argv: list[str], log_path: pathlib.Path, env: dict[str, str], result: pathlib.Path,
+              progress: Callable[[], None] | None = None, every_s: float = 2.0) -> dict[str, Any]:
     """Run one entry point (``python -m shine_jax.train`` or ``.eval``) with stdout+stderr appended to
     ``log_path``; return its exit code, its own peak resident memory (``ru_maxrss`` of that child from
-    ``wait4``) and what it wrote to ``result``: the stage summary, or on failure its one-line error."""
+    ``wait4``) and what it wrote to ``result``: the stage summary, or on failure its one-line error. While it runs,
+    ``progress()`` is called every ``every_s`` seconds (the sweep's live report of the child's metrics)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     result.unlink(missing_ok=True)  # a stale result of an earlier attempt must not be read as this one's
     with open(log_path, "a") as log:
@@ -281,7 +284,14 @@ def run_child(argv: list[str], log_path: pathlib.Path, env: dict[str, str], resu
         start = time.time()
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG if progress else 0)
+                if pid:
+                    break
+                time.sleep(every_s)
+                progress()
+            if progress:
+                progress()  # the rows written since the last look
         except BaseException:
             proc.kill()
             proc.wait()
@@ -296,6 +306,39 @@ def run_child(argv: list[str], log_path: pathlib.Path, env: dict[str, str], resu
     else:
         out["summary"] = written
     return out
+
+
+class MetricsFollower:
+    """The live report of a training child: each new row of its ``metrics.jsonl`` as one line (step of steps,
+    loss or validation loss, elapsed time), so a sweep's console is not silent while a point trains. Rows there
+    before the child started are not repeated; a resumed child rewrites the file up to its checkpoint, and only
+    rows that differ from those already reported are new."""
+
+    def __init__(self, path: pathlib.Path, steps: int, label: str, log: Callable[[str], None]):
+        self.path, self.steps, self.label, self.log = path, steps, label, log
+        self.seen, self.start = self._lines(), time.time()
+
+    def _lines(self) -> list[str]:
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []  # not written yet
+        return text[:text.rfind("\n") + 1].splitlines()
+
+    def __call__(self) -> None:
+        lines = self._lines()
+        same = 0
+        while same < min(len(lines), len(self.seen)) and lines[same] == self.seen[same]:
+            same += 1
+        for line in lines[same:]:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            values = [f"{k} {row[k]:.4f}" for k in ("loss", "val_loss") if isinstance(row.get(k), (int, float))]
+            self.log(f"[sweep] {self.label}: step {row.get('step')}/{self.steps} {', '.join(values)} "
+                     f"({time.time() - self.start:.0f}s)")
+        self.seen = lines
 
 
 # ------------------------------------------------------------------------------------------------ runner
@@ -329,7 +372,9 @@ class Runner:
         self.log(f"[sweep] {label}: training {stage}")
         argv = self.train_argv(base.config, stage, workdir, child_overrides(base, extra, self.data_dir), stats)
         code = code_state()
-        out = run_child(argv, workdir / f"{stage}.log", self.env, stats)
+        steps = stage_config(base, stage, extra, self.data_dir, check=False).steps
+        follow = MetricsFollower(stage_dir / "metrics.jsonl", steps, f"{label} {stage}", self.log)
+        out = run_child(argv, workdir / f"{stage}.log", self.env, stats, progress=follow)
         out["code"] = code
         if out["rc"] == 0:
             summary = out.pop("summary")

@@ -134,3 +134,19 @@ def trained_workdir_extra(stage: str, wd) -> list[str]:
         ["profile_steps='2,3'"] if stage == "pretrain" else [])  # the profiler hook, traced in one stage
 
 
+
+
+# The order in which the files are handed to the pytest-xdist workers (scripts/test passes --dist loadfile
+# --no-loadscope-reorder): the longest first, so that the two workers finish together, and test_train.py first of
+# all, since its first test builds the trained fixture (~90 s) that later files need, while the other worker runs
+# long files that do not need it. Files not named keep their collection order, after these.
+LONGEST_FIRST = ("test_train.py", "test_sharding.py", "test_sweep.py", "test_memory3_train.py", "test_smollm2.py",
+                 "test_shine_fixture.py", "test_shine_variants.py", "test_faults.py", "test_retrieval.py",
+                 "test_eval.py", "test_wheel.py", "test_memory3.py", "test_losses.py", "test_train_step.py",
+                 "test_eval_demo.py", "test_smollm2_torch.py", "test_generation.py", "test_serve.py",
+                 "test_text_corpus.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept

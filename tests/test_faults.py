@@ -15,6 +15,8 @@ from shine_jax import cli
 from shine_jax.fileutil import LOCK_NAME, WorkdirBusyError, workdir_lock
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.faults
+
 HOLD = "import sys, time; from shine_jax.fileutil import workdir_lock\n" \
        "with workdir_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)"
 

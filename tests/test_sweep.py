@@ -50,12 +50,15 @@ def read_csv(path):
         return {r["name"]: r for r in csv.DictReader(f)}
 
 
-def test_micro_sweep_records_skips_and_survives_a_bad_point(tmp_path, monkeypatch):
+def test_micro_sweep_records_skips_and_survives_a_bad_point(tmp_path, monkeypatch, capsys):
     spec = str(write_sweep(tmp_path))
     wd = tmp_path / "sweep"
     logs = []
     rows = sweep_lib.run_sweep(spec, wd, log=logs.append)
     assert [r["status"] for r in rows] == ["failed", "finished"], logs
+    # live progress from the children's metrics while they train: every logged row once, with the stage's length
+    live = [line for line in logs if line.startswith("[sweep] point small_r2 pretrain: step ")]
+    assert [line.split()[5] for line in live] == ["0/4", "2/4", "4/4"], logs
     table = read_csv(wd / "results.csv")
     for col in ("params_base", "params_m2p", "params_metalora", "params_mem_tokens", "params_lora", "memory_tokens",
                 "pretrain_flops_per_step", "pretrain_step_s", "pretrain_peak_rss_mib", "pretrain_val_loss_initial",
@@ -81,6 +84,11 @@ def test_micro_sweep_records_skips_and_survives_a_bad_point(tmp_path, monkeypatc
     rows = sweep_lib.run_sweep(spec, wd, log=logs.append)
     assert sum("finished earlier, skipped" in line for line in logs) == 1
     assert [r["status"] for r in rows] == ["failed", "finished"]
+    # the command line's --fit after the (skipped) points: one finished point has no axis to fit, one error line
+    assert cli.main(["sweep", "--config", spec, "--workdir", str(wd), "--fit"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: no axis of lora_rank, m2p_layers, metalora_rank, params_base takes two values in "
+                   f"{wd / 'results.csv'}: nothing to fit"], err
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -151,9 +159,8 @@ def test_median_step_time_skips_the_compile_window():
 
 
 
-def test_fit_recovers_known_exponents(tmp_path):
-    sys.path.insert(0, str(REPO / "experiments"))
-    import scaling_fit
+def test_fit_recovers_known_exponents(tmp_path, capsys):
+    from shine_jax import scaling_fit
 
     rows = []
     for p, r, d in itertools.product((2e5, 8e5, 3.2e6), (2, 4, 8, 16), (2, 6)):
@@ -169,7 +176,7 @@ def test_fit_recovers_known_exponents(tmp_path):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    assert scaling_fit.main([str(tmp_path / "results.csv"), "--out", str(tmp_path / "fit")]) == 0
+    scaling_fit.fit_sweep(tmp_path / "results.csv", tmp_path / "fit")
     fits = {r["axis"]: r for r in scaling_fit.analyse(scaling_fit.read_rows(tmp_path / "results.csv",
                                                                             "pretrain_val_loss"))}
     assert fits["lora_rank"]["averaged"]["b"] == pytest.approx(0.2, abs=1e-9)
@@ -185,5 +192,44 @@ def test_fit_recovers_known_exponents(tmp_path):
     # with an irreducible loss c, the offset fit finds it and the exponent
     x = np.array([2.0, 4, 8, 16, 32])
     f = scaling_fit.fit_power_law(x, 0.8 + 2.0 * x ** -0.5, offset=True)
-    assert f["b"] == pytest.approx(0.5, abs=0.02) and f["c"] == pytest.approx(0.8, abs=0.02)
+    assert f["b"] == pytest.approx(0.5, abs=1e-4) and f["c"] == pytest.approx(0.8, abs=1e-4)
     assert json.dumps(f)
+
+
+def test_fit_standard_errors_match_ordinary_least_squares():
+    """Without an offset the fit is linear in (log a, b): its standard errors are the textbook OLS ones,
+    sigma^2 (X^T X)^-1 with sigma^2 the residual variance on n - 2 degrees of freedom; two points give none."""
+    from shine_jax import scaling_fit
+
+    rng = np.random.default_rng(0)
+    x = np.array([1.0, 2, 4, 8, 16, 32])
+    y = 3.0 * x ** -0.3 * np.exp(rng.normal(0, 0.05, x.size))
+    f = scaling_fit.fit_power_law(x, y)
+    design = np.stack([np.ones_like(x), -np.log(x)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, np.log(y), rcond=None)
+    sigma2 = np.sum((design @ coef - np.log(y)) ** 2) / (x.size - 2)
+    se = np.sqrt(np.diag(sigma2 * np.linalg.inv(design.T @ design)))
+    assert f["b"] == pytest.approx(coef[1], rel=1e-6) and f["b_se"] == pytest.approx(se[1], rel=1e-4)
+    assert f["a"] == pytest.approx(np.exp(coef[0]), rel=1e-6)
+    assert f["a_se"] == pytest.approx(np.exp(coef[0]) * se[0], rel=1e-4)  # delta method from log a
+    two = scaling_fit.fit_power_law(x[:2], y[:2])
+    assert np.isnan(two["b_se"]) and two["b"] == pytest.approx(np.log(y[0] / y[1]) / np.log(2), rel=1e-6)
+
+
+def test_fit_sweep_writes_its_table_and_refuses_a_table_without_an_axis(tmp_path, capsys):
+    wd = tmp_path / "sweep"
+    wd.mkdir()
+    rows = [{"name": f"p{r}", "status": "finished", "lora_rank": r, "pretrain_val_loss": 2.0 * r ** -0.25}
+            for r in (2, 4, 8)]
+    with open(wd / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    from shine_jax.scaling_fit import fit_sweep
+
+    fit_sweep(wd / "results.csv", wd / "fit")
+    assert "b = 0.2500" in capsys.readouterr().out
+    assert "| LoRA rank r | averaged over 1 settings | 0.2500" in (wd / "fit.md").read_text()
+    (wd / "results.csv").write_text("name,status,pretrain_val_loss\nx,finished,1.0\n")
+    with pytest.raises(ValueError, match="no axis of .* takes two values"):
+        fit_sweep(wd / "results.csv", wd / "fit")

@@ -67,6 +67,7 @@ def _train_cli(workdir, stage, overrides, env=None, without_tf_and_torch=False):
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_three_faults_in_a_row_then_the_same_run(trained_workdir, tmp_path):
     """The fixture's ift_1qa stage (20 steps, checkpoints every 10) run again from the command line, with its
     checkpoints kept outside the workdir (``checkpoint_dir``, as a pod keeps them in a bucket) and interrupted three
@@ -119,6 +120,7 @@ def test_three_faults_in_a_row_then_the_same_run(trained_workdir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_workdir_of_another_model_is_refused(trained_workdir, tmp_path, capsys):
     import shutil
 
@@ -135,6 +137,7 @@ def test_workdir_of_another_model_is_refused(trained_workdir, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_unreadable_newest_checkpoint_falls_back_to_the_previous_step(trained_workdir, tmp_path):
     """The newest step of the fixture's finished ift_1qa stage loses its state (every file truncated): rerunning
     warns once, sets the step aside (kept, renamed), resumes from the previous step and ends with the same losses;
@@ -172,6 +175,7 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous_step(trained_wo
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_diverged_stage_is_one_error_and_writes_no_final(trained_workdir, tmp_path):
     import shutil
 

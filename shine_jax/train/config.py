@@ -180,11 +180,29 @@ def parse_arg(arg: str | None, *, positional: tuple[str, ...] = (), **spec) -> m
     return out
 
 
+PACKAGED_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"  # shipped inside the package
+
+
+def packaged_configs() -> list[str]:
+    """The names a config spec may use instead of a path: ``tiny``, ``qwen3_8b``, ``sweeps/tiny_cpu``, ..."""
+    return sorted(str(p.relative_to(PACKAGED_CONFIGS).with_suffix("")) for p in PACKAGED_CONFIGS.rglob("*.py"))
+
+
+def config_file(path: str) -> pathlib.Path:
+    """A config spec's file: the path as given, else a config shipped in the package by its name (``tiny``,
+    ``sweeps/tiny_cpu``: what an installed wheel runs without a checkout)."""
+    file = pathlib.Path(path)
+    if not file.is_file() and not file.suffix and (PACKAGED_CONFIGS / f"{path}.py").is_file():
+        return PACKAGED_CONFIGS / f"{path}.py"
+    return file
+
+
 def import_config_module(path: str, kind: str = "config", error: type[Exception] = ConfigError):
     """The Python file behind a config spec, imported; it must define ``get_config(arg)`` (configs as code)."""
-    file = pathlib.Path(path)
+    file = config_file(path)
     if not file.is_file():
-        raise error(f"{kind} file {path} does not exist")
+        raise error(f"{kind} file {path} does not exist (nor is it one of the packaged configs: "
+                    f"{', '.join(packaged_configs())})")
     module_spec = importlib.util.spec_from_file_location(f"shine_{kind}_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -197,7 +215,7 @@ def import_get_config(spec: str, kind: str = "config", error: type[Exception] = 
     """``path/to/file.py[:arg]`` -> (the file's ``get_config``, ``arg`` or None, the file's path); ``kind`` names
     the file in the one-line ``error`` for a missing file or a missing ``get_config`` (configs as code)."""
     path, _, arg = spec.partition(":")
-    return import_config_module(path, kind, error).get_config, arg or None, pathlib.Path(path)
+    return import_config_module(path, kind, error).get_config, arg or None, config_file(path)
 
 
 def pipeline_stages(path: str) -> tuple[str, ...]:

@@ -1,12 +1,14 @@
 """Power-law fits and scaling plots of a sweep's results table (``shine-jax sweep`` -> ``W/results.csv``).
 
-    python experiments/scaling_fit.py W/results.csv --out experiments/results/scaling_cpu [--metric pretrain_val_loss]
-        [--offset]
+    shine-jax sweep --config SWEEP.py --workdir W --fit [--fit-metric pretrain_val_loss] [--fit-offset]
+        # runs what is not finished yet, then writes W/fit.md and W/fit.png
 
 For each axis with at least two values (LoRA rank ``lora_rank``, M2P depth ``m2p_layers``, Meta LoRA rank
-``metalora_rank``, base parameters ``params_base``) it fits ``loss = a * x^(-b)`` (with ``--offset``:
-``loss = a * x^(-b) + c``) by least squares in log space: ``log(loss - c) = log(a) - b log(x)`` (numpy ``lstsq``;
-with an offset, ``c`` is chosen on a grid below the smallest loss to minimise the squared log residual).
+``metalora_rank``, base parameters ``params_base``) it fits ``loss = a * x^(-b)`` (with an offset:
+``loss = a * x^(-b) + c``) with ``scipy.optimize.curve_fit``: without an offset, ``log(loss) = log(a) - b log(x)``
+(least squares in log space, so each point weighs by its relative error); with one, ``log(loss) = log(a x^(-b) + c)``
+started from the offset-free fit, with ``0 <= c < min(loss)``. Standard errors are the square roots of the diagonal
+of ``curve_fit``'s covariance (scaled by the residual variance; none with as many points as parameters).
 
 Two fits per axis:
 - **averaged**: the metric averaged over the other axes at each value of x, using only the settings of the other
@@ -14,22 +16,24 @@ Two fits per axis:
 - **held fixed**: one fit per setting of one other axis (the lines of the plot), averaging over the remaining ones.
 
 Runs that share every axis value (the same point with other seeds) are averaged first, and their pooled standard
-deviation is reported as the noise level. Writes ``OUT.md`` (exponents, fitted curves and the data behind them)
-and ``OUT.png`` (one panel per axis: metric vs x on log-log axes, one line per value of another axis, each run as a
-faint dot, the averaged fit dashed, like the paper's scaling figure; below it each line's change in percent of its
-value at the smallest x, which shows effects too small to see on the shared scale).
+deviation is reported as the noise level. Writes ``OUT.md`` (exponents with standard errors, fitted curves and the
+data behind them) and ``OUT.png`` (one panel per axis: metric vs x on log-log axes, one line per value of another
+axis, each run as a faint dot, the averaged fit dashed, like the paper's scaling figure; below it each line's
+change in percent of its value at the smallest x, which shows effects too small to see on the shared scale).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 import math
 import pathlib
-import sys
+import warnings
 
 import numpy as np
+
+from shine_jax.errors import InputError
+from shine_jax.fileutil import atomic_files
 
 AXES = {"lora_rank": "LoRA rank r", "m2p_layers": "M2P depth", "metalora_rank": "Meta LoRA rank",
         "params_base": "base parameters"}
@@ -39,11 +43,11 @@ LINE_AXIS = {"lora_rank": "params_base", "m2p_layers": "params_base", "metalora_
 
 def read_rows(path: pathlib.Path, metric: str) -> list[dict]:
     if not path.is_file():
-        raise SystemExit(f"error: {path} does not exist")
+        raise InputError(f"{path} does not exist: run the sweep first")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if rows and metric not in rows[0]:
-        raise SystemExit(f"error: {path} has no column {metric!r} (columns: {', '.join(rows[0])})")
+        raise InputError(f"{path} has no column {metric!r} (columns: {', '.join(rows[0])})")
     out = []
     for r in rows:
         if r.get("status", "finished") != "finished" or not r.get(metric):
@@ -88,22 +92,39 @@ def paired_effect(rows: list[dict], axis: str) -> dict | None:
 
 
 def fit_power_law(x, y, offset: bool = False) -> dict:
-    """Least squares of ``log(y - c) = log(a) - b log(x)``; ``c`` = 0, or the grid value minimising the residual."""
+    """``y ≈ a x^(-b)`` (+ ``c`` with ``offset``) by ``scipy.optimize.curve_fit`` on ``log y``; returns a, b, c,
+    their standard errors ``a_se``, ``b_se``, ``c_se`` (nan where the points do not outnumber the parameters) and
+    the squared log residual ``sse_log``."""
+    from scipy.optimize import OptimizeWarning, curve_fit
+
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 2 or np.any(x <= 0) or np.any(y <= 0) or len(np.unique(x)) < 2:
         raise ValueError("a power-law fit needs at least two distinct positive x and positive y values")
+    logx, logy = np.log(x), np.log(y)
 
-    def solve(c):
-        design = np.stack([np.ones_like(x), -np.log(x)], axis=1)
-        target = np.log(y - c)
-        coef, *_ = np.linalg.lstsq(design, target, rcond=None)
-        resid = float(np.sum((design @ coef - target) ** 2))
-        return {"a": float(math.exp(coef[0])), "b": float(coef[1]), "c": float(c), "sse_log": resid}
+    def standard_errors(pcov, n):
+        se = np.sqrt(np.diag(pcov)) if np.all(np.isfinite(pcov)) else np.full(n, np.nan)
+        return [float(v) for v in se]
 
-    if not offset or len(x) < 3:
-        return solve(0.0)
-    grid = float(y.min()) * (1 - np.geomspace(1.0, 1e-4, 400))  # 0 .. just below min(y)
-    return min((solve(c) for c in grid), key=lambda f: f["sse_log"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptimizeWarning)  # as many points as parameters: no covariance, se = nan
+        (log_a, b), pcov = curve_fit(lambda lx, la, b: la - b * lx, logx, logy, p0=(logy.mean(), 0.0))
+        log_a_se, b_se = standard_errors(pcov, 2)
+        fit = {"a": float(math.exp(log_a)), "b": float(b), "c": 0.0, "a_se": float(math.exp(log_a) * log_a_se),
+               "b_se": b_se, "c_se": float("nan"), "sse_log": float(np.sum((log_a - b * logx - logy) ** 2))}
+        if not offset or len(x) < 3:
+            return fit
+        top = float(y.min()) * (1 - 1e-9)
+
+        def model(lx, a, b, c):
+            return np.log(a * np.exp(-b * lx) + c)
+
+        c0 = 0.5 * top  # start halfway up the allowed range, the power law refitted to what lies above it
+        (a, b, c), pcov = curve_fit(model, logx, logy, p0=(fit["a"], max(fit["b"], 1e-3), c0),
+                                    bounds=([1e-12, -10.0, 0.0], [np.inf, 10.0, top]), maxfev=20000)
+    a_se, b_se, c_se = standard_errors(pcov, 3)
+    sse = float(np.sum((model(logx, a, b, c) - logy) ** 2))
+    return {"a": float(a), "b": float(b), "c": float(c), "a_se": a_se, "b_se": b_se, "c_se": c_se, "sse_log": sse}
 
 
 def balanced_means(rows: list[dict], axis: str, over: list[str]) -> tuple[list[float], list[float], int]:
@@ -159,10 +180,17 @@ def fmt_value(axis: str, v: float) -> str:
     return f"{v / 1e6:.3g}M" if axis == "params_base" else f"{v:g}"
 
 
+def _pm(fit: dict, name: str) -> str:
+    """``value ± standard error`` (the value alone where there is no error estimate)."""
+    se = fit.get(f"{name}_se", float("nan"))
+    return f"{fit[name]:.4f} ± {se:.4f}" if np.isfinite(se) else f"{fit[name]:.4f}"
+
+
 def markdown(results: list[dict], metric: str, source: str, offset: bool, spread: dict | None = None) -> str:
     law = "a·x^(-b) + c" if offset else "a·x^(-b)"
     lines = [f"# Power-law fits of `{metric}` ({source})", "",
-             f"Fit: {metric} ≈ {law}, least squares in log space (experiments/scaling_fit.py). *Averaged*: the "
+             f"Fit: {metric} ≈ {law}, `scipy.optimize.curve_fit` on log {metric} (shine_jax/scaling_fit.py); "
+             "± one standard error (none where the points do not outnumber the parameters). *Averaged*: the "
              "metric averaged over the other axes (settings measured at every x); *held fixed*: one fit per value "
              "of the line axis, averaged over the remaining axes.", "",
              "| axis | fit | exponent b | a | c | values of x | mean metric at each x |",
@@ -172,13 +200,13 @@ def markdown(results: list[dict], metric: str, source: str, offset: bool, spread
         xs = ", ".join(fmt_value(r["axis"], x) for x in r["x"])
         ys = ", ".join(f"{y:.4f}" for y in r["y"])
         if f:
-            lines.append(f"| {AXES[r['axis']]} | averaged over {r['settings_averaged']} settings | {f['b']:.4f} | "
-                         f"{f['a']:.4f} | {f['c']:.4f} | {xs} | {ys} |")
+            lines.append(f"| {AXES[r['axis']]} | averaged over {r['settings_averaged']} settings | {_pm(f, 'b')} | "
+                         f"{_pm(f, 'a')} | {_pm(f, 'c')} | {xs} | {ys} |")
         for ln in r["lines"]:
             lf = ln["fit"]
             if lf:
                 lines.append(f"| {AXES[r['axis']]} | {AXES[r['line_axis']]} = {fmt_value(r['line_axis'], ln['value'])} "
-                             f"| {lf['b']:.4f} | {lf['a']:.4f} | {lf['c']:.4f} | "
+                             f"| {_pm(lf, 'b')} | {_pm(lf, 'a')} | {_pm(lf, 'c')} | "
                              f"{', '.join(fmt_value(r['axis'], x) for x in ln['x'])} | "
                              f"{', '.join(f'{y:.4f}' for y in ln['y'])} |")
     lines += ["", "A positive b means the metric falls as the axis grows (the paper's finding along every axis)."]
@@ -251,31 +279,24 @@ def plot(results: list[dict], metric: str, path: pathlib.Path, rows: list[dict] 
     plt.close(fig)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("csv", help="a sweep's results.csv")
-    p.add_argument("--out", default="experiments/results/scaling", help="writes OUT.md and OUT.png")
-    p.add_argument("--metric", default="pretrain_val_loss")
-    p.add_argument("--offset", action="store_true", help="fit a*x^(-b) + c instead of a*x^(-b)")
-    args = p.parse_args(argv)
-    rows = read_rows(pathlib.Path(args.csv), args.metric)
+def fit_sweep(csv_path: str | pathlib.Path, out: str | pathlib.Path, metric: str = "pretrain_val_loss",
+              offset: bool = False, log=print) -> list[dict]:
+    """Fit and plot a sweep's ``results.csv``: ``OUT.md`` and ``OUT.png`` (written together, atomically);
+    returns the per-axis results."""
+    csv_path, out = pathlib.Path(csv_path), pathlib.Path(out)
+    rows = read_rows(csv_path, metric)
     if not rows:
-        raise SystemExit(f"error: {args.csv} has no finished point with a value of {args.metric}")
-    results = analyse(rows, args.offset)
+        raise InputError(f"{csv_path} has no finished point with a value of {metric}")
+    results = analyse(rows, offset)
     if not results:
-        raise SystemExit(f"error: no axis of {', '.join(AXES)} takes two values in {args.csv}")
-    out = pathlib.Path(args.out)
-    text = markdown(results, args.metric, args.csv, args.offset, replicate_spread(rows))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(text)
-    plot(results, args.metric, out.with_suffix(".png"), rows)
+        raise InputError(f"no axis of {', '.join(AXES)} takes two values in {csv_path}: nothing to fit")
+    md, png = out.with_suffix(".md"), out.with_suffix(".png")
+    with atomic_files(md, png) as (md_tmp, png_tmp):
+        md_tmp.write_text(markdown(results, metric, str(csv_path), offset, replicate_spread(rows)))
+        plot(results, metric, png_tmp, rows)
     for r in results:
         if r["averaged"]:
-            print(f"{AXES[r['axis']]:>16}: b = {r['averaged']['b']:+.4f} (averaged over {r['settings_averaged']} "
-                  f"settings of the other axes)")
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            log(f"{AXES[r['axis']]:>16}: b = {_pm(r['averaged'], 'b')} (averaged over {r['settings_averaged']} "
+                f"settings of the other axes)")
+    log(f"fit: {md}  plot: {png}")
+    return results

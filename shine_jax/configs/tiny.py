@@ -21,7 +21,11 @@ from shine_jax.train.config import base_config
 PIPELINE = ("pretrain", "ift_mqa", "ift_1qa")
 # trained apart, by the demo when its --methods has memory3: a copy of the base taught to read Memory3's memories
 SIDE_STAGES = ("memory3_train",)
-TINY_BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "tiny_base")
+# In a checkout this file is read as configs/tiny.py (a link into the package) and the base as models/tiny_base,
+# the paths earlier runs recorded; in an installed package, from the package's own assets.
+_TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_BASE = next((p for p in (os.path.join(_TOP, "models", "tiny_base"), os.path.join(_TOP, "assets", "tiny_base"))
+                  if os.path.isdir(p)), os.path.join(_TOP, "assets", "tiny_base"))
 
 
 def get_config(arg=None):
