@@ -246,10 +246,11 @@ def adapter_folder_names(ids: list[str]) -> list[str]:
 
 
 def adapter_bytes(lora: dict, documents: int) -> int:
-    """The size of the LoRA factors of ``documents`` examples of a generated batch: an adapter file's payload."""
+    """The payload of an adapter file for ``documents`` examples of a generated batch: their LoRA factors
+    (leaves ``[layers, batch, in, r]``) as the float32 the PEFT export writes."""
     import jax
 
-    return sum(x.nbytes // x.shape[0] for x in jax.tree.leaves(lora)) * documents
+    return sum(x.size // x.shape[1] * 4 for x in jax.tree.leaves(lora)) * documents
 
 
 def cmd_internalize(args) -> None:

@@ -35,7 +35,8 @@ def storage_problem(error: BaseException) -> str | None:
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
-            where = f"writing {error.filename}: " if error.filename else ""
+            verb = "" if error.errno == errno.EACCES else "writing "  # a forbidden file may be read or written
+            where = f"{verb}{error.filename}: " if error.filename else ""
             return f"{where}{STORAGE_ERRNOS[error.errno]}"
         for text, reason in STORAGE_MESSAGES.items():
             if text in str(error):
@@ -54,6 +55,17 @@ def writing(path: str | os.PathLike, needed_bytes: int | None = None, resumable:
         if storage_problem(e) is not None and not hasattr(e, "shine_output"):
             e.shine_output = (pathlib.Path(path), needed_bytes, resumable)
         raise
+
+
+def _storage_filename(error: BaseException | None) -> str | None:
+    """The file named by the OSError behind a storage problem, if it names one."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS and error.filename:
+            return str(error.filename)
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _mb(n: int) -> str:
@@ -75,12 +87,17 @@ def user_message(error: BaseException) -> str | None:
     problem = storage_problem(error)
     if problem is not None:
         path, needed, resumable = getattr(error, "shine_output", (None, None, False))
-        where = ""
-        if path is not None:
-            free = _free_bytes(path)
-            space = [f"needs about {_mb(needed)}"] if needed else []
-            space += [f"{_mb(free)} free there"] if free is not None else []
-            where = f" (output {path}{': ' + ', '.join(space) if space else ''})"
+        filename = _storage_filename(error)
+        # the output being written names the place, unless the failing file lies elsewhere (a checkpoint_dir,
+        # a data dir, a file being read): then that file does, and the free space is counted there
+        home = None if path is None else pathlib.Path(path).absolute()
+        home = home.parent if home is not None and home.suffix else home  # a file's temporary siblings count
+        inside = home is not None and (filename is None or pathlib.Path(filename).absolute().is_relative_to(home))
+        details = [f"output {path}"] if inside else []
+        details += [f"needs about {_mb(needed)}"] if inside and needed else []
+        free = _free_bytes(pathlib.Path(filename) if filename else pathlib.Path(path)) if (filename or path) else None
+        details += [f"{_mb(free)} free there"] if free is not None else []
+        where = f" ({', '.join(details)})" if details else ""
         then = ("training resumes from its last good checkpoint" if resumable else
                 "nothing half-written was kept: outputs are written aside and renamed into place when complete")
         return f"{problem}{where}; free space or choose a writable folder, then rerun ({then})"

@@ -87,6 +87,8 @@ def atomic_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[
     An existing ``out_dir`` is first renamed aside (``.NAME.replaced-PID``) and deleted only once the new folder
     is in place: a crash between the two renames leaves both complete folders on disk, never neither."""
     out_dir = pathlib.Path(out_dir).absolute()
+    if out_dir.is_symlink():  # replace what the link points to (models/tiny_base -> the package's), not the link
+        out_dir = out_dir.resolve()
     created = [p for p in out_dir.parents if not p.exists()]  # made here: removed again if nothing lands in them
     prepare_output_dir(out_dir, overwrite)
     try:
@@ -116,12 +118,12 @@ def atomic_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[
 
 
 def _remove_empty(folders: list[pathlib.Path]) -> None:
-    """Remove ``folders`` (innermost first) while they are empty."""
+    """Remove those of ``folders`` (innermost first) that are empty."""
     for folder in folders:
         try:
             folder.rmdir()
         except OSError:
-            return
+            continue
 
 
 class WorkdirBusyError(UserError):

@@ -18,6 +18,7 @@ import json
 import math
 import pathlib
 import secrets
+import socket
 import tempfile
 import threading
 import time
@@ -37,8 +38,11 @@ MAX_SCALE = 4.0
 class Session:
     """The model and the adapters generated so far (the newest ``keep`` of them), used one request at a time."""
 
-    def __init__(self, shine, keep: int = 16, max_new_tokens: int = 48):
+    def __init__(self, shine, keep: int = 16, max_new_tokens: int = 48, max_doc_tokens: int = 2048):
         self.shine, self.keep, self.max_new_tokens = shine, keep, max_new_tokens
+        # icl reads the document in its prompt: at most this many tokens, and room for the conversation
+        positions = shine.base.cfg.max_position_embeddings
+        self.max_doc_tokens = max(1, min(max_doc_tokens, positions - 4 * max_new_tokens - 256))
         self.lock = threading.Lock()
         self.adapters: collections.OrderedDict[str, tuple[str, dict]] = collections.OrderedDict()
 
@@ -56,14 +60,14 @@ class Session:
             self.adapters[adapter_id] = (document, lora)
             while len(self.adapters) > self.keep:
                 self.adapters.popitem(last=False)
-        tokens = len(prompts.encode_text(self.shine.base.tokenizer, document))
+            tokens = len(prompts.encode_text(self.shine.base.tokenizer, document))
         notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
         return {"id": adapter_id, "seconds": round(seconds, 3), "tokens": tokens,
                 "max_tokens": self.shine.max_evidence_length, "warning": "; ".join(notes) or None}
 
-    def _adapter(self, adapter_id: str) -> tuple[str, dict]:
+    def _adapter(self, adapter_id: Any) -> tuple[str, dict]:
         try:
-            return self.adapters[adapter_id]
+            return self.adapters[str(adapter_id)]
         except KeyError:
             raise InputError(f"no adapter {adapter_id!r} here (the server keeps the newest {self.keep}): "
                              "generate it again") from None
@@ -74,12 +78,13 @@ class Session:
         from shine_jax.model.lora import compose_examples
 
         scale = check_scale(scale)
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown:
-            raise InputError(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}")
+        if not isinstance(methods, (list, tuple)) or not methods or not all(m in METHODS for m in methods):
+            raise InputError(f"methods must be a list of {', '.join(METHODS)}, got {methods!r}")
         if not isinstance(messages, list) or not all(isinstance(m, dict) and isinstance(m.get("content"), str)
                                                      for m in messages):
             raise InputError("messages must be a list of {role, content} objects")
+        if not any(m.get("role") == "user" for m in messages):
+            raise InputError("a conversation needs a user message")
         document, lora = self._adapter(adapter_id)
         out = {}
         with self.lock:
@@ -92,10 +97,17 @@ class Session:
                 else:  # icl: the document before the first question, as the harness's in-context method reads it
                     first = next(i for i, m in enumerate(messages) if m.get("role") == "user")
                     read = [dict(m) for m in messages]
-                    read[first]["content"] = prompts.icl_user_text(document, read[first]["content"])
+                    read[first]["content"] = prompts.icl_user_text(self._icl_document(document),
+                                                                   read[first]["content"])
                     text = self.shine.chat(None, read, self.max_new_tokens)
                 out[method] = {"answer": text, "seconds": round(time.perf_counter() - start, 3)}
         return out
+
+    def _icl_document(self, document: str) -> str:
+        """The document as icl reads it: its first ``max_doc_tokens`` tokens (a longer one would not fit)."""
+        tok = self.shine.base.tokenizer
+        ids = prompts.encode_text(tok, document)
+        return document if len(ids) <= self.max_doc_tokens else tok.decode(ids[:self.max_doc_tokens])
 
     def peft_zip(self, adapter_id: str, scale: float = 1.0) -> bytes:
         """The adapter as a PEFT folder (``adapter/``: config, safetensors, provenance), zipped."""
@@ -147,20 +159,33 @@ def make_handler(session: Session, max_upload_bytes: int, log=print):
         def _json(self, status: int, obj: Any) -> None:
             self._send(status, json.dumps(obj).encode(), "application/json")
 
-        def _body(self) -> Any:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > max_upload_bytes:
-                while length > 0:  # read and drop it (never held), so the client gets the answer, not a reset
-                    chunk = self.rfile.read(min(length, 1 << 16))
+        def _body(self) -> dict:
+            try:
+                declared = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                declared = -1
+            if declared < 0:
+                self.close_connection = True
+                raise InputError("the request has no valid Content-Length")
+            if declared > max_upload_bytes:
+                # read and drop a moderate excess (never held), so the client reads the answer rather than a
+                # reset; beyond that, answer and close the connection
+                left = declared if declared <= 16 * max_upload_bytes else 0
+                while left > 0:
+                    chunk = self.rfile.read(min(left, 1 << 16))
                     if not chunk:
                         break
-                    length -= len(chunk)
-                raise UploadTooLarge(f"the upload is {length:,} bytes, more than the limit of {max_upload_bytes:,} "
-                                     f"(start the server with a larger --max-upload-mb)")
+                    left -= len(chunk)
+                self.close_connection = True
+                raise UploadTooLarge(f"the upload is {declared:,} bytes, more than the limit of "
+                                     f"{max_upload_bytes:,} (start the server with a larger --max-upload-mb)")
             try:
-                return json.loads(self.rfile.read(length).decode("utf-8"))
+                body = json.loads(self.rfile.read(declared).decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise InputError(f"the request is not UTF-8 JSON ({e})") from None
+            if not isinstance(body, dict):
+                raise InputError(f"the request must be a JSON object, got {type(body).__name__}")
+            return body
 
         def _guard(self, work) -> None:
             try:
@@ -193,7 +218,7 @@ def make_handler(session: Session, max_upload_bytes: int, log=print):
                 def chat():
                     body = self._body()
                     self._json(200, session.answer(body.get("adapter", ""), body.get("messages"),
-                                                   body.get("scale", 1.0), tuple(body.get("methods", METHODS))))
+                                                   body.get("scale", 1.0), body.get("methods", list(METHODS))))
                 return self._guard(chat)
             self._json(404, {"error": f"no endpoint {path}"})
 
@@ -203,7 +228,10 @@ def make_handler(session: Session, max_upload_bytes: int, log=print):
 def make_server(session: Session, host: str = "127.0.0.1", port: int = 8000,
                 max_upload_bytes: int = 1 << 20, log=print) -> http.server.ThreadingHTTPServer:
     """The HTTP server of ``session`` (not yet serving: call ``serve_forever``; port 0 picks a free one)."""
-    return http.server.ThreadingHTTPServer((host, port), make_handler(session, max_upload_bytes, log))
+    server_class = http.server.ThreadingHTTPServer
+    if ":" in host:  # an IPv6 address
+        server_class = type("ThreadingHTTPServer6", (server_class,), {"address_family": socket.AF_INET6})
+    return server_class((host, port), make_handler(session, max_upload_bytes, log))
 
 
 PAGE = """<!doctype html>
@@ -234,7 +262,9 @@ prompt (<b>shine</b>), beside the base alone (<b>none</b>) and the base reading 
  <button id="ask" disabled>Ask</button> <button id="reset">New conversation</button>
  <span id="chat-status" class="muted"></span></div>
 <script>
-let adapter = null, history = {shine: [], none: [], icl: []};
+// One conversation per method; a turn is committed to all three only when every answer came back, and only if
+// no adapter was generated (or the conversation reset) meanwhile.
+let adapter = null, epoch = 0, history = {shine: [], none: [], icl: []};
 const $ = (id) => document.getElementById(id);
 async function call(path, body) {
   const r = await fetch(path, {method: "POST", headers: {"Content-Type": "application/json"},
@@ -243,6 +273,7 @@ async function call(path, body) {
   if (!r.ok) throw new Error(data.error || r.statusText);
   return data;
 }
+function busy(on) { for (const id of ["generate", "ask", "reset"]) $(id).disabled = on || (id === "ask" && !adapter); }
 function updateDownload() {
   const a = $("download");
   a.hidden = !adapter;
@@ -257,45 +288,51 @@ $("scale").addEventListener("input", () => {
 $("generate").addEventListener("click", async () => {
   const status = $("adapter-status");
   status.className = "muted"; status.textContent = "generating...";
+  busy(true);
   try {
     const r = await call("/api/adapter", {document: $("document").value});
     adapter = r.id; resetChat();
     status.textContent = `adapter ${r.id} generated in ${r.seconds.toFixed(2)} s from ${r.tokens} tokens` +
       (r.warning ? ` (${r.warning})` : "");
-    status.dataset.adapter = r.id;
-    $("ask").disabled = false; updateDownload();
+    updateDownload();
   } catch (err) { status.className = "err"; status.textContent = err.message; }
+  busy(false);
 });
-function resetChat() { history = {shine: [], none: [], icl: []}; $("turns").innerHTML = ""; }
+function resetChat() { epoch += 1; history = {shine: [], none: [], icl: []}; $("turns").innerHTML = ""; }
 $("reset").addEventListener("click", resetChat);
 $("ask").addEventListener("click", async () => {
   const q = $("question").value.trim();
   if (!q || !adapter) return;
-  const status = $("chat-status");
+  const status = $("chat-status"), mine = epoch, id = adapter, scale = Number($("scale").value);
   status.className = "muted"; status.textContent = "answering...";
-  const n = $("turns").children.length;
+  busy(true);
   try {
-    const answers = {};
+    const answers = {}, next = {};
     for (const m of ["shine", "none", "icl"]) {  // each method keeps its own conversation
       const messages = history[m].concat([{role: "user", content: q}]);
-      const r = await call("/api/chat", {adapter, messages, scale: Number($("scale").value), methods: [m]});
+      const r = await call("/api/chat", {adapter: id, messages, scale, methods: [m]});
       answers[m] = r[m];
-      history[m] = messages.concat([{role: "assistant", content: r[m].answer}]);
+      next[m] = messages.concat([{role: "assistant", content: r[m].answer}]);
     }
-    const turn = document.createElement("div");
-    turn.className = "turn"; turn.id = `turn-${n}`;
-    turn.innerHTML = `<div class="q"></div><div class="answers">` +
-      ["shine", "none", "icl"].map((m) => `<div><h3>${m}</h3><span class="answer" data-method="${m}"></span>` +
-                                          `<div class="muted"></div></div>`).join("") + `</div>`;
-    turn.querySelector(".q").textContent = "Q: " + q;
-    for (const m of ["shine", "none", "icl"]) {
-      const cell = turn.querySelector(`[data-method="${m}"]`);
-      cell.textContent = answers[m].answer;
-      cell.nextElementSibling.textContent = `${answers[m].seconds.toFixed(2)} s`;
+    if (mine === epoch) {
+      history = next;
+      const turn = document.createElement("div");
+      turn.className = "turn"; turn.id = `turn-${$("turns").children.length}`;
+      turn.innerHTML = `<div class="q"></div><div class="answers">` +
+        ["shine", "none", "icl"].map((m) => `<div><h3>${m}</h3><span class="answer" data-method="${m}"></span>` +
+                                            `<div class="muted"></div></div>`).join("") + `</div>`;
+      turn.querySelector(".q").textContent = "Q: " + q;
+      for (const m of ["shine", "none", "icl"]) {
+        const cell = turn.querySelector(`[data-method="${m}"]`);
+        cell.textContent = answers[m].answer;
+        cell.nextElementSibling.textContent = `${answers[m].seconds.toFixed(2)} s`;
+      }
+      $("turns").appendChild(turn);
+      $("question").value = "";
     }
-    $("turns").appendChild(turn);
-    status.textContent = ""; $("question").value = "";
+    status.textContent = "";
   } catch (err) { status.className = "err"; status.textContent = err.message; }
+  busy(false);
 });
 </script>
 </body></html>

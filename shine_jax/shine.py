@@ -16,6 +16,7 @@ import importlib.metadata
 import json
 import os
 import pathlib
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -189,6 +190,10 @@ class Shine:
             raise InputError(f"index {bad[0]} is outside the LoRA batch of {batch} example(s)")
         one = compose_examples(lora, [i % batch for i in indices], [scale] * len(indices))
         name = base_name if base_name is not None else str(self.hf_source or "")
+        if not name:
+            warnings.warn("this run's base has no Hugging Face folder, so the adapter names no base: write one with "
+                          "`shine-jax convert jax-to-hf` and pass its path or hub id as --base-model (base_name)",
+                          stacklevel=2)
         provenance = None if documents is None else self.adapter_provenance(documents, scale, name)
         return write_peft_adapter(self.base.cfg, one, out_dir, 0, name, overwrite, provenance)
 
@@ -211,12 +216,10 @@ class Shine:
 
     @property
     def hf_source(self) -> str | None:
-        """The HF folder the base was read from (what a PEFT adapter names as its base), else its tokenizer's."""
+        """The HF folder the base was read from (what a PEFT adapter names as its base); None for a base trained
+        here (it has no HF folder until ``shine-jax convert jax-to-hf`` writes one)."""
         origin = self.base.origin
-        if origin is not None and origin.kind == "hf":
-            return str(origin.path)
-        tok = self.base.tokenizer
-        return getattr(tok, "name_or_path", None) if tok is not None else None
+        return str(origin.path) if origin is not None and origin.kind == "hf" else None
 
     def _evidence(self, ids, mask):
         ids = np.asarray(ids)

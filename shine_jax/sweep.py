@@ -289,14 +289,14 @@ def run_child(argv: list[str], log_path: pathlib.Path, env: dict[str, str], resu
                 if pid:
                     break
                 time.sleep(every_s)
-                progress()
-            if progress:
-                progress()  # the rows written since the last look
+                _report(progress)
         except BaseException:
             proc.kill()
             proc.wait()
             raise
         proc.returncode = os.waitstatus_to_exitcode(status)
+    if progress:
+        _report(progress)  # the rows written since the last look
     out = {"rc": proc.returncode, "peak_rss_mib": usage.ru_maxrss / 1024, "child_wall_s": time.time() - start}
     written = _read_json(result) or {}
     if proc.returncode:
@@ -306,6 +306,14 @@ def run_child(argv: list[str], log_path: pathlib.Path, env: dict[str, str], resu
     else:
         out["summary"] = written
     return out
+
+
+def _report(progress: Callable[[], None]) -> None:
+    """A live report never stops the child it reports on: a failure of its own is one line in the log."""
+    try:
+        progress()
+    except Exception as e:  # noqa: BLE001 - progress is a courtesy
+        print(f"[sweep] (live progress failed: {type(e).__name__}: {e})", file=sys.stderr)
 
 
 class MetricsFollower:
@@ -334,6 +342,8 @@ class MetricsFollower:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
+                continue
+            if not isinstance(row, dict):
                 continue
             values = [f"{k} {row[k]:.4f}" for k in ("loss", "val_loss") if isinstance(row.get(k), (int, float))]
             self.log(f"[sweep] {self.label}: step {row.get('step')}/{self.steps} {', '.join(values)} "

@@ -126,6 +126,8 @@ def test_ask_and_internalize(trained_workdir, test_records, tmp_path, capsys):
     write_jsonl(test_records[:3], data)
     assert cli.main(["internalize", "--workdir", str(trained_workdir), "--jsonl", str(data),
                      "--out", str(tmp_path / "adapters")]) == 0
+    # the fixture's base was trained here: no HF folder to name as the adapters' base, and the user is told how
+    assert "names no base" in capsys.readouterr().err
     made = sorted(p.name for p in (tmp_path / "adapters").iterdir())
     assert made == sorted(r["id"] for r in test_records[:3])
     assert (tmp_path / "adapters" / made[0] / "adapter_model.safetensors").is_file()

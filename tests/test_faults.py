@@ -60,6 +60,41 @@ def test_lock_of_another_host_is_never_taken_over(tmp_path):
             pass
 
 
+BUILD = """
+import sys
+from shine_jax.train.loop import load_records
+from tests.train_utils import small_config
+cfg = small_config("base_pretrain", 2, data_dir=sys.argv[1])
+print(len(load_records(cfg, sys.argv[1], "train")), flush=True)
+"""
+
+
+def test_two_processes_building_one_data_split_take_turns(tmp_path):
+    """Two processes start the same data build in one data dir at once: one builds, the other waits for it and
+    reuses the finished split (tfds alone races on its incomplete.* rename)."""
+    data = tmp_path / "data"
+    builders = [subprocess.Popen([sys.executable, "-c", BUILD, str(data)], cwd=REPO, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [b.communicate(timeout=300) for b in builders]
+    for b, (_, err) in zip(builders, outs):
+        assert b.returncode == 0, err[-2000:]
+    assert outs[0][0] == outs[1][0] and int(outs[0][0]) > 0
+    versions = [p for p in data.rglob("1.0.0*") if p.is_dir()]
+    assert len(versions) == 1 and not [p for p in data.rglob("*") if "incomplete" in p.name], sorted(data.rglob("*"))
+
+
+def test_a_demo_on_a_workdir_in_use_is_one_error_line(tmp_path, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert cli.main(["demo", "--workdir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and f"in use by process {holder.pid}" in err[0], err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 @pytest.mark.parametrize("ids,expected", [
     (["../x", "/etc/passwd", "a b", "..", "ok-1.2"], ["_x", "_etc_passwd", "a_b", "doc00003", "ok-1.2"]),
     (["a/b", "c"], ["a_b", "c"]),
@@ -83,15 +118,15 @@ def test_plan_with_no_devices_is_one_error_line(capsys):
 
 @pytest.mark.parametrize("raise_it,expected", [
     (lambda: (_ for _ in ()).throw(OSError(28, "No space left on device", "/out/adapter/x.safetensors")),
-     "error: writing /out/adapter/x.safetensors: no space left on the device; free space"),
+     "error: writing /out/adapter/x.safetensors: no space left on the device ("),
     (lambda: (_ for _ in ()).throw(OSError(30, "Read-only file system", "/ro/results.json")),
-     "error: writing /ro/results.json: read-only file system; free space"),
+     "error: writing /ro/results.json: read-only file system ("),
 ])
 def test_disk_full_and_read_only_outputs_are_one_error_line(monkeypatch, capsys, raise_it, expected):
     monkeypatch.setattr(cli, "cmd_plan", lambda args, overrides: raise_it())
     assert cli.main(["plan", "--config", f"{REPO}/configs/tiny.py:pretrain"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(expected)
+    assert len(err) == 1 and err[0].startswith(expected) and "MB free there); free space or choose" in err[0], err
 
 
 def test_wrapped_disk_full_error_is_found_in_the_cause_chain(monkeypatch, capsys):
@@ -109,6 +144,21 @@ def test_wrapped_disk_full_error_is_found_in_the_cause_chain(monkeypatch, capsys
         RuntimeError("SafetensorError: Error while serializing: IoError(No space left on device (os error 28))")))
     assert cli.main(["plan", "--config", f"{REPO}/configs/tiny.py:pretrain"]) == 2
     assert "no space left on the device (RuntimeError: SafetensorError" in capsys.readouterr().err
+
+
+def test_a_full_disk_outside_the_output_is_named_where_it_happened(tmp_path):
+    """A stage writing its workdir fills the disk of its checkpoint_dir elsewhere: the line names that file and
+    the free space there, not the workdir; inside the workdir, the workdir is named as the output."""
+    from shine_jax.errors import user_message, writing
+
+    for failing, named in ((tmp_path / "bucket" / "run" / "8" / "state", False), (tmp_path / "wd" / "x", True)):
+        with pytest.raises(OSError) as info:
+            with writing(tmp_path / "wd", resumable=True):
+                raise OSError(28, "No space left on device", str(failing))
+        message = user_message(info.value)
+        assert message.startswith(f"writing {failing}: no space left on the device (")
+        assert (f"output {tmp_path / 'wd'}" in message) == named and "MB free there" in message
+        assert message.endswith("(training resumes from its last good checkpoint)")
 
 
 def test_other_internal_errors_keep_their_traceback(monkeypatch):
@@ -181,7 +231,7 @@ def test_disk_full_through_a_failing_writer_leaves_nothing_half_written(trained_
     internalize = ["internalize", "--workdir", str(trained_workdir), "--jsonl", str(data), "--out", str(out)]
     assert cli.main(internalize) == 2
     line = _one_error_line(capsys)
-    assert re.search(rf"error: no space left on the device \(output {re.escape(str(out))}/\S+: needs about "
+    assert re.search(rf"error: no space left on the device \(output {re.escape(str(out))}/\S+, needs about "
                      r"[\d.]+ MB, [\d.]+ MB free there\); .*nothing half-written was kept", line), line
     assert _leftovers(out) == []
 

@@ -88,8 +88,11 @@ def test_the_api_makes_an_adapter_answers_three_ways_and_zips_it(served, documen
 @pytest.mark.parametrize("path,body,status,words", [
     ("/api/adapter", {"document": "  "}, 400, "the document is empty"),
     ("/api/chat", {"adapter": "nope", "messages": [{"role": "user", "content": "q"}]}, 400, "no adapter 'nope'"),
-    ("/api/adapter", {"document": "x" * (LIMIT + 1)}, 413, "more than the limit of 65,536"),
+    ("/api/adapter", {"document": "x" * (LIMIT + 1)}, 413, "the upload is 65,553 bytes, more than the limit of 65,536"),
     ("/api/adapter", b"{not json", 400, "not UTF-8 JSON"),
+    ("/api/adapter", b"[1, 2]", 400, "must be a JSON object, got list"),
+    ("/api/chat", {"adapter": "x", "messages": [{"role": "user", "content": "q"}], "methods": ["nope"]}, 400,
+     "methods must be a list of shine, none, icl"),
     ("/api/nothing", {}, 404, "no endpoint /api/nothing"),
 ])
 def test_bad_requests_are_one_line_errors(served, path, body, status, words):

@@ -48,6 +48,10 @@ def test_the_wheel_runs_a_packaged_config_outside_the_checkout(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     where = run([str(py), "-c", "import shine_jax; print(shine_jax.__file__)"], cwd=outside, env=env).stdout
     assert where.startswith(site), where  # the installed copy, not the checkout
+    # the packaged config finds the packaged base
+    base = run([str(py), "-c", "from shine_jax.train.config import load_config; "
+                "print(load_config('tiny:pretrain').model.hf_dir)"], cwd=outside, env=env).stdout.strip()
+    assert base.startswith(site) and pathlib.Path(base, "model.safetensors").is_file(), base
     shine_jax = venv / "bin" / "shine-jax"
     assert "--workdir" in run([str(shine_jax), "demo", "--help"], cwd=outside, env=env).stdout
     overrides = [f"--config.{o}" for o in SMALL + ["steps=2", "log_every=1", "eval_every=2", "optim.warmup_steps=1"]]

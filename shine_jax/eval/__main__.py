@@ -27,12 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
     def evaluate() -> dict:
+        from shine_jax.errors import writing
         from shine_jax.eval.methods import EvalSettings
         from shine_jax.eval.run import evaluate_jsonl
 
         settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
-        _, files = evaluate_jsonl(args.workdir, args.data, [m.strip() for m in args.methods.split(",") if m.strip()],
-                                  settings, args.out, limit=args.limit, progress=not args.no_progress)
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        with writing(args.out):
+            _, files = evaluate_jsonl(args.workdir, args.data, methods, settings, args.out, limit=args.limit,
+                                      progress=not args.no_progress)
         return {"files": {k: str(v) for k, v in files.items()}}
 
     return run_entry(evaluate, args.result)

@@ -28,10 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parse(list(sys.argv[1:] if argv is None else argv))
 
     def train() -> dict:
+        from shine_jax.errors import writing
         from shine_jax.train.config import load_config
         from shine_jax.train.loop import run_stage
 
-        summary = run_stage(load_config(args.config, overrides), args.workdir, progress=not args.no_progress)
+        with writing(args.workdir, resumable=True):
+            summary = run_stage(load_config(args.config, overrides), args.workdir, progress=not args.no_progress)
         print(f"stage {summary['stage']} done: {summary['steps']} steps in {summary['wall_s']:.0f}s, val_loss "
               f"{summary.get('val_loss', float('nan')):.4f}; result in {args.workdir}/{summary['stage']}/final")
         return summary

@@ -181,6 +181,9 @@ def parse_arg(arg: str | None, *, positional: tuple[str, ...] = (), **spec) -> m
 
 
 PACKAGED_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"  # shipped inside the package
+# a checkout's configs/ links to those: a name resolves there, to the same paths as `--config configs/X.py` (the
+# paths, e.g. of the shipped base, are part of a stage's recorded settings)
+CHECKOUT_CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
 
 def packaged_configs() -> list[str]:
@@ -193,7 +196,8 @@ def config_file(path: str) -> pathlib.Path:
     ``sweeps/tiny_cpu``: what an installed wheel runs without a checkout)."""
     file = pathlib.Path(path)
     if not file.is_file() and not file.suffix and (PACKAGED_CONFIGS / f"{path}.py").is_file():
-        return PACKAGED_CONFIGS / f"{path}.py"
+        checkout = CHECKOUT_CONFIGS / f"{path}.py"
+        return checkout if checkout.is_file() else PACKAGED_CONFIGS / f"{path}.py"
     return file
 
 

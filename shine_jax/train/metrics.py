@@ -116,8 +116,14 @@ class MetricsLog:
         """On resume, drop lines logged after the restored checkpoint, so the log equals an uninterrupted run's."""
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by a crash or a full disk mid-append
+                continue
+            if isinstance(row, dict) and row.get("step", step + 1) <= step:
+                keep.append(line)
         with atomic_text_file(self.path) as f:  # a crash here keeps the whole old log, never half of it
             f.write("".join(line + "\n" for line in keep))
 
