@@ -350,8 +350,15 @@ def cmd_plan(args, overrides: list[str]) -> None:
     except ValueError:
         raise InputError(f"--mesh must be three integers data,fsdp,tensor (e.g. 1,8,8), got {args.mesh!r}") from None
     cfg = load_config(args.config, overrides)
-    report = plan(cfg, mesh, parse_bytes(args.hbm) if args.hbm else None)
-    print(format_report(report))
+    hbm = parse_bytes(args.hbm) if args.hbm else None
+    report = plan(cfg, mesh, hbm)
+    print(format_report(report), flush=True)
+    if hbm and not report["fits"] and not args.no_suggest:
+        from shine_jax.plan import format_suggestion, suggest
+
+        print("  searching for settings that fit (one compile each) ...", flush=True)
+        report["suggestion"] = suggest(cfg, mesh, hbm)
+        print(format_suggestion(report["suggestion"]))
     if args.json:
         write_json_atomic(args.json, report)
 
@@ -574,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--devices", type=int, default=8)
     pl.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor (-1: the remaining devices)")
     pl.add_argument("--hbm", help="per-device memory to check against, e.g. 16GiB")
+    pl.add_argument("--no-suggest", action="store_true",
+                    help="when the point does not fit --hbm, do not search for settings that fit")
     pl.add_argument("--json", help="also write the report as JSON")
     pl.set_defaults(func=cmd_plan, takes_overrides=True)
 

@@ -31,6 +31,12 @@ _UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
           "tb": 1e12}
 
 
+# XLA:CPU computes bfloat16 matmuls in float32 and hoists those float32 copies of the stacked layer weights out of
+# the layer loop (a Qwen3-8B base stored in bfloat16 planned 33 GiB larger than one in float32, 4.5 GiB larger with
+# the hoisting off); an accelerator makes no such copies, so planning on CPU turns the hoisting off.
+_CPU_PLANNING = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
+
+
 def parse_bytes(text: str) -> int:
     m = re.fullmatch(r"\s*([\d.]+)\s*([a-zA-Z]*)\s*", text)
     if not m or m.group(2).lower() not in _UNITS:
@@ -66,6 +72,12 @@ def _abstract(module_fn, mesh):
     return graphdef, abstract
 
 
+def planned_attention(attention: str) -> str:
+    """cuDNN attention cannot be lowered for CPU devices: plan it as XLA's (the same FLOPs; cuDNN's flash kernel
+    needs less memory than XLA's score matrices, so the plan errs on the safe side)."""
+    return "xla" if attention in ("cudnn", "auto") and jax.default_backend() != "gpu" else attention
+
+
 def plan(cfg, mesh_shape, hbm_bytes: int | None = None) -> dict:
     from shine_jax.shine import shine_loss
     from shine_jax.train.loop import hyper_config, shine_param_groups
@@ -75,7 +87,9 @@ def plan(cfg, mesh_shape, hbm_bytes: int | None = None) -> dict:
     hcfg = hyper_config(cfg)
     m = num_memory_tokens(mcfg, hcfg)
     dtype = as_dtype(cfg.model.compute_dtype)
-    dgraph, frozen = _abstract(lambda: Decoder(mcfg, nnx.Rngs(0), dtype=dtype, remat=cfg.model.remat), mesh)
+    attention = planned_attention(cfg.model.attention)
+    dgraph, frozen = _abstract(lambda: Decoder(mcfg, nnx.Rngs(0), param_dtype=as_dtype(cfg.model.frozen_param_dtype),
+                                               dtype=dtype, remat=cfg.model.remat, attention=attention), mesh)
     hgraph, params = _abstract(lambda: Hypernetwork(mcfg, hcfg, nnx.Rngs(0)), mesh)
 
     def loss_fn(p, f, batch):
@@ -102,7 +116,7 @@ def plan(cfg, mesh_shape, hbm_bytes: int | None = None) -> dict:
         batch.update(teacher_input_ids=arr(teacher_length(tc, tq)), teacher_attention_mask=arr(teacher_length(tc, tq)))
     step = jax.jit(make_train_step(loss_fn, tx), donate_argnums=(0,))
     with jax.set_mesh(mesh):  # activations are pinned to the batch sharding inside the mesh context
-        compiled = step.lower(state, frozen, batch).compile()
+        compiled = step.lower(state, frozen, batch).compile(_CPU_PLANNING if jax.default_backend() == "cpu" else None)
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -126,6 +140,63 @@ def plan(cfg, mesh_shape, hbm_bytes: int | None = None) -> dict:
         report["hbm_bytes"] = hbm_bytes
         report["fits"] = per_device <= hbm_bytes
     return report
+
+
+def _moves(cfg, mesh_shape, devices: int):
+    """Changes that lower per-device memory, cheapest in compute and precision first: the frozen base in
+    bfloat16, then more gradient accumulation (same effective batch; the micro-batch must stay divisible by the
+    data x fsdp axes), then remat, then a mesh that shards the weights over every device (fully sharded)."""
+    if cfg.model.frozen_param_dtype == "float32":
+        yield "model.frozen_param_dtype", "bfloat16", mesh_shape
+    split = _resolved(mesh_shape, devices)[0] * _resolved(mesh_shape, devices)[1]
+    accum = cfg.grad_accum
+    while cfg.batch_size % (accum * 2) == 0 and (cfg.batch_size // (accum * 2)) % split == 0:
+        accum *= 2
+        yield "grad_accum", accum, mesh_shape
+    if not cfg.model.remat:
+        yield "model.remat", True, mesh_shape
+    if tuple(_resolved(mesh_shape, devices)) != (1, devices, 1) and cfg.batch_size % devices == 0:
+        yield "mesh", (1, devices, 1), (1, devices, 1)
+
+
+def _resolved(mesh_shape, devices: int) -> list[int]:
+    shape = list(mesh_shape)
+    if -1 in shape:
+        shape[shape.index(-1)] = devices // math.prod(x for x in shape if x != -1)
+    return shape
+
+
+def suggest(cfg, mesh_shape, hbm_bytes: int, max_tries: int = 6) -> dict:
+    """The first settings (cumulative, in ``_moves`` order) under which the point fits ``hbm_bytes`` per device,
+    each tried by compiling the step again. Returns {"overrides": [...], "mesh": ..., "total": bytes, "fits": bool,
+    "tried": n}: the smallest total found when nothing tried fits."""
+    cfg = cfg.copy_and_resolve_references()
+    devices = math.prod(_resolved(mesh_shape, jax.device_count()))
+    overrides, best = [], None
+    for tries, (field, value, mesh_shape) in enumerate(_moves(cfg, mesh_shape, devices), 1):
+        if field == "mesh":
+            overrides = [o for o in overrides if not o.startswith("--mesh")] + [f"--mesh {','.join(map(str, value))}"]
+        else:
+            node, leaf = (cfg.model, field.split(".")[1]) if field.startswith("model.") else (cfg, field)
+            node[leaf] = value
+            overrides = [o for o in overrides if not o.startswith(f"--config.{field}=")]
+            overrides.append(f"--config.{field}={value}")
+        total = plan(cfg, mesh_shape)["per_device_bytes"]["total"]
+        if best is None or total <= hbm_bytes or total < best["total"]:
+            best = {"overrides": list(overrides), "total": total, "fits": total <= hbm_bytes}
+        best["tried"] = tries
+        if best["fits"] or tries >= max_tries:
+            break
+    return best or {"overrides": [], "total": None, "fits": False, "tried": 0}
+
+
+def format_suggestion(sug: dict) -> str:
+    if sug["fits"]:
+        return f"  fits with {' '.join(sug['overrides'])} ({human(sug['total'])} per device)"
+    if sug["tried"]:
+        return (f"  nothing tried fits (smallest: {' '.join(sug['overrides'])}, {human(sug['total'])} per device); "
+                "use more devices")
+    return "  nothing left to try on this many devices; use more devices"
 
 
 def format_report(r: dict) -> str:

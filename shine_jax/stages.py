@@ -25,6 +25,11 @@ class Stage:
     def trains_base(self) -> bool:
         return self.trains == "base"
 
+    @property
+    def freezes_base(self) -> bool:
+        """The base only reads (its storage dtype may then be model.frozen_param_dtype)."""
+        return self.trains == "hypernetwork"
+
 
 TABLE: tuple[Stage, ...] = (
     Stage("base_pretrain", None, "base", "lm", ("nll",), False),

@@ -1,5 +1,6 @@
 """Unit behaviour of the train step and checkpointing: NaN steps skipped and counted, NaN never saved, per-group
-clipping and schedule, bf16 compute and rematerialisation agree with the float32 step."""
+clipping and schedule; bf16 compute, a frozen base stored in bf16, rematerialisation and the fused attention path
+agree with the float32 step."""
 
 import jax
 import jax.numpy as jnp
@@ -101,12 +102,17 @@ def test_bf16_compute_and_remat_match_float32():
     from tests.train_utils import small_config
 
     losses = {}
-    for name, extra in (("f32", []), ("remat", ["model.remat=True"]), ("bf16", ["model.compute_dtype='bfloat16'"])):
+    for name, extra in (("f32", []), ("remat", ["model.remat=True"]), ("bf16", ["model.compute_dtype='bfloat16'"]),
+                        ("fused", ["model.attention='xla'"]),
+                        ("frozen_bf16", ["model.frozen_param_dtype='bfloat16'"])):
         cfg = small_config("pretrain", 4, extra)
         base = BaseModel.random(loop.scratch_model_config(cfg, 96), seed=0)
         base.decoder.dtype = jnp.bfloat16 if name == "bf16" else jnp.float32
-        base.set_remat(cfg.model.remat)  # also re-splits the graph with the dtype set above
-        assert nnx.merge(base.graphdef, base.state).remat == cfg.model.remat  # reaches the jitted functions
+        loop.with_runtime(base, cfg)  # also re-splits the graph with the dtype set above
+        merged = nnx.merge(base.graphdef, base.state)  # what the jitted functions see
+        assert (merged.remat, merged.attention) == (cfg.model.remat, cfg.model.attention)
+        frozen_dtypes = {str(x.dtype) for x in jax.tree.leaves(base.state)}
+        assert frozen_dtypes == {"bfloat16" if name == "frozen_bf16" else "float32"}
         task = loop.shine_task(cfg, base, make_mesh((1, 1, 1)), workdir=None)
         b, tc, tq = 2, cfg.data.context_length, cfg.data.conversation_length
         r = np.random.default_rng(0)
@@ -124,3 +130,8 @@ def test_bf16_compute_and_remat_match_float32():
     for g1, g2 in zip(g_f32, g_remat):
         assert float(np.abs(np.asarray(g1) - np.asarray(g2)).max()) <= 1e-5 * scale
     assert losses["bf16"][0] == pytest.approx(losses["f32"][0], rel=2e-2)
+    assert losses["frozen_bf16"][0] == pytest.approx(losses["f32"][0], rel=2e-2)
+    assert losses["frozen_bf16"][0] != losses["f32"][0]  # the weights were rounded
+    assert losses["fused"][0] == pytest.approx(losses["f32"][0], rel=1e-6)  # jax.nn.dot_product_attention
+    for g1, g2 in zip(g_f32, jax.tree.leaves(losses["fused"][1])):
+        assert float(np.abs(np.asarray(g1) - np.asarray(g2)).max()) <= 1e-5 * scale

@@ -22,6 +22,7 @@ from shine_jax.data import prompts
 from shine_jax.data.hf_tokenizer import Tokenizer, is_tokenizer_folder
 from shine_jax.errors import InputError
 from shine_jax.model.config import ModelConfig
+from shine_jax.model import layers as L
 from shine_jax.model.decoder import AXES_KEY, Decoder
 from shine_jax.model.lora import check_lora
 from shine_jax.model.lora import logical_axes as lora_axes
@@ -39,9 +40,10 @@ def as_dtype(name) -> Any:
 
 
 def build_decoder(cfg: ModelConfig, params: dict | None = None, *, seed: int = 0, param_dtype="float32",
-                  dtype="float32", remat: bool = False) -> Decoder:
+                  dtype="float32", remat: bool = False, attention: str = "reference") -> Decoder:
     """A Decoder with the given parameters (nested dict of arrays) or a random init when ``params`` is None."""
-    make = functools.partial(Decoder, cfg, param_dtype=as_dtype(param_dtype), dtype=as_dtype(dtype), remat=remat)
+    make = functools.partial(Decoder, cfg, param_dtype=as_dtype(param_dtype), dtype=as_dtype(dtype), remat=remat,
+                             attention=attention)
     if params is None:
         return make(rngs=nnx.Rngs(seed))
     abstract = nnx.eval_shape(lambda: make(rngs=nnx.Rngs(0)))
@@ -113,6 +115,25 @@ class BaseModel:
         attribute of the decoder, so the graph is split again (setting the attribute alone would not reach the
         jitted functions, which merge ``_graphdef``)."""
         self.decoder.remat = remat
+        self._resplit()
+
+    def set_attention(self, attention: str) -> None:
+        """Which attention path the layers run (``layers.ATTENTION_IMPLS``; the same numbers). Static, like remat."""
+        if attention not in L.ATTENTION_IMPLS:
+            raise ValueError(f"unknown attention implementation {attention!r}; use one of "
+                             f"{', '.join(L.ATTENTION_IMPLS)}")
+        self.decoder.attention = attention
+        self._resplit()
+
+    def set_param_dtype(self, dtype: str) -> None:
+        """Store the weights in ``dtype`` (e.g. bfloat16 for a frozen base; the compute dtype is unchanged). The
+        weights are rounded once here; the layers cast them to the compute dtype as they use them."""
+        target = as_dtype(dtype)
+        self._state = jax.tree.map(lambda a: a.astype(target) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                                   self._state)
+        self._resplit()
+
+    def _resplit(self) -> None:
         nnx.update(self.decoder, self._state)
         self._graphdef, self._state = nnx.split(self.decoder)
 

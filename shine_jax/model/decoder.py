@@ -81,14 +81,14 @@ def attention_qkv(cfg: ModelConfig, w: dict, x: jax.Array,
 
 def layer_forward(cfg: ModelConfig, w: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
                   loras: Sequence[dict], kv: tuple[jax.Array, jax.Array] | None, write_index,
-                  dtype, extra: tuple[jax.Array, ...] | None = None,
+                  dtype, extra: tuple[jax.Array, ...] | None = None, attention: str = "reference",
                   ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """One pre-norm decoder layer. LoRA deltas are added to the projection outputs before q/k norm and RoPE.
 
     ``kv``: this layer's cache ``([B, S, nkv, hd], [B, S, nkv, hd])``; the new keys/values are written at
     ``write_index`` and attention runs over the whole cache (``mask`` hides what is not written yet).
     ``extra``: keys (RoPE already applied) and values ``[B, E, nkv, hd]`` put before the sequence's keys, and
-    ``[B, T, E]``: which of them each query sees.
+    ``[B, T, E]``: which of them each query sees. ``attention``: the path (``layers.ATTENTION_IMPLS``).
     """
     b, t, _ = x.shape
     w = {k: v.astype(dtype) for k, v in w.items()}
@@ -107,7 +107,7 @@ def layer_forward(cfg: ModelConfig, w: dict, x: jax.Array, cos: jax.Array, sin: 
         k = jnp.concatenate([extra[0].astype(dtype), k], axis=1)
         v = jnp.concatenate([extra[1].astype(dtype), v], axis=1)
         mask = jnp.concatenate([extra[2], mask], axis=-1)
-    attn = L.gqa_attention(q, k, v, mask).reshape(b, t, cfg.q_dim)
+    attn = L.attend(q, k, v, mask, attention).reshape(b, t, cfg.q_dim)
     x = x + proj(attn, "o")
 
     h = L.rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
@@ -120,10 +120,14 @@ class Decoder(nnx.Module):
     """Embedding -> scanned decoder layers -> final RMSNorm -> LM head (tied or untied)."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, param_dtype=jnp.float32, dtype=jnp.float32,
-                 remat: bool = False, init_std: float = 0.02):
+                 remat: bool = False, init_std: float = 0.02, attention: str = "reference"):
+        if attention not in L.ATTENTION_IMPLS:
+            raise ValueError(f"unknown attention implementation {attention!r}; use one of "
+                             f"{', '.join(L.ATTENTION_IMPLS)}")
         self.cfg = cfg
         self.dtype = dtype
         self.remat = remat
+        self.attention = attention  # static: which attention path the layers run (layers.ATTENTION_IMPLS)
         h = cfg.hidden_size
         self.embed = _param(init_std * jax.random.normal(rngs.params(), (cfg.vocab_size, h), param_dtype),
                             ("vocab", "embed"))
@@ -166,7 +170,8 @@ class Decoder(nnx.Module):
         def body(carry, xs):
             w, layer_loras, kv, extra = xs
             carry = shd.constrain(carry, ("batch", "length", None))
-            out, kv = layer_forward(cfg, w, carry, cos, sin, mask, layer_loras, kv, write_index, self.dtype, extra)
+            out, kv = layer_forward(cfg, w, carry, cos, sin, mask, layer_loras, kv, write_index, self.dtype, extra,
+                                    self.attention)
             out = shd.constrain(out, ("batch", "length", None))
             collected = out[:, t - collect_last_n:] if collect_last_n else None
             return out, (collected, kv)

@@ -1,4 +1,9 @@
-"""Pure building blocks of the decoder: RMSNorm, rotary embeddings, masked grouped-query attention."""
+"""Pure building blocks of the decoder: RMSNorm, rotary embeddings, masked grouped-query attention.
+
+Attention has two paths with the same signature and the same numbers: ``gqa_attention``, our heads-first matmuls
+with a hand-written backward pass (the reference, and the faster one on CPU), and ``fused_attention``, which calls
+``jax.nn.dot_product_attention`` (cuDNN flash attention on GPU, XLA elsewhere). ``attend`` picks one by name.
+"""
 
 from __future__ import annotations
 
@@ -99,3 +104,27 @@ def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> 
     out = _attend(qh, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), bias)
     out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, nh, hd)
     return out * jnp.any(mask, axis=-1)[:, :, None, None].astype(out.dtype)
+
+
+# "reference": gqa_attention; "xla" / "cudnn": jax.nn.dot_product_attention with that implementation; "auto": let
+# jax.nn.dot_product_attention choose (cuDNN where the shapes and dtype allow it, XLA otherwise).
+ATTENTION_IMPLS = ("reference", "xla", "cudnn", "auto")
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                    implementation: str | None = None) -> jax.Array:
+    """``gqa_attention`` through ``jax.nn.dot_product_attention`` (``implementation``: "xla", "cudnn" or None for
+    its own choice). The mask goes in as a boolean ``[B, 1, T, S]``, so left padding, a KV cache's unwritten slots
+    and extra memory keys are all expressed the same way; rows with no visible key are zeroed as in
+    ``gqa_attention`` (the fused kernels would return a uniform average of the values there)."""
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=implementation)
+    return out * jnp.any(mask, axis=-1)[:, :, None, None].astype(out.dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, impl: str = "reference") -> jax.Array:
+    """Masked grouped-query attention by the named path (``ATTENTION_IMPLS``)."""
+    if impl == "reference":
+        return gqa_attention(q, k, v, mask)
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention implementation {impl!r}; use one of {', '.join(ATTENTION_IMPLS)}")
+    return fused_attention(q, k, v, mask, None if impl == "auto" else impl)

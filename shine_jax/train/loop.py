@@ -107,18 +107,16 @@ def load_base(cfg, workdir: pathlib.Path) -> BaseModel:
         from shine_jax.eval.memory3 import load_reading_base
 
         base = load_reading_base(cfg.init_from, m.compute_dtype)
-        base.set_remat(m.remat)
-        return base
+        return with_runtime(base, cfg)
     if m.source == "scratch":
         if stage_of(cfg).trains_base and cfg.init_from:  # continue training an earlier base
             base = BaseModel.load(pathlib.Path(cfg.init_from), compute_dtype=m.compute_dtype)
-            base.set_remat(m.remat)
-            return base
+            return with_runtime(base, cfg)
         if stage_of(cfg).trains_base:
             from shine_jax.data.tokenizer import tiny_tokenizer
 
             tok = tiny_tokenizer(data_dir_of(cfg, workdir) / "tokenizer", vocab_size=cfg.data.tokenizer_vocab)
-            return BaseModel.random(scratch_model_config(cfg, len(tok)), seed=cfg.seed, tokenizer=tok)
+            return with_runtime(BaseModel.random(scratch_model_config(cfg, len(tok)), seed=cfg.seed, tokenizer=tok), cfg)
         prev = previous_final(cfg, workdir)
         if prev is not None:  # the base the previous stage was trained on (its reference, or its own copy)
             base = load_base_from(checkpoints.resolve_base(prev), m.compute_dtype)
@@ -141,7 +139,18 @@ def load_base(cfg, workdir: pathlib.Path) -> BaseModel:
             raise ConfigError(f"{hf_dir} does not hold the {m.preset} the config names: {problem}; point "
                               f"model.hf_dir at a {m.preset} folder, or set model.preset to ''")
         base = with_shine_tokens(base)
-    base.set_remat(m.remat)
+    return with_runtime(base, cfg)
+
+
+def with_runtime(base: BaseModel, cfg) -> BaseModel:
+    """The config's runtime choices for a loaded base: remat, attention path, and a frozen base's storage dtype."""
+    if cfg.model.attention == "cudnn" and jax.default_backend() != "gpu":
+        raise ConfigError(f"config field 'model.attention': cudnn runs on CUDA GPUs only, and this run's backend is "
+                          f"{jax.default_backend()}; use xla, auto or reference")
+    base.set_remat(cfg.model.remat)
+    base.set_attention(cfg.model.attention)
+    if stage_of(cfg).freezes_base and cfg.model.frozen_param_dtype != "float32":
+        base.set_param_dtype(cfg.model.frozen_param_dtype)
     return base
 
 

@@ -1,6 +1,6 @@
 """Shared settings of the paper-scale configs ``configs/qwen3_*.py`` (SHINE_SPEC §1, §7): r=8, Meta LoRA 128,
 M2P 4 layers (head dim 128, FFN 2H), scale 0.001, method rl, lr 5e-5 / 3e-5 / 1e-5 per stage with linear warmup
-then decay, effective batch 32, context / conversation lengths 1150 / 2380, bf16 compute with float32 master weights, remat."""
+then decay, effective batch 32, context / conversation lengths 1150 / 2380, bf16 compute with float32 master weights, a frozen base stored in bf16, remat."""
 
 import os
 
@@ -23,6 +23,7 @@ def paper_config(name: str, hf_dir: str, hidden: int, stage: str | None, preset:
         raise ConfigError(f"{name} has stages {', '.join(STAGE_SETTINGS)} (no base_pretrain: the base is pretrained)")
     c.model.source, c.model.hf_dir, c.model.preset = "hf", hf_dir, preset
     c.model.compute_dtype, c.model.remat = "bfloat16", True
+    c.model.frozen_param_dtype = "bfloat16"  # the official keeps it in float32; Qwen3-8B then fits one 141 GiB device
     c.shine.lora_rank, c.shine.metalora_rank, c.shine.scale = 8, 128, 1e-3
     c.shine.m2p_layers, c.shine.m2p_heads, c.shine.m2p_ffn_mult = 4, hidden // 128, 2
     c.data.context_length, c.data.conversation_length = 1150, 2380
