@@ -173,15 +173,16 @@ def suggest(cfg, mesh_shape, hbm_bytes: int, max_tries: int = 6) -> dict:
     cfg = cfg.copy_and_resolve_references()
     devices = math.prod(_resolved(mesh_shape, jax.device_count()))
     overrides, best = [], None
-    for tries, (field, value, mesh_shape) in enumerate(_moves(cfg, mesh_shape, devices), 1):
+    for tries, (field, value, shape) in enumerate(_moves(cfg, mesh_shape, devices), 1):
         if field == "mesh":
-            overrides = [o for o in overrides if not o.startswith("--mesh")] + [f"--mesh {','.join(map(str, value))}"]
+            mesh_flag = "--mesh " + ",".join(map(str, value))
+            overrides = [o for o in overrides if not o.startswith("--mesh")] + [mesh_flag]
         else:
             node, leaf = (cfg.model, field.split(".")[1]) if field.startswith("model.") else (cfg, field)
             node[leaf] = value
             overrides = [o for o in overrides if not o.startswith(f"--config.{field}=")]
             overrides.append(f"--config.{field}={value}")
-        total = plan(cfg, mesh_shape)["per_device_bytes"]["total"]
+        total = plan(cfg, shape)["per_device_bytes"]["total"]
         if best is None or total <= hbm_bytes or total < best["total"]:
             best = {"overrides": list(overrides), "total": total, "fits": total <= hbm_bytes}
         best["tried"] = tries

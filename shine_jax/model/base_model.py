@@ -21,8 +21,8 @@ from shine_jax.convert import hf as hfconv
 from shine_jax.data import prompts
 from shine_jax.data.hf_tokenizer import Tokenizer, is_tokenizer_folder
 from shine_jax.errors import InputError
-from shine_jax.model.config import ModelConfig
 from shine_jax.model import layers as L
+from shine_jax.model.config import ModelConfig
 from shine_jax.model.decoder import AXES_KEY, Decoder
 from shine_jax.model.lora import check_lora
 from shine_jax.model.lora import logical_axes as lora_axes
