@@ -85,12 +85,26 @@ def pad_evidence(tok, token_ids: Sequence[Sequence[int]], length: int) -> tuple[
 
 
 # ----------------------------------------------------------------------------------------------- examples
+_REPORTED_LONG: set[str] = set()
+
+
+def warn_long(what: str, n: int, limit: int, field: str, kept: str) -> None:
+    """A training row longer than its padded length is cut (the official collators truncate too); the first one
+    of each kind is reported with both lengths, the rest of the stage silently."""
+    if n > limit and what not in _REPORTED_LONG:
+        _REPORTED_LONG.add(what)
+        warnings.warn(f"a training {what} has {n} tokens, more than {field}={limit}: its {kept} {limit} are kept "
+                      f"(later ones are cut without a warning; raise {field} to keep them whole)", stacklevel=2)
+
+
 def shine_example(tok, evidence: str, turns, lengths: tuple[int, int], teacher: bool = False) -> dict[str, np.ndarray]:
     """Evidence and conversation, left-padded; ``teacher`` adds the in-context teacher of the KL loss."""
     ctx_len, conv_len = lengths
     ev_ids = encode_text(tok, evidence)
+    warn_long("evidence", len(ev_ids), ctx_len, "data.context_length", "first")
     ev, ev_mask = pad_evidence(tok, [ev_ids], ctx_len)
     ids, labels = chat_turns(tok, turns)
+    warn_long("conversation", len(ids), conv_len, "data.conversation_length", "first")
     conv = left_pad(ids, conv_len, tok.pad_token_id, labels)
     out = {"evidence_ids": ev[0], "evidence_mask": ev_mask[0], "input_ids": conv["ids"],
            "attention_mask": conv["mask"], "labels": conv["labels"]}

@@ -19,12 +19,13 @@ import grain
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 from shine_jax import checkpoints, multihost
 from shine_jax import sharding as shd
 from shine_jax import stages as stages_lib
-from shine_jax.data import pipelines
+from shine_jax.data import buckets, pipelines
 from shine_jax.fileutil import workdir_lock, write_json_atomic
 from shine_jax.model.base_model import BaseModel, state_shardings
 from shine_jax.model.config import ModelConfig
@@ -190,6 +191,12 @@ class Task:
     lr_mults: Any = None  # per-parameter lr multipliers (None: all 1)
     eval_loss_fn: Any = None  # the validation loss when it is not the training loss
     teacher: bool = False  # the training batches carry the KL loss's teacher fields
+    flops_at: Any = None  # {field: padded length} of a (bucketed) batch -> its model FLOPs (None: step_flops)
+
+    def batch_flops(self, batch: dict) -> float:
+        if self.flops_at is None:
+            return self.step_flops
+        return self.flops_at({k: np.shape(v)[-1] for k, v in batch.items()})
 
 
 def decoder_task(base: BaseModel, mesh, loss, flops: float) -> Task:
@@ -210,8 +217,10 @@ def decoder_task(base: BaseModel, mesh, loss, flops: float) -> Task:
 
 
 def lm_task(cfg, base: BaseModel, mesh) -> Task:
-    return decoder_task(base, mesh, lambda d, b: d.lm_loss(b["input_ids"], b["attention_mask"], b["labels"]),
+    task = decoder_task(base, mesh, lambda d, b: d.lm_loss(b["input_ids"], b["attention_mask"], b["labels"]),
                         flops_lib.lm_step_flops(base.cfg, cfg.batch_size, cfg.data.lm_length))
+    task.flops_at = lambda n: flops_lib.lm_step_flops(base.cfg, cfg.batch_size, n["input_ids"])
+    return task
 
 
 def memory3_task(cfg, base: BaseModel, mesh) -> Task:
@@ -272,17 +281,22 @@ def shine_task(cfg, base: BaseModel, mesh, workdir: pathlib.Path) -> Task:
 
     params = nnx.to_pure_dict(shine.hyper_state)
     labels, mults = shine_param_groups(cfg, params)
-    conv = cfg.data.conversation_length
-    flops = flops_lib.shine_step_flops(base.cfg, cfg.batch_size, cfg.data.context_length, conv,
-                                       shine.num_memory_tokens, hcfg.m2p.num_layers, hcfg.m2p.ffn_mult,
-                                       hcfg.lora_rank)
     distil = cfg.shine.loss != "nll"
-    if distil:  # the teacher's forward pass (no backward), vocabulary logits on the conversation's positions only
-        t = pipelines.teacher_length(cfg.data.context_length, conv)
-        flops += (flops_lib.decoder_forward_flops(base.cfg, cfg.batch_size * t, t, False)
-                  + 2.0 * cfg.batch_size * conv * base.cfg.hidden_size * base.cfg.vocab_size)
-    return Task(params, base.state, loss_fn, labels, shardings, finalize, flops,
-                lr_mults=mults, eval_loss_fn=nll_fn if distil else None, teacher=distil)
+
+    def flops_at(n: dict) -> float:
+        ctx, conv = n["evidence_ids"], n["input_ids"]
+        flops = flops_lib.shine_step_flops(base.cfg, cfg.batch_size, ctx, conv, shine.num_memory_tokens,
+                                           hcfg.m2p.num_layers, hcfg.m2p.ffn_mult, hcfg.lora_rank)
+        if distil:  # the teacher's forward pass (no backward), vocabulary logits on the conversation's positions
+            t = n["teacher_input_ids"]
+            flops += (flops_lib.decoder_forward_flops(base.cfg, cfg.batch_size * t, t, False)
+                      + 2.0 * cfg.batch_size * conv * base.cfg.hidden_size * base.cfg.vocab_size)
+        return flops
+
+    full = {"evidence_ids": cfg.data.context_length, "input_ids": cfg.data.conversation_length,
+            "teacher_input_ids": pipelines.teacher_length(cfg.data.context_length, cfg.data.conversation_length)}
+    return Task(params, base.state, loss_fn, labels, shardings, finalize, flops_at(full),
+                lr_mults=mults, eval_loss_fn=nll_fn if distil else None, teacher=distil, flops_at=flops_at)
 
 
 def shine_param_groups(cfg, params) -> tuple[Any, Any]:
@@ -301,7 +315,10 @@ def batched_iterator(ds, per_host_batch: int):
 
 
 def to_global(batch: dict, cfg, mesh) -> dict:
-    """Host batch ``[b, ...]`` -> global arrays ``[grad_accum, micro, ...]`` sharded over data x fsdp."""
+    """Host batch ``[b, ...]`` -> global arrays ``[grad_accum, micro, ...]`` sharded over data x fsdp; with
+    ``data.length_buckets`` the padded fields are cut to a bucket length first (``data.buckets``)."""
+    if cfg.data.length_buckets and stage_of(cfg).dataset in BUCKETED_DATASETS:
+        batch = buckets.trim_batch(batch, cfg.data.length_buckets, _agree_lengths)
     out = {}
     for k, v in batch.items():
         v = np.asarray(v)
@@ -310,6 +327,19 @@ def to_global(batch: dict, cfg, mesh) -> dict:
         spec = shd.logical_to_spec((None, "batch") + (None,) * (v.ndim - 2), global_shape, mesh)
         out[k] = jax.make_array_from_process_local_data(NamedSharding(mesh, spec), v, global_shape)
     return out
+
+
+# the datasets whose batches are left-padded field groups only (memory3's rows carry per-chunk arrays as well)
+BUCKETED_DATASETS = ("lm", "recon_comp", "multi_qa", "single_qa")
+
+
+def _agree_lengths(need: dict[str, int]) -> dict[str, int]:
+    """Every host cuts its batch to the longest any host needs (one global array shape)."""
+    if jax.process_count() == 1:
+        return need
+    keys = sorted(need)
+    longest = multihost_utils.process_allgather(np.asarray([need[k] for k in keys], np.int64)).max(axis=0)
+    return {k: int(v) for k, v in zip(keys, longest)}
 
 
 def count_tokens(batch: dict) -> int:
@@ -439,23 +469,24 @@ def _train_steps(cfg, task, state, start, train_it, step_fn, eval_fn, eval_ds, m
         if trace and step == trace[0]:  # TensorBoard's profile plugin reads <logdir>/plugins/profile
             jax.profiler.start_trace(str(log.directory / "tensorboard"))
             tracing = True
-        state, m = step_fn(state, task.frozen, to_global(host_batch, cfg, mesh))
+        global_batch = to_global(host_batch, cfg, mesh)
+        state, m = step_fn(state, task.frozen, global_batch)
         if tracing and step == min(trace[1], cfg.steps):
             jax.block_until_ready(state)
             jax.profiler.stop_trace()
             tracing = False
-        throughput.add(count_tokens(host_batch) * jax.process_count())
+        throughput.add(count_tokens(host_batch) * jax.process_count(), task.batch_flops(global_batch))
         window = TrainMetrics.single_from_model_output(**{k: m[k] for k in ("loss", "grad_norm")}) \
             if window is None else window.merge(TrainMetrics.single_from_model_output(
                 **{k: m[k] for k in ("loss", "grad_norm")}))
         if step % cfg.log_every == 0 or step == cfg.steps:
-            tok_s, steps_s = throughput.rates()
+            tok_s, steps_s, flops_s = throughput.rates()
             step_times.append(1.0 / max(steps_s, 1e-12))
             scalars = {k: float(v) for k, v in window.compute().items()}
             # the learning rate of the last applied update: a skipped step leaves the optimizer's count behind
             applied = step - 1 - int(state["skipped"])
             scalars.update(lr=float(optim.warmup_linear_decay(cfg.optim.lr, cfg.optim.warmup_steps, cfg.steps)(applied)),
-                           tokens_per_s=tok_s, model_flops_per_s=task.step_flops * steps_s,
+                           tokens_per_s=tok_s, model_flops_per_s=flops_s,
                            skipped_steps=int(state["skipped"]))
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 last_eval = evaluate(eval_fn, state["params"], task.frozen, eval_ds, cfg, mesh)

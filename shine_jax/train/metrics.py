@@ -150,15 +150,18 @@ def read_metrics(path: str | pathlib.Path) -> list[dict]:
 
 
 class Throughput:
-    def __init__(self):
-        self.t0, self.tokens, self.steps = time.perf_counter(), 0, 0
+    """Tokens, steps and model FLOPs per second since the last ``rates()``."""
 
-    def add(self, tokens: int) -> None:
+    def __init__(self):
+        self.t0, self.tokens, self.steps, self.flops = time.perf_counter(), 0, 0, 0.0
+
+    def add(self, tokens: int, flops: float = 0.0) -> None:
         self.tokens += tokens
         self.steps += 1
+        self.flops += flops
 
-    def rates(self) -> tuple[float, float]:
+    def rates(self) -> tuple[float, float, float]:
         dt = max(time.perf_counter() - self.t0, 1e-9)
-        r = (self.tokens / dt, self.steps / dt)
-        self.t0, self.tokens, self.steps = time.perf_counter(), 0, 0
+        r = (self.tokens / dt, self.steps / dt, self.flops / dt)
+        self.t0, self.tokens, self.steps, self.flops = time.perf_counter(), 0, 0, 0.0
         return r
