@@ -11,8 +11,10 @@ number of compiled step shapes small (at most ``buckets`` per padded field group
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Mapping
 
+import grain
 import numpy as np
 
 # Each group: the mask that says which columns are real, and the arrays padded alongside it (same length).
@@ -60,3 +62,43 @@ def trim_batch(batch: Mapping[str, np.ndarray], buckets: int,
                     raise ValueError(f"{k} has length {out[k].shape[-1]}, but {m} has {full}: not padded together")
                 out[k] = out[k][..., full - keep:]
     return out
+
+
+def real_length(example: Mapping[str, np.ndarray]) -> int:
+    """The real (unpadded) tokens of one example over all its padded groups: what length grouping sorts by."""
+    return int(sum(np.asarray(example[m]).sum() for m in GROUPS if m in example))
+
+
+class LengthGroupedBatches:
+    """Batches of examples of similar length, as an indexable Grain dataset (exact resume from its index).
+
+    The examples of each window of ``window`` batches are sorted by ``real_length`` and cut into ``window``
+    batches, which come out in a seeded random order, so that with ``trim_batch`` a batch of short rows is cut
+    short. Batch ``i`` is batch ``i % window`` of window ``i // window``; the last window is kept while its
+    batches are read (Grain's prefetch threads ask for them concurrently: one lock, one computation)."""
+
+    def __init__(self, examples: grain.MapDataset, batch_size: int, window: int, seed: int):
+        self.examples, self.batch_size, self.window, self.seed = examples, batch_size, window, seed
+        self._lock = threading.Lock()
+        self._cached: tuple[int, list[list[dict]]] | None = None
+
+    def dataset(self) -> grain.MapDataset:
+        windows = len(self.examples) // (self.batch_size * self.window)
+        return grain.MapDataset.range(windows * self.window).map(self.batch)
+
+    def _window(self, w: int) -> list[list[dict]]:
+        with self._lock:
+            if self._cached is None or self._cached[0] != w:
+                start = w * self.batch_size * self.window
+                rows = [self.examples[start + k] for k in range(self.batch_size * self.window)]
+                order = np.argsort([real_length(r) for r in rows], kind="stable")
+                groups = [[rows[i] for i in order[b * self.batch_size:(b + 1) * self.batch_size]]
+                          for b in range(self.window)]
+                shuffle = np.random.default_rng([self.seed, w]).permutation(self.window)
+                self._cached = (w, [groups[i] for i in shuffle])
+            return self._cached[1]
+
+    def batch(self, index: int) -> dict[str, np.ndarray]:
+        w, j = divmod(int(index), self.window)
+        rows = self._window(w)[j]
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}

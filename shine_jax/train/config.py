@@ -116,6 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
     # 0: every row padded to the lengths above (the official collators); N: each batch cut to the shortest of N
     # bucket lengths that holds its longest row (data/buckets.py; at most N compiled shapes per padded field)
     c.data.length_buckets = 0
+    # 0: batches drawn at random (official); W: the examples of every W batches sorted by length and cut into
+    # batches of similar length (then in a seeded random order), so that length_buckets cuts more (a departure)
+    c.data.length_grouping = 0
     c.data.comp_fraction = 0.5  # pretrain: share of COMP (vs RECON) examples
     c.data.comp_keep_min = 0.7  # COMP keeps this..max share of the words as evidence
     c.data.comp_keep_max = 0.9
@@ -397,6 +400,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     need(c.model.param_dtype == "float32", "model.param_dtype", "master weights are float32")
     need(isinstance(c.data.length_buckets, int) and 0 <= c.data.length_buckets <= 64, "data.length_buckets",
          f"must be an integer in [0, 64] (0 = no buckets), got {c.data.length_buckets!r}")
+    need(isinstance(c.data.length_grouping, int) and 0 <= c.data.length_grouping <= 1024, "data.length_grouping",
+         f"must be an integer in [0, 1024] (batches per sorted window; 0 = off), got {c.data.length_grouping!r}")
     need(c.model.frozen_param_dtype in FROZEN_DTYPES, "model.frozen_param_dtype",
          f"{c.model.frozen_param_dtype!r} is not one of {', '.join(FROZEN_DTYPES)}")
     need(c.model.frozen_param_dtype == "float32" or stage.freezes_base, "model.frozen_param_dtype",
