@@ -15,10 +15,10 @@ one case), each under a deadline cut from ``--budget``, in order of importance:
    evidence 1,150, conversation 2,380, labels on the conversation after its first 8 tokens), one micro batch per
    step: median step time, model FLOPs per step (``train.flops.shine_step_flops``) -> FLOP/s and MFU against 1.;
    ``shine_jax.plan.plan``'s per-device bytes against ``jax.devices()[0].memory_stats()['peak_bytes_in_use']``;
-3. the same steps with the other attention implementation, where shine_jax has a switch for it (a ``model.*``
-   config field whose name holds "attention" or "attn"; tried with the value ``cudnn``). At the time of writing
-   shine_jax has none (its attention is ``model.layers.gqa_attention``, einsums with a hand-written backward), so
-   only the existing attention is timed, and the report says so.
+3. the same steps with cuDNN flash attention: shine_jax's attention switch (``model.attention``: ``reference``,
+   the einsum path with a hand-written backward, by default; ``cudnn``, ``jax.nn.dot_product_attention`` with
+   ``implementation="cudnn"``), found by name (a ``model.*`` config field holding "attention" or "attn") and set to
+   ``cudnn``. The paper configs store the frozen base in bfloat16 (``model.frozen_param_dtype``), as these steps do.
 
 Every figure goes to stdout and, as JSON, to ``--out`` (default ``$OUT/gpu_check.json`` when ``$OUT`` is set).
 """

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU check of shine_jax (issue 15, item 6): the GPU's bf16 matmul peak first, then the bf16 SHINE train step's time
 # and MFU at Qwen3-0.6B and Qwen3-1.7B shapes (random weights, micro batch 8, evidence 1,150, conversation 2,380),
-# with and without cuDNN attention where shine_jax has a switch for it (it has none yet: then only the existing
-# attention is timed, and the report says so), and `plan`'s predicted per-device bytes against
+# with the reference attention and with cuDNN flash attention (model.attention=cudnn), the frozen base stored in bf16
+# as the paper configs set it, and `plan`'s predicted per-device bytes against
 # jax.devices()[0].memory_stats()['peak_bytes_in_use']. The work is in benchmarks/gpu_check.py.
 #
 # NOT YET RUN ON A GPU. It was written and exercised on CPU only (`benchmarks/gpu_check.sh --cpu-smoke`, tiny

@@ -23,9 +23,11 @@ thread count to it.
     ``max_length`` (``padding="max_length"``, utils/mydataset.py): that is the ``max_length`` row, compiled, the
     longest lengths of the mix as ``max_length``. The ``longest`` row pads each batch only to its longest row (what a
     dynamic-padding collator would do; not what the official code does), eager and compiled (``torch.compile``
-    recompiles per new shape, then goes dynamic; the warm-up pass over all batches absorbs that). shine_jax has no
-    padding-free or bucketing path for SHINE batches: its pipelines left-pad every row to ``data.context_length`` /
-    ``data.conversation_length`` (set to the mix's maxima), so ours is measured as it is, padded like ``max_length``.
+    recompiles per new shape, then goes dynamic; the warm-up pass over all batches absorbs that). With
+    ``data.context_length`` / ``data.conversation_length`` set to the mix's maxima, ours is measured three ways:
+    padded like ``max_length``; each batch cut to one of ``--buckets`` length buckets (``data.length_buckets``); and
+    the mix's rows regrouped into batches of similar length first (``data.length_grouping`` over all the batches),
+    then cut to buckets. Our new shapes compile in the warm-up pass too.
 """
 
 from __future__ import annotations
@@ -372,6 +374,7 @@ def main():
                    help="also time the official compiled on batches padded to their longest row (a compile per shape)")
     p.add_argument("--jax-cache", default=os.path.join(tempfile.gettempdir(), "shine_jax_vs_official_xla_cache"),
                    help="JAX's persistent compilation cache ('' for none); torch.compile keeps its own on-disk cache")
+    p.add_argument("--buckets", type=int, default=4, help="data.length_buckets of our bucketed sides of (b)")
     p.add_argument("--skip-equal", action="store_true")
     p.add_argument("--skip-mix", action="store_true")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -446,7 +449,18 @@ def main():
             ours = ours_equal  # the step compiled for (a); the official's compiled graph is reused likewise
         else:
             ours, _, _ = build_ours(tc, tq)
+        import grain
+
+        from shine_jax.data import buckets as bk
+
+        grain_rows = grain.MapDataset.source([{k: v[r] for k, v in bt.items()} for bt in batches
+                                              for r in range(SHAPE["batch"])])
+        grouped = bk.LengthGroupedBatches(grain_rows, SHAPE["batch"], len(batches), seed=0).dataset()
+        bucketed = [bk.trim_batch(bt, args.buckets) for bt in batches]
+        grouped = [bk.trim_batch(grouped[i], args.buckets) for i in range(len(batches))]
         sides = {"ours": lambda i: ours(batches[i]),
+                 "ours, buckets": lambda i: ours(bucketed[i]),
+                 "ours, grouped + buckets": lambda i: ours(grouped[i]),
                  "max_length, compiled": lambda i: official.call(op="step", batch=f"max{i}", variant="compiled")["s"],
                  "longest, eager": lambda i: official.call(op="step", batch=f"longest{i}", variant="eager")["s"]}
         if args.mix_longest_compiled:
@@ -464,9 +478,16 @@ def main():
         padded_max = len(batches) * SHAPE["batch"] * (tc + tq)
         padded_longest = sum(c["evidence_ids"].size + c["input_ids"].size for c in map(crop_to_longest, batches))
         total = {k: sum(median(t) for t in v) for k, v in times.items()}
-        for k in [k for k in sides if k != "ours"] + ["ours"]:
-            pad = padded_longest if k.startswith("longest") else padded_max
-            name = f"official, {k}" if k != "ours" else "shine_jax, `jax.jit` (pads to the mix maxima)"
+        fed = {"ours, buckets": sum(b["evidence_ids"].size + b["input_ids"].size for b in bucketed),
+               "ours, grouped + buckets": sum(b["evidence_ids"].size + b["input_ids"].size for b in grouped)}
+        names = {"ours": "shine_jax, `jax.jit` (pads to the mix maxima)",
+                 "ours, buckets": f"shine_jax, `data.length_buckets={args.buckets}`",
+                 "ours, grouped + buckets": f"shine_jax, `data.length_grouping={len(batches)}` + "
+                                            f"`length_buckets={args.buckets}`"}
+        ours_keys = list(names)
+        for k in [k for k in sides if k not in ours_keys] + ours_keys:
+            pad = padded_longest if k.startswith("longest") else fed.get(k, padded_max)
+            name = names.get(k, f"official, {k}")
             rows_b.append((name, total[k] / len(batches), tokens / total[k], pad, total["ours"]))
         se, sq = mix_scales(args.mix_scale)
         mix_desc = (f"{len(batches)} batches of {SHAPE['batch']} rows, real lengths uniform in evidence {lo_e}-{tc}, "
@@ -493,7 +514,7 @@ def main():
               f"(of torch's)\n")
     if rows_b:
         print(f"(b) length mix: {mix_desc}; per batch the median of {args.mix_rounds} pass(es) after a warm-up pass\n")
-        print("| side (padding) | mean step | useful tokens/s | padded tokens | ours / this side (useful tokens/s) |")
+        print("| side (padding) | mean step | useful tokens/s | padded tokens | ours, grouped + buckets / this side |")
         print("|---|---:|---:|---:|---:|")
         ours_tps = rows_b[-1][2]
         for name, t, tps, pad, _ in rows_b:
