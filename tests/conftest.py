@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import re
@@ -131,7 +132,11 @@ def trained_workdir_extra(stage: str, wd) -> list[str]:
     # ift_1qa starts from the pretrain result here (init_from), so that its own improvement is measurable in 20
     # steps; test_train's resume test runs the chained ift_mqa -> ift_1qa path.
     return FAST + ([f"init_from='{wd / 'pretrain' / 'final'}'"] if stage == "ift_1qa" else []) + (
-        ["profile_steps='2,3'"] if stage == "pretrain" else [])  # the profiler hook, traced in one stage
+        ["profile_steps='2,3'"] if stage == "pretrain" else []) + (  # the profiler hook, traced in one stage
+        ["tracker='wandb'"] if stage == "ift_mqa" and WANDB else [])  # a stage logging to an offline W&B run
+
+
+WANDB = importlib.util.find_spec("wandb") is not None  # the [wandb] extra (requirements-test.txt installs it)
 
 
 

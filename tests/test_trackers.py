@@ -93,3 +93,16 @@ def test_wandb_offline_run_records_config_and_scalars(tmp_path, monkeypatch):
     (records,) = offline[0].glob("run-*.wandb")
     data = records.read_bytes()
     assert b"optim.lr" in data and b"0.001" in data
+
+
+def test_a_stage_logs_to_an_offline_wandb_run(trained_workdir):
+    """The trained fixture's multi-QA stage ran with --config.tracker=wandb: its offline run, in the stage folder,
+    holds the stage config and the logged scalars, the last validation loss among them."""
+    pytest.importorskip("wandb")
+    stage = trained_workdir / "ift_mqa"
+    offline = list(stage.glob("wandb/offline-run-*"))
+    assert len(offline) == 1, list(stage.iterdir())
+    (records,) = offline[0].glob("run-*.wandb")
+    data = records.read_bytes()
+    assert b"shine.lora_rank" in data and b"val_loss" in data and b"grad_norm" in data
+    assert not (stage / "tensorboard").exists()  # the tracker replaces TensorBoard's writer
