@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import pathlib
@@ -188,7 +189,25 @@ def memory3_settings(args, directory: str = "", base: str = ""):
     settings = Memory3Settings(top_k=args.memory3_top_k, memories=args.memory3_memories, directory=directory,
                                base=base)
     settings.check()
+    warn_memory3_mismatch(settings)
     return settings
+
+
+def warn_memory3_mismatch(settings) -> None:
+    """A base trained to read memories (memory3_train) learnt one top-k and one number of memories per row; reading
+    with others works but is not what it learnt: say so."""
+    import warnings
+
+    summary = pathlib.Path(settings.base).parent / "summary.json" if settings.base else None
+    if summary is None or not summary.is_file():
+        return
+    trained = json.loads(summary.read_text()).get("settings", {})
+    for field, value, flag in (("memory3.top_k", settings.top_k, "--memory3-top-k"),
+                               ("memory3.memories", settings.memories, "--memory3-memories")):
+        if field in trained and trained[field] != value:
+            warnings.warn(f"memory3: the base in {settings.base} was trained with {field}={trained[field]}, and "
+                          f"this evaluation uses {flag} {value}; pass {flag} {trained[field]} to read as it learnt",
+                          stacklevel=2)
 
 
 def memory3_base(option: str, workdir: str) -> str:

@@ -134,3 +134,4 @@ def test_frozen_base_in_bfloat16():
     same = BaseModel.random(CFG, seed=3)
     same.set_params(rounded)  # float32 weights holding the bfloat16 values: the very same numbers
     assert max_rel_err(got, np.asarray(same.logits(ids, mask)), mask) <= TOL
+

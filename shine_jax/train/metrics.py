@@ -92,7 +92,12 @@ class WandbTracker:
         self.run.log(scalars, step=step, commit=True)  # a logged step is complete: commit it now
 
     def close(self) -> None:
+        import wandb
+
         self.run.finish()
+        # finish() may return before the service has written the run's record log (under load a test read only its
+        # header); tearing the service down waits for it. The next run in this process starts a new service.
+        wandb.teardown()
 
 
 class MetricsLog:
