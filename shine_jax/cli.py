@@ -294,9 +294,16 @@ def _internalize(args) -> None:
         raise InputError(f"--scale must be a finite number, got {args.scale}")
     out = pathlib.Path(args.out)
     if args.compose:  # every document in one adapter: the sum of their updates, rank r x documents
-        ids, mask = shine.encode_evidence([text for _, text in docs], names=[name for name, _ in docs],
-                                          on_long=args.on_long)
-        lora = shine.generate_lora(ids, mask)
+        import jax
+        import jax.numpy as jnp
+
+        parts = []  # generated --batch-size documents at a time, then joined on the batch axis ([L, batch, in, r])
+        for start in range(0, len(docs), args.batch_size):
+            chunk = docs[start:start + args.batch_size]
+            ids, mask = shine.encode_evidence([text for _, text in chunk], names=[name for name, _ in chunk],
+                                              on_long=args.on_long)
+            parts.append(shine.generate_lora(ids, mask))
+        lora = parts[0] if len(parts) == 1 else jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *parts)
         with writing(out, adapter_bytes(lora, len(docs))):
             shine.export_peft(lora, out, index=list(range(len(docs))), overwrite=args.overwrite, scale=args.scale,
                               base_name=args.base_model, documents=[text for _, text in docs])

@@ -3,7 +3,9 @@
 import json
 import re
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from shine_jax import cli
 from shine_jax.data.corpus import write_jsonl
@@ -51,7 +53,6 @@ def test_eval_writes_results_for_every_method(trained_workdir, test_records, tmp
 @pytest.mark.slow
 def test_wrong_doc_control_uses_the_next_documents_generated_lora(trained_workdir, test_records, tmp_path,
                                                                   monkeypatch, capsys):
-    import numpy as np
 
     from shine_jax.eval.harness import evaluate
     from shine_jax.eval.methods import EvalSettings
@@ -139,6 +140,14 @@ def test_ask_and_internalize(trained_workdir, test_records, tmp_path, capsys):
     cfg = json.loads((tmp_path / "composed" / "adapter_config.json").read_text())
     assert cfg["r"] == 3 * prov["lora_rank"] and cfg["base_model_name_or_path"] == "org/base-model"
     assert json.loads((tmp_path / "composed" / "shine_provenance.json").read_text())["adapter_scale"] == 0.5
+    # generated two documents at a time (--batch-size), the composed adapter is the same
+    assert cli.main(["internalize", "--workdir", str(trained_workdir), "--jsonl", str(data), "--compose",
+                     "--scale", "0.5", "--base-model", "org/base-model", "--batch-size", "2",
+                     "--out", str(tmp_path / "composed2")]) == 0
+    one, two = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("composed", "composed2"))
+    assert one.keys() == two.keys()
+    for key in one:
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-5, atol=1e-7, err_msg=key)
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
     assert cli.main(["ask", "--workdir", str(trained_workdir), "--doc", str(empty), "--question", "q"]) == 2
