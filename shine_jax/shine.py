@@ -261,11 +261,12 @@ class Shine:
         return multihost.write_on_every_host(path, write, overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, compute_dtype: str | None = None) -> Shine:
-        """A SHINE folder (or a workdir: its most trained stage) with its base, read once."""
+    def load(cls, path: str | os.PathLike, compute_dtype: str | None = None, dtype: str | None = None) -> Shine:
+        """A SHINE folder (or a workdir: its most trained stage) with its base, read once. ``dtype``: the base's
+        weights in that dtype from the file on (a bfloat16 checkpoint read as bfloat16 stays half the size)."""
         path = resolve_shine_dir(path)
         hcfg, params, meta = cls.read_hyper(path)
-        base = load_base_from(checkpoints.resolve_base(path), compute_dtype)
+        base = load_base_from(checkpoints.resolve_base(path), compute_dtype, dtype)
         shine = cls.create(base, hcfg, max_evidence_length=meta.get("max_evidence_length"))
         shine.set_hyper_params(params)
         shine.source_dir = path.absolute()
@@ -304,12 +305,14 @@ class Shine:
                                   self.base.cfg, global_step, overwrite)
 
 
-def load_base_from(origin: checkpoints.BaseOrigin, compute_dtype: str | None = None) -> BaseModel:
-    """The base model of ``origin``: a shine_jax folder as saved, an HF folder with SHINE's tokens added."""
+def load_base_from(origin: checkpoints.BaseOrigin, compute_dtype: str | None = None,
+                   dtype: str | None = None) -> BaseModel:
+    """The base model of ``origin``: a shine_jax folder as saved, an HF folder with SHINE's tokens added;
+    ``dtype``: its weights' dtype (default: float32 for HF folders, as saved for ours)."""
     if origin.kind == "hf":  # as from_official and training loaded it: SHINE's tokens added when it has a tokenizer
-        base = BaseModel.from_hf(origin.path, compute_dtype=compute_dtype)
+        base = BaseModel.from_hf(origin.path, dtype=dtype or "float32", compute_dtype=compute_dtype)
         return with_shine_tokens(base) if base.tokenizer is not None else base
-    return BaseModel.load(origin.path, compute_dtype=compute_dtype)
+    return BaseModel.load(origin.path, dtype=dtype, compute_dtype=compute_dtype)
 
 
 def resolve_shine_dir(path: str | os.PathLike) -> pathlib.Path:

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -99,3 +100,40 @@ def test_bad_folders_give_one_line_errors(tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     assert "not empty" in run_cli_error(capsys, ["convert", "hf-to-jax", str(hf_dir), str(tmp_path / "full")])
+
+
+def test_dtype_bfloat16_keeps_a_bfloat16_checkpoint_in_bfloat16(tmp_path, monkeypatch):
+    """`--dtype bfloat16`: an HF folder read into bfloat16 parameters, saved and exported in bfloat16, and a
+    bfloat16 checkpoint read without a float32 copy of any tensor on the way (the reader is watched)."""
+    hf_dir, _ = make_hf_model(tmp_path, "qwen3", False)
+    assert cli.main(["convert", "hf-to-jax", str(hf_dir), str(tmp_path / "jax"), "--dtype", "bfloat16"]) == 0
+    assert json.loads((tmp_path / "jax" / "model.json").read_text())["param_dtype"] == "bfloat16"
+    jax_model = BaseModel.load(tmp_path / "jax")
+    assert {str(a.dtype) for a in jax.tree.leaves(jax_model.params())} == {"bfloat16"}
+    assert cli.main(["convert", "jax-to-hf", str(tmp_path / "jax"), str(tmp_path / "bf16"), "--dtype", "bfloat16"]) == 0
+    a, b = tensors_of(hf_dir), tensors_of(tmp_path / "bf16")
+    assert sorted(a) == sorted(b) and {str(t.dtype) for t in b.values()} == {"bfloat16"}
+    for k in a:  # the float32 weights, rounded once
+        np.testing.assert_array_equal(b[k], a[k].astype(b[k].dtype), err_msg=k)
+
+    seen = []
+    read = hfconv.read_safetensors
+    monkeypatch.setattr(hfconv, "read_safetensors", lambda d: seen.append(read(d)) or seen[-1])
+    model = BaseModel.from_hf(tmp_path / "bf16", dtype="bfloat16", compute_dtype="bfloat16")
+    assert {str(t.dtype) for t in seen[0].values()} == {"bfloat16"}
+    assert {str(x.dtype) for x in jax.tree.leaves(model.params())} == {"bfloat16"}
+    ids, mask = left_padded_batch(model.cfg.vocab_size, [5, 3], 5)
+    want = np.asarray(jax_model.logits(ids, mask), np.float32)
+    np.testing.assert_allclose(np.asarray(model.logits(ids, mask)), want, rtol=0, atol=0.05 * np.abs(want).max())
+
+
+def test_ask_with_dtype_bfloat16(trained_workdir, tmp_path, capsys):
+    from shine_jax.shine import Shine
+
+    shine = Shine.load(trained_workdir, compute_dtype="bfloat16", dtype="bfloat16")
+    assert {str(x.dtype) for x in jax.tree.leaves(shine.base.params())} == {"bfloat16"}
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Ada Vell was born in Norcastle. She works as a baker.")
+    assert cli.main(["ask", "--workdir", str(trained_workdir), "--doc", str(doc), "--question",
+                     "Where was Ada Vell born?", "--max-new-tokens", "4", "--dtype", "bfloat16"]) == 0
+    assert capsys.readouterr().out.count("\n") == 1

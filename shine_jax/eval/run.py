@@ -16,14 +16,16 @@ from shine_jax.shine import Shine
 def evaluate_jsonl(workdir: str | pathlib.Path, data: str | pathlib.Path, methods: Sequence[str],
                    settings: EvalSettings, out: str | pathlib.Path, *, limit: int = 0, on_long: str = "truncate",
                    skip_bad: bool = False, progress: bool = True,
-                   bank: str | pathlib.Path | None = None) -> tuple[dict, dict[str, pathlib.Path]]:
+                   bank: str | pathlib.Path | None = None, dtype: str | None = None,
+                   ) -> tuple[dict, dict[str, pathlib.Path]]:
     """(results, written files) of ``methods`` on the first ``limit`` records (all when 0) of ``data``; ``bank``: a
-    JSONL file whose documents join them in one retrieval bank (the bank setting)."""
+    JSONL file whose documents join them in one retrieval bank (the bank setting); ``dtype``: the base's weights and
+    compute dtype (None: as saved)."""
     records = read_jsonl(data, skip_bad_lines=skip_bad)
     if limit:
         records = records[:limit]
     extra = None if bank is None else [r["context"] for r in read_jsonl(bank, skip_bad_lines=skip_bad)]
-    shine = Shine.load(workdir)
+    shine = Shine.load(workdir, compute_dtype=dtype, dtype=dtype)
     results = evaluate(shine, records, list(methods), settings, on_long=on_long, skip_bad=skip_bad,
                        show_progress=progress, bank=extra)
     results["data"] = str(data)
