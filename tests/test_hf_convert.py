@@ -137,3 +137,19 @@ def test_ask_with_dtype_bfloat16(trained_workdir, tmp_path, capsys):
     assert cli.main(["ask", "--workdir", str(trained_workdir), "--doc", str(doc), "--question",
                      "Where was Ada Vell born?", "--max-new-tokens", "4", "--dtype", "bfloat16"]) == 0
     assert capsys.readouterr().out.count("\n") == 1
+
+
+def test_a_stage_reads_its_frozen_base_in_the_storage_dtype(trained_workdir, monkeypatch):
+    """model.frozen_param_dtype=bfloat16: the multi-QA stage reads the previous stage's base as bfloat16 from the
+    file on (the loader is asked for it), not as float32 cast afterwards."""
+    from shine_jax.train import loop
+    from tests.train_utils import small_config
+
+    asked = []
+    load = BaseModel.load
+    monkeypatch.setattr(BaseModel, "load", classmethod(lambda cls, path, dtype=None, compute_dtype=None: (
+        asked.append(dtype), load(path, dtype=dtype, compute_dtype=compute_dtype))[1]))
+    cfg = small_config("ift_mqa", 4, ["model.frozen_param_dtype='bfloat16'"], data_dir=trained_workdir / "data")
+    base = loop.load_base(cfg, trained_workdir)
+    assert asked == ["bfloat16"]
+    assert {str(x.dtype) for x in jax.tree.leaves(base.params())} == {"bfloat16"}

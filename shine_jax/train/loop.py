@@ -120,13 +120,13 @@ def load_base(cfg, workdir: pathlib.Path) -> BaseModel:
             return with_runtime(BaseModel.random(scratch_model_config(cfg, len(tok)), seed=cfg.seed, tokenizer=tok), cfg)
         prev = previous_final(cfg, workdir)
         if prev is not None:  # the base the previous stage was trained on (its reference, or its own copy)
-            base = load_base_from(checkpoints.resolve_base(prev), m.compute_dtype)
+            base = load_base_from(checkpoints.resolve_base(prev), m.compute_dtype, frozen_dtype(cfg))
         else:
             final = workdir / "base_pretrain" / "final"
             if not final.is_dir():
                 raise ConfigError(f"stage {cfg.stage!r} of a scratch model needs {final}; run stage base_pretrain "
                                   f"first")
-            base = BaseModel.load(final, compute_dtype=m.compute_dtype)
+            base = BaseModel.load(final, dtype=frozen_dtype(cfg), compute_dtype=m.compute_dtype)
     else:
         if m.source == "smollm2":
             from shine_jax.convert.gguf import materialize_smollm2
@@ -134,13 +134,20 @@ def load_base(cfg, workdir: pathlib.Path) -> BaseModel:
             hf_dir = materialize_smollm2(pathlib.Path("artifacts") / "smollm2-135m-instruct")
         else:
             hf_dir = m.hf_dir
-        base = BaseModel.from_hf(hf_dir, compute_dtype=m.compute_dtype)
+        base = BaseModel.from_hf(hf_dir, dtype=frozen_dtype(cfg) or "float32", compute_dtype=m.compute_dtype)
         problem = m.preset and preset_mismatch(m.preset, base.cfg)
         if problem:  # e.g. a Qwen3-8B config pointed at a Qwen3-1.7B folder
             raise ConfigError(f"{hf_dir} does not hold the {m.preset} the config names: {problem}; point "
                               f"model.hf_dir at a {m.preset} folder, or set model.preset to ''")
         base = with_shine_tokens(base)
     return with_runtime(base, cfg)
+
+
+def frozen_dtype(cfg) -> str | None:
+    """The dtype a frozen base is read in, when the config asks for another than float32: read so from the file on,
+    a bfloat16 Qwen3-8B is never held as 32 GB of float32 on its way in (None: as before, float32)."""
+    m = cfg.model
+    return m.frozen_param_dtype if stage_of(cfg).freezes_base and m.frozen_param_dtype != "float32" else None
 
 
 def with_runtime(base: BaseModel, cfg) -> BaseModel:
