@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import pathlib
@@ -88,7 +87,6 @@ def cmd_chat(args) -> None:
 def cmd_converse(args) -> None:
     """One conversation about a document: its adapter generated once, then every question a turn answered with it
     (the document never in the prompt; the earlier turns are)."""
-
     shine = load_shine(args)
     start = time.time()
     lora = shine.adapter(read_document(args.doc), on_long=args.on_long)
@@ -189,25 +187,7 @@ def memory3_settings(args, directory: str = "", base: str = ""):
     settings = Memory3Settings(top_k=args.memory3_top_k, memories=args.memory3_memories, directory=directory,
                                base=base)
     settings.check()
-    warn_memory3_mismatch(settings)
     return settings
-
-
-def warn_memory3_mismatch(settings) -> None:
-    """A base trained to read memories (memory3_train) learnt one top-k and one number of memories per row; reading
-    with others works but is not what it learnt: say so."""
-    import warnings
-
-    summary = pathlib.Path(settings.base).parent / "summary.json" if settings.base else None
-    if summary is None or not summary.is_file():
-        return
-    trained = json.loads(summary.read_text()).get("settings", {})
-    for field, value, flag in (("memory3.top_k", settings.top_k, "--memory3-top-k"),
-                               ("memory3.memories", settings.memories, "--memory3-memories")):
-        if field in trained and trained[field] != value:
-            warnings.warn(f"memory3: the base in {settings.base} was trained with {field}={trained[field]}, and "
-                          f"this evaluation uses {flag} {value}; pass {flag} {trained[field]} to read as it learnt",
-                          stacklevel=2)
 
 
 def memory3_base(option: str, workdir: str) -> str:
@@ -257,7 +237,6 @@ def load_shine(args):
 
 
 def cmd_ask(args) -> None:
-
     shine = load_shine(args)
     with warnings_to_stderr():
         print(shine.ask(read_document(args.doc), args.question, max_new_tokens=args.max_new_tokens,

@@ -6,7 +6,6 @@ layers), or random layers made in the test."""
 import json
 import pathlib
 import types
-import warnings
 import zlib
 
 import jax
@@ -288,14 +287,3 @@ def test_reading_with_other_settings_than_training_is_named(tmp_path):
     assert m3.training_mismatch(final, m3.Memory3Settings(top_k=4, memories=3)) == "top_k 8 -> 4, memories 5 -> 3"
     assert m3.training_mismatch(tmp_path / "elsewhere", m3.Memory3Settings(top_k=4)) is None  # no stage: no claim
 
-
-def test_reading_with_other_settings_than_the_base_learnt_is_warned(tmp_path):
-    final = tmp_path / "memory3_train" / "final"
-    final.mkdir(parents=True)
-    (final.parent / "summary.json").write_text(json.dumps({"settings": {"memory3.top_k": 8, "memory3.memories": 5}}))
-    with pytest.warns(UserWarning, match="trained with memory3.top_k=8, and this evaluation uses --memory3-top-k 4"):
-        cli.warn_memory3_mismatch(m3.Memory3Settings(top_k=4, memories=5, base=str(final)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        cli.warn_memory3_mismatch(m3.Memory3Settings(top_k=8, memories=5, base=str(final)))  # as it learnt: silent
-        cli.warn_memory3_mismatch(m3.Memory3Settings(top_k=4, memories=5, base=""))  # the frozen base: nothing learnt
