@@ -142,38 +142,32 @@ def plan(cfg, mesh_shape, hbm_bytes: int | None = None) -> dict:
     return report
 
 
-def _moves(cfg, mesh_shape, devices: int):
+def _moves(cfg, mesh):
     """Changes that lower per-device memory, cheapest in compute and precision first: the frozen base in
     bfloat16, then more gradient accumulation (same effective batch; the micro-batch must stay divisible by the
-    data x fsdp axes), then remat, then a mesh that shards the weights over every device (fully sharded)."""
+    data x fsdp axes), then remat, then a mesh that shards the weights over every device (fully sharded).
+    Yields (config field or "mesh", value, mesh shape to plan on)."""
+    shape = tuple(mesh.shape.values())
     if cfg.model.frozen_param_dtype == "float32":
-        yield "model.frozen_param_dtype", "bfloat16", mesh_shape
-    split = _resolved(mesh_shape, devices)[0] * _resolved(mesh_shape, devices)[1]
+        yield "model.frozen_param_dtype", "bfloat16", shape
+    split = mesh.shape["data"] * mesh.shape["fsdp"]
     accum = cfg.grad_accum
     while cfg.batch_size % (accum * 2) == 0 and (cfg.batch_size // (accum * 2)) % split == 0:
         accum *= 2
-        yield "grad_accum", accum, mesh_shape
+        yield "grad_accum", accum, shape
     if not cfg.model.remat:
-        yield "model.remat", True, mesh_shape
-    if tuple(_resolved(mesh_shape, devices)) != (1, devices, 1) and cfg.batch_size % devices == 0:
-        yield "mesh", (1, devices, 1), (1, devices, 1)
-
-
-def _resolved(mesh_shape, devices: int) -> list[int]:
-    shape = list(mesh_shape)
-    if -1 in shape:
-        shape[shape.index(-1)] = devices // math.prod(x for x in shape if x != -1)
-    return shape
+        yield "model.remat", True, shape
+    if shape != (1, mesh.size, 1) and cfg.batch_size % mesh.size == 0:
+        yield "mesh", (1, mesh.size, 1), (1, mesh.size, 1)
 
 
 def suggest(cfg, mesh_shape, hbm_bytes: int, max_tries: int = 6) -> dict:
     """The first settings (cumulative, in ``_moves`` order) under which the point fits ``hbm_bytes`` per device,
-    each tried by compiling the step again. Returns {"overrides": [...], "mesh": ..., "total": bytes, "fits": bool,
-    "tried": n}: the smallest total found when nothing tried fits."""
+    each tried by compiling the step again. Returns {"overrides": [...], "total": bytes, "fits": bool, "tried": n}:
+    the smallest total found when nothing tried fits."""
     cfg = cfg.copy_and_resolve_references()
-    devices = math.prod(_resolved(mesh_shape, jax.device_count()))
     overrides, best = [], None
-    for tries, (field, value, shape) in enumerate(_moves(cfg, mesh_shape, devices), 1):
+    for tries, (field, value, shape) in enumerate(_moves(cfg, shd.make_mesh(mesh_shape)), 1):
         if field == "mesh":
             mesh_flag = "--mesh " + ",".join(map(str, value))
             overrides = [o for o in overrides if not o.startswith("--mesh")] + [mesh_flag]

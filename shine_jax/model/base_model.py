@@ -119,10 +119,7 @@ class BaseModel:
 
     def set_attention(self, attention: str) -> None:
         """Which attention path the layers run (``layers.ATTENTION_IMPLS``; the same numbers). Static, like remat."""
-        if attention not in L.ATTENTION_IMPLS:
-            raise ValueError(f"unknown attention implementation {attention!r}; use one of "
-                             f"{', '.join(L.ATTENTION_IMPLS)}")
-        self.decoder.attention = attention
+        self.decoder.attention = L.check_attention(attention)
         self._resplit()
 
     def set_param_dtype(self, dtype: str) -> None:

@@ -121,13 +121,10 @@ class Decoder(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, param_dtype=jnp.float32, dtype=jnp.float32,
                  remat: bool = False, init_std: float = 0.02, attention: str = "reference"):
-        if attention not in L.ATTENTION_IMPLS:
-            raise ValueError(f"unknown attention implementation {attention!r}; use one of "
-                             f"{', '.join(L.ATTENTION_IMPLS)}")
         self.cfg = cfg
         self.dtype = dtype
         self.remat = remat
-        self.attention = attention  # static: which attention path the layers run (layers.ATTENTION_IMPLS)
+        self.attention = L.check_attention(attention)  # static: which attention path the layers run (layers.ATTENTION_IMPLS)
         h = cfg.hidden_size
         self.embed = _param(init_std * jax.random.normal(rngs.params(), (cfg.vocab_size, h), param_dtype),
                             ("vocab", "embed"))

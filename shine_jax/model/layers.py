@@ -121,10 +121,15 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     return out * jnp.any(mask, axis=-1)[:, :, None, None].astype(out.dtype)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, impl: str = "reference") -> jax.Array:
-    """Masked grouped-query attention by the named path (``ATTENTION_IMPLS``)."""
-    if impl == "reference":
-        return gqa_attention(q, k, v, mask)
+def check_attention(impl: str) -> str:
+    """``impl`` if it names an attention path (``ATTENTION_IMPLS``), else a ValueError naming the known ones."""
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"unknown attention implementation {impl!r}; use one of {', '.join(ATTENTION_IMPLS)}")
+    return impl
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, impl: str = "reference") -> jax.Array:
+    """Masked grouped-query attention by the named path (``ATTENTION_IMPLS``)."""
+    if check_attention(impl) == "reference":
+        return gqa_attention(q, k, v, mask)
     return fused_attention(q, k, v, mask, None if impl == "auto" else impl)
