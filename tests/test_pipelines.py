@@ -57,6 +57,30 @@ def test_ift_examples(tok, records):
     assert visible(tok, single[0]["labels"], single[0]["labels"] != -100).count("<|im_end|>") == 1
 
 
+def test_ift_fresh_documents_replace_training_documents_only(tok, records):
+    """data.ift_fresh_share=1: every multi-QA training document is about generated people (names of no record,
+    1..ift_fresh_max_people of them, every answer stated in the evidence); validation keeps the records."""
+    cfg = small_config("ift_mqa", extra=["data.context_length=900", "data.conversation_length=700",
+                                         "data.ift_fresh_share=1.0", "data.ift_fresh_max_people=1"]).data
+    known = {name for r in records for name in corpus.find_full_names(r["context"])}
+    train = pipelines.stage_dataset("ift_mqa", records, tok, cfg, seed=0)
+    for i in range(6):
+        ex = train[i]
+        evidence = visible(tok, ex["evidence_ids"], ex["evidence_mask"])
+        assert "\n\n" not in evidence.strip() and evidence not in {ws(r["context"]) for r in records}
+        assert not known & set(corpus.find_full_names(evidence))  # nobody of the records
+        answers = answers_of(tok, ex["labels"])
+        assert answers and all(a in evidence for a in answers[:-1])  # the last may be cut at the length
+    val = pipelines.stage_dataset("ift_mqa", records, tok, cfg, seed=0, repeat=False)
+    assert {visible(tok, val[i]["evidence_ids"], val[i]["evidence_mask"]) for i in range(len(val))} \
+        == {ws(r["context"]) for r in records}
+    single = pipelines.stage_dataset("ift_1qa", records, tok, cfg, seed=0)  # multi-QA only
+    assert visible(tok, single[0]["evidence_ids"], single[0]["evidence_mask"]) in {ws(r["context"]) for r in records}
+    for field, value in (("ift_fresh_share", "1.5"), ("ift_fresh_max_people", "5")):
+        with pytest.raises(Exception, match=f"data.{field}"):
+            small_config("ift_mqa", extra=[f"data.{field}={value}"])
+
+
 def test_distractors_lengthen_the_evidence_only(tok, records):
     cfg = small_config("ift_mqa", extra=["data.context_length=900", "data.conversation_length=400",
                                          "data.distractors=2"]).data

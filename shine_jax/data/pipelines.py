@@ -338,7 +338,9 @@ def stage_dataset(stage: str, records: Sequence[dict], tok, data_cfg, seed: int,
     elif dataset in ("multi_qa", "single_qa"):
         if dataset == "single_qa":
             ds = grain.MapDataset.source(corpus.to_single_qa(list(records)))
-        fn = functools.partial(_ift_map, tok=tok, data_cfg=data_cfg, pool=distractor_pool, teacher=teacher)
+        fresh = data_cfg.ift_fresh_share if repeat and dataset == "multi_qa" else 0.0  # training stream only
+        fn = functools.partial(_ift_map, tok=tok, data_cfg=data_cfg, pool=distractor_pool, teacher=teacher,
+                               fresh_share=fresh)
     else:
         raise ValueError(f"stage {stage!r} has no dataset builder for {dataset!r}")
     ds = ds[shard_index::shard_count].shuffle(seed=seed)
@@ -366,7 +368,10 @@ def _warm_or_packed_lm_map(index, records, *, tok, data_cfg, seed, warm_rows):
     return packed_lm_example(records, rng, tok, data_cfg)
 
 
-def _ift_map(record, rng, *, tok, data_cfg, pool, teacher=False):
+def _ift_map(record, rng, *, tok, data_cfg, pool, teacher=False, fresh_share=0.0):
+    if fresh_share and rng.random() < fresh_share:  # an adapter must carry strings no other document holds
+        record = corpus.fresh_document(random.Random(int(rng.integers(2**63))),
+                                       max_people=data_cfg.ift_fresh_max_people)
     context = record["context"]
     if data_cfg.distractors and pool:
         rng_py = random.Random(int(rng.integers(2**31)))

@@ -124,6 +124,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.comp_keep_max = 0.9
     c.data.pack_texts = True  # pretrain: several texts per evidence, joined by <|endoftext|>
     c.data.distractors = 0  # ift: distractor bios added to each context
+    # ift_mqa: this share of the training documents is replaced by a document about freshly generated people
+    # (corpus.fresh_document, 1..ift_fresh_max_people): names and most values no other document holds
+    c.data.ift_fresh_share = 0.0
+    c.data.ift_fresh_max_people = 4
     c.data.lm_length = 256  # base_pretrain sequence length
     c.data.lm_mix = (0.15, 0.15, 0.70)  # base_pretrain: shares of bio / QA without the bio / bio-in-prompt QA
     c.data.lm_questions = 4  # base_pretrain: at most this many QA turns per example (0 = all that fit)
@@ -376,6 +380,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     need(0.0 <= c.data.lm_copy_share <= 1.0, "data.lm_copy_share", "must lie in [0, 1]")
     need(0.0 <= c.data.lm_broad_share <= 1.0, "data.lm_broad_share", "must lie in [0, 1]")
     need(0.0 <= c.data.lm_relation_share <= 1.0, "data.lm_relation_share", "must lie in [0, 1]")
+    need(0.0 <= c.data.ift_fresh_share <= 1.0, "data.ift_fresh_share", "must lie in [0, 1]")
+    need(1 <= c.data.ift_fresh_max_people <= 4, "data.ift_fresh_max_people", "must lie in [1, 4]")
     need(1 <= c.data.lm_fresh_max_people <= 4, "data.lm_fresh_max_people", "must lie in [1, 4]")
     need(c.data.lm_questions >= 0, "data.lm_questions", "must be >= 0 (0 = all that fit)")
     need(0 <= c.data.distractors <= 8, "data.distractors", f"must lie in [0, 8], got {c.data.distractors}")
