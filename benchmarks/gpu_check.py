@@ -39,7 +39,7 @@ GPU_SHAPES = dict(batch=8, context=1150, conversation=2380)  # micro batch 8 (th
 SMOKE_SHAPES = dict(batch=2, context=48, conversation=32)
 SMOKE_MODEL = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=4",
                "model.num_kv_heads=2", "model.head_dim=16", "model.vocab_size=512", "shine.lora_rank=2",
-               "shine.metalora_rank=4", "shine.m2p_layers=2", "shine.m2p_heads=2"]  # float32: bf16 compiles for minutes on CPU
+               "shine.metalora_rank=4", "shine.m2p.num_layers=2", "shine.m2p.num_heads=2"]  # float32: bf16 compiles for minutes on CPU
 PROMPT = 8  # unlabelled conversation tokens at the start of each row
 RESULT = "RESULT "
 

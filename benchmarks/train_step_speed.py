@@ -33,14 +33,14 @@ from shine_jax.model import layers
 from shine_jax.model.base_model import BaseModel
 from shine_jax.train import loop
 from shine_jax.train import optimizer as optim
-from shine_jax.train.config import load_config
+from shine_jax.train.config import load_config, model_config
 from shine_jax.train.step import init_state, make_train_step
 
 CASES = {
     "issue15": ("configs/tiny.py:ift_mqa", [
         "model.hidden_size=256", "model.intermediate_size=768", "model.num_layers=6", "model.num_heads=4",
         "model.num_kv_heads=2", "model.head_dim=64", "model.vocab_size=4096", "shine.lora_rank=4",
-        "shine.metalora_rank=16", "shine.m2p_layers=4", "shine.m2p_heads=4", "batch_size=4",
+        "shine.metalora_rank=16", "shine.m2p.num_layers=4", "shine.m2p.num_heads=4", "batch_size=4",
         "data.context_length=256", "data.conversation_length=64"], 16 / 64),
     "tiny_base": ("configs/tiny.py:base_pretrain", [], 0.25),
     "tiny_ift": ("configs/tiny.py:ift_mqa", [], 0.2),
@@ -94,7 +94,7 @@ def build(case, rng):
     cfg = load_config(spec, overrides)
     mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
     vocab = cfg.model.vocab_size or 2048
-    base = BaseModel.random(loop.scratch_model_config(cfg, vocab), seed=0)
+    base = BaseModel.random(model_config(cfg, vocab), seed=0)
     if cfg.stage == "base_pretrain":
         task = loop.lm_task(cfg, base, mesh)
         ids = rng.integers(8, vocab, (cfg.batch_size, cfg.data.lm_length))

@@ -46,13 +46,13 @@ def main():
     from shine_jax.shine import Shine
     from shine_jax.train import loop
     from shine_jax.train import optimizer as optim
-    from shine_jax.train.config import load_config
+    from shine_jax.train.config import hyper_config, load_config, model_config
     from shine_jax.train.step import init_state, make_train_step
 
     peak = matmul_peak()
     cfg = load_config(args.config)
     mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
-    base = BaseModel.random(loop.scratch_model_config(cfg, 2048), seed=0)
+    base = BaseModel.random(model_config(cfg, 2048), seed=0)
     task = loop.shine_task(cfg, base, mesh, workdir=None)
     tx = optim.make_optimizer(cfg.optim, cfg.steps, task.labels)
     state = init_state(task.params, tx)
@@ -65,7 +65,7 @@ def main():
     step_s = timed(lambda: step(state, task.frozen, batch)[1]["loss"], args.steps)
     achieved = task.step_flops / step_s
 
-    shine = Shine.create(base, loop.hyper_config(cfg))
+    shine = Shine.create(base, hyper_config(cfg))
     ids = rng.integers(1, 2048, (16, tc))
     mask = np.ones_like(ids)
     gen_s = timed(lambda: shine.generate_lora(ids, mask), 3) / 16

@@ -298,7 +298,7 @@ def build_ours(evidence: int, conversation: int):
     from shine_jax.model.base_model import BaseModel
     from shine_jax.train import loop
     from shine_jax.train import optimizer as optim
-    from shine_jax.train.config import load_config
+    from shine_jax.train.config import load_config, model_config
     from shine_jax.train.step import init_state, make_train_step
 
     s = SHAPE
@@ -306,11 +306,11 @@ def build_ours(evidence: int, conversation: int):
         f"model.hidden_size={s['hidden']}", f"model.intermediate_size={s['intermediate']}",
         f"model.num_layers={s['layers']}", f"model.num_heads={s['heads']}", f"model.num_kv_heads={s['kv_heads']}",
         f"model.head_dim={s['head_dim']}", f"model.vocab_size={s['vocab']}", f"shine.lora_rank={s['lora_rank']}",
-        f"shine.metalora_rank={s['metalora_rank']}", f"shine.m2p_layers={s['m2p_layers']}",
-        f"shine.m2p_heads={s['m2p_heads']}", f"batch_size={s['batch']}", "grad_accum=1",
+        f"shine.metalora_rank={s['metalora_rank']}", f"shine.m2p.num_layers={s['m2p_layers']}",
+        f"shine.m2p.num_heads={s['m2p_heads']}", f"batch_size={s['batch']}", "grad_accum=1",
         f"data.context_length={evidence}", f"data.conversation_length={conversation}"])
     mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
-    base = BaseModel.random(loop.scratch_model_config(cfg, s["vocab"]), seed=0)
+    base = BaseModel.random(model_config(cfg, s["vocab"]), seed=0)
     task = loop.shine_task(cfg, base, mesh, workdir=None)
     tx = optim.make_optimizer(cfg.optim, cfg.steps, task.labels, task.lr_mults)
     state = init_state(task.params, tx)

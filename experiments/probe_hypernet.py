@@ -24,8 +24,8 @@ from shine_jax.data import pipelines, tfds_builder
 from shine_jax.model.base_model import BaseModel
 from shine_jax.model.losses import causal_lm_loss
 from shine_jax.shine import Shine, shine_loss
-from shine_jax.train.config import load_config
-from shine_jax.train.loop import corpus_overrides, hyper_config
+from shine_jax.train.config import hyper_config, load_config
+from shine_jax.train.loop import corpus_overrides
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from shine_jax.model.hypernet import Hypernetwork, num_memory_tokens
 from shine_jax.model.presets import PRESETS
 from shine_jax.train import flops as flops_lib
 from shine_jax.train import optimizer as optim
-from shine_jax.train.config import ConfigError
+from shine_jax.train.config import ConfigError, hyper_config, model_config
 from shine_jax.train.step import init_state, make_train_step, train_state_shardings
 
 _UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 1e3, "mb": 1e6, "gb": 1e9,
@@ -57,8 +57,7 @@ def model_config_of(cfg) -> ModelConfig:
             raise ConfigError(f"config field 'model.preset': {cfg.model.preset!r} is not one of {', '.join(PRESETS)}")
         return PRESETS[cfg.model.preset]
     if cfg.model.source == "scratch":
-        from shine_jax.train.loop import scratch_model_config
-        return scratch_model_config(cfg, cfg.model.vocab_size or cfg.data.tokenizer_vocab)
+        return model_config(cfg, cfg.data.tokenizer_vocab)
     from shine_jax.convert.hf import read_hf_config
     return read_hf_config(cfg.model.hf_dir)[0]
 
@@ -80,7 +79,7 @@ def planned_attention(attention: str) -> str:
 
 def plan(cfg, mesh_shape, hbm_bytes: int | None = None) -> dict:
     from shine_jax.shine import shine_loss
-    from shine_jax.train.loop import hyper_config, shine_param_groups
+    from shine_jax.train.loop import shine_param_groups
 
     mesh = shd.make_mesh(mesh_shape)
     mcfg = model_config_of(cfg)

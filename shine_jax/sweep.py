@@ -47,6 +47,7 @@ from shine_jax.train.config import (
     STAGES,
     ConfigError,
     apply_override,
+    hyper_config,
     import_get_config,
     load_config,
     reuse_problem,
@@ -225,8 +226,6 @@ def point_stats(cfgs: dict[str, Any], trained: list[pathlib.Path]) -> dict[str, 
 
     from shine_jax.model.hypernet import Hypernetwork, num_memory_tokens
     from shine_jax.train import flops as flops_lib
-    from shine_jax.train.loop import hyper_config
-
     first = next(cfg for stage, cfg in cfgs.items() if not stages_lib.stage(stage).trains_base)
     mcfg = model_config_for(first, trained)
     hcfg = hyper_config(first)

@@ -11,7 +11,7 @@ from shine_jax.data.pipelines import left_pad
 from shine_jax.model.base_model import BaseModel
 from shine_jax.sharding import make_mesh
 from shine_jax.train import loop
-from shine_jax.train.config import ConfigError
+from shine_jax.train.config import ConfigError, model_config
 from tests.conftest import max_rel_err
 from tests.train_utils import small_config
 
@@ -64,7 +64,7 @@ def test_trim_cuts_leading_padding_to_a_bucket_and_keeps_rows_aligned():
 @pytest.mark.parametrize("loss", ["nll", "nll+kl"])
 def test_bucketed_shine_loss_and_gradients_equal_the_padded_ones(loss):
     cfg = small_config("ift_mqa", 4, [f"shine.loss='{loss}'", "data.length_buckets=4"])
-    base = BaseModel.random(loop.scratch_model_config(cfg, VOCAB), seed=0)
+    base = BaseModel.random(model_config(cfg, VOCAB), seed=0)
     task = loop.shine_task(cfg, base, make_mesh((1, 1, 1)), workdir=None)
     batch = shine_batch([17, 40, 9, 33], [30, 12, 44, 25], (cfg.data.context_length, cfg.data.conversation_length),
                         teacher=(224 if loss != "nll" else None))
@@ -84,7 +84,7 @@ def test_bucketed_shine_loss_and_gradients_equal_the_padded_ones(loss):
 
 
 def test_bucketed_lm_loss_equals_the_padded_one():
-    base = BaseModel.random(loop.scratch_model_config(small_config("base_pretrain", 4), VOCAB), seed=0)
+    base = BaseModel.random(model_config(small_config("base_pretrain", 4), VOCAB), seed=0)
     rows = _rows([20, 7, 31], 128, 3)
     batch = {"input_ids": rows["ids"], "attention_mask": rows["mask"], "labels": rows["labels"]}
     trimmed = buckets.trim_batch(batch, 4)

@@ -13,6 +13,7 @@ from shine_jax import checkpoints, cli
 from shine_jax.model.base_model import BaseModel
 from shine_jax.shine import Shine
 from shine_jax.train import loop
+from shine_jax.train.config import hyper_config
 from tests.train_utils import small_config
 
 
@@ -77,7 +78,7 @@ def test_a_base_built_in_memory_is_copied(tmp_path):
 
     cfg = ModelConfig(family="llama", vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=1,
                       num_heads=2, num_kv_heads=2, head_dim=8)
-    shine = Shine.create(BaseModel.random(cfg), loop.hyper_config(small_config("pretrain", 2)))
+    shine = Shine.create(BaseModel.random(cfg), hyper_config(small_config("pretrain", 2)))
     shine.save(tmp_path / "s")
     assert (tmp_path / "s" / "base" / "model.json").is_file()
     assert checkpoints.base_model_dict(tmp_path / "s")["hidden_size"] == 16

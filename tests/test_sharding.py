@@ -99,10 +99,10 @@ def test_two_processes_run_stages_through_final(tmp_path):
     the trained parameters (those of the last checkpoint); a folder on a path both processes see is written once;
     a model folder saved by one process (here, this one) loads in the 2-process job."""
     from shine_jax.model.base_model import BaseModel
-    from shine_jax.train.loop import scratch_model_config
+    from shine_jax.train.config import model_config
     from tests.train_utils import small_config
 
-    BaseModel.random(scratch_model_config(small_config("base_pretrain"), 96), seed=1).save(tmp_path / "one_host")
+    BaseModel.random(model_config(small_config("base_pretrain"), 96), seed=1).save(tmp_path / "one_host")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     module = "tests.multidevice.multihost_stage"
     port = str(_free_port())

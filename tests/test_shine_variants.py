@@ -19,7 +19,7 @@ from shine_jax.model.m2p import M2PConfig
 from shine_jax.shine import Shine, shine_loss, teacher_logits
 from shine_jax.train import loop
 from shine_jax.train import optimizer as optim
-from shine_jax.train.config import ConfigError, base_config, validate
+from shine_jax.train.config import ConfigError, base_config, hyper_config, model_config, validate
 from tests.conftest import ws
 from tests.train_utils import small_config
 
@@ -39,10 +39,10 @@ def pure(module):
 # ------------------------------------------------------------------------------------------------- defaults
 def test_defaults_are_official():
     c = base_config()
-    assert (c.shine.mem_init, c.shine.m2p_pos_init, c.shine.memory_norm, c.shine.loss) == ("zeros", "zeros",
+    assert (c.shine.mem_init, c.shine.m2p_pos_init, c.shine.m2p.memory_norm, c.shine.loss) == ("zeros", "zeros",
                                                                                          "none", "nll")
     assert (c.optim.mem_tokens_lr_mult, c.optim.m2p_lr_mult, c.optim.metalora_lr_mult) == (1.0, 1.0, 1.0)
-    h = loop.hyper_config(small_config("pretrain", 2))
+    h = hyper_config(small_config("pretrain", 2))
     assert (h.mem_init, h.m2p_pos_init, h.m2p.memory_norm) == ("zeros", "zeros", "none")
     task = loop.shine_task(small_config("pretrain", 2), BaseModel.random(MODEL), _mesh(), workdir=None)
     assert task.lr_mults is None and task.eval_loss_fn is None and not task.teacher
@@ -80,14 +80,14 @@ def test_normal_init_breaks_symmetry_deterministically():
 
 def test_init_fields_reach_the_model_and_are_validated():
     cfg = small_config("pretrain", 2, ["shine.mem_init='normal'", "shine.m2p_pos_init='normal'",
-                                       "shine.mem_init_std=0.1", "shine.memory_norm='rmsnorm'"])
-    h = loop.hyper_config(cfg)
+                                       "shine.mem_init_std=0.1", "shine.m2p.memory_norm='rmsnorm'"])
+    h = hyper_config(cfg)
     assert (h.mem_init, h.mem_init_std, h.m2p_pos_init, h.m2p.memory_norm) == ("normal", 0.1, "normal", "rmsnorm")
     for override, field in [("shine.mem_init='ones'", "shine.mem_init"),
                             ("shine.m2p_pos_init='x'", "shine.m2p_pos_init"),
                             ("shine.mem_init_std=0.0", "shine.mem_init_std"),
                             ("shine.m2p_pos_init_std=-1.0", "shine.m2p_pos_init_std"),
-                            ("shine.memory_norm='batchnorm'", "shine.memory_norm"), ("shine.loss='mse'", "shine.loss"),
+                            ("shine.m2p.memory_norm='batchnorm'", "shine.m2p.memory_norm"), ("shine.loss='mse'", "shine.loss"),
                             ("shine.kl_weight=0.0", "shine.kl_weight"),
                             ("optim.mem_tokens_lr_mult=0.0", "optim.mem_tokens_lr_mult"),
                             ("optim.m2p_lr_mult=-2.0", "optim.m2p_lr_mult"),
@@ -260,7 +260,7 @@ def _teacher_batch(cfg, b=4, vocab=96, seed=0):
 def test_kl_loss_and_its_gradients_on_a_tiny_model():
     cfg = small_config("ift_mqa", 4, ["shine.loss='kl'", "grad_accum=1", "optim.warmup_steps=0",
                                       "data.context_length=48", "data.conversation_length=40"])
-    base = BaseModel.random(loop.scratch_model_config(cfg, 96), seed=0)
+    base = BaseModel.random(model_config(cfg, 96), seed=0)
     task = loop.shine_task(cfg, base, _mesh(), workdir=None)
     assert task.teacher and task.eval_loss_fn is not None
     batch = jax.tree.map(jnp.asarray, _teacher_batch(cfg))
@@ -274,7 +274,7 @@ def test_kl_loss_and_its_gradients_on_a_tiny_model():
     assert all(np.any(x) for x in jax.tree.leaves(g["m2p"]["layers"]))
     # nll+kl = nll + w * kl; the validation loss is the NLL whatever the training loss
     nll, _ = jax.jit(task.eval_loss_fn)(task.params, task.frozen, batch)
-    hgraph = Shine.create(base, loop.hyper_config(cfg)).hyper_graphdef
+    hgraph = Shine.create(base, hyper_config(cfg)).hyper_graphdef
     both, _ = jax.jit(lambda fr, pr: shine_loss(nnx.merge(base.graphdef, fr), nnx.merge(hgraph, pr), batch,
                                                 "nll+kl", 0.25))(task.frozen, task.params)
     assert float(both) == pytest.approx(float(nll) + 0.25 * float(loss), rel=1e-5)
@@ -345,8 +345,8 @@ def test_with_shine_tokens_leaves_the_callers_tokenizer_alone():
 
 def test_ift_1qa_carries_the_extra_meta_lora_of_ift_mqa(tmp_path):
     mqa_cfg = small_config("ift_mqa", 2, extra=["shine.extra_metalora_rank=4"])
-    base = BaseModel.random(loop.scratch_model_config(mqa_cfg, 96), seed=0)
-    trained = Shine.create(base, loop.hyper_config(mqa_cfg), seed=3)
+    base = BaseModel.random(model_config(mqa_cfg, 96), seed=0)
+    trained = Shine.create(base, hyper_config(mqa_cfg), seed=3)
     params = trained.hyper_params()
     params["extra_metalora"] = jax.tree.map(lambda a: np.full_like(a, 0.5), params["extra_metalora"])
     trained.set_hyper_params(params)

@@ -130,7 +130,7 @@ def test_workdir_of_another_model_is_refused(trained_workdir, tmp_path, capsys):
     wd = tmp_path / "wd"
     shutil.copytree(trained_workdir / "ift_mqa", wd / "ift_mqa")
     shutil.copytree(trained_workdir / "pretrain" / "final", wd / "pretrain" / "final")
-    overrides = SMALL + RESUME + ["steps=4", f"data.dir='{trained_workdir / 'data'}'", "shine.m2p_layers=4"]
+    overrides = SMALL + RESUME + ["steps=4", f"data.dir='{trained_workdir / 'data'}'", "shine.m2p.num_layers=4"]
     assert cli.main(["train", "--config", f"{REPO}/configs/tiny.py:ift_mqa", "--workdir", str(wd), "--no-progress",
                      *(f"--config.{o}" for o in overrides)]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]

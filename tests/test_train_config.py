@@ -5,7 +5,7 @@ import pathlib
 import pytest
 
 from shine_jax import cli
-from shine_jax.train.config import ConfigError, load_config, validate
+from shine_jax.train.config import RENAMED, ConfigError, hyper_config, load_config, validate
 from tests.conftest import REPO
 
 TINY = f"{REPO}/configs/tiny.py"
@@ -19,7 +19,7 @@ def test_shipped_configs_validate(name):
 
 def test_paper_configs_carry_the_paper_settings():
     cfg = load_config(f"{REPO}/configs/qwen3_8b.py:ift_mqa")
-    assert (cfg.shine.lora_rank, cfg.shine.metalora_rank, cfg.shine.m2p_layers, cfg.shine.m2p_heads) == (8, 128, 4, 32)
+    assert (cfg.shine.lora_rank, cfg.shine.metalora_rank, cfg.shine.m2p.num_layers, cfg.shine.m2p.num_heads) == (8, 128, 4, 32)
     assert (cfg.data.context_length, cfg.data.conversation_length, cfg.batch_size) == (1150, 2380, 32)
     assert cfg.optim.lr == 3e-5 and cfg.model.compute_dtype == "bfloat16"
 
@@ -30,7 +30,7 @@ def test_paper_configs_carry_the_paper_settings():
     ("model.foo.bar=1", "unknown config field 'model.foo'"),
     ("grad_accum=3", "'grad_accum': 3 does not divide batch_size"),
     ("stage='finetune'", "'stage'"),
-    ("model.intermediate_size=250", "'shine.lora_rank': rank 4 makes the memory-token count"),
+    ("model.intermediate_size=250", "'shine.lora_rank': lora_rank 4 gives .* LoRA numbers per layer, not a multiple"),
     ("steps='many'", "'steps' expects int"),
     ("optim.warmup_steps=100000", "'optim.warmup_steps'"),
     ("profile_steps='5,2'", "'profile_steps': must be FIRST,LAST"),
@@ -57,7 +57,7 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
 
 
 def test_preset_shapes_are_checked_before_loading_weights():
-    with pytest.raises(ConfigError, match=r"'shine.lora_rank': rank 4 makes the memory-token count 40704/576"):
+    with pytest.raises(ConfigError, match=r"'shine.lora_rank': lora_rank 4 gives 40704 LoRA numbers .* M = 40704/576 is not an integer"):
         load_config(f"{REPO}/configs/smollm2_135m.py:pretrain", ["shine.lora_rank=4"])
     with pytest.raises(ConfigError, match="'model.preset'"):
         load_config(f"{REPO}/configs/smollm2_135m.py:pretrain", ["model.preset='smollm3'"])
@@ -156,11 +156,25 @@ def test_a_finished_stage_is_reused_only_with_the_same_settings(tmp_path):
     assert reuse_problem(stage_dir, cfg) == f"trained with other settings (steps: {steps} -> {steps + 200})"
     # a stage recorded before a field existed is reused while the field keeps its default (the old behaviour)
     cfg.steps = steps
-    old = {k: v for k, v in trained_settings(cfg).items() if k != "shine.memory_norm"}
+    old = {k: v for k, v in trained_settings(cfg).items() if k != "shine.m2p.memory_norm"}
     (stage_dir / "summary.json").write_text(json.dumps({"settings_hash": "older", "settings": old}))
     assert reuse_problem(stage_dir, cfg) is None
-    cfg.shine.memory_norm = "rmsnorm"
-    assert reuse_problem(stage_dir, cfg) == "trained with other settings (shine.memory_norm: None -> 'rmsnorm')"
+    cfg.shine.m2p.memory_norm = "rmsnorm"
+    assert reuse_problem(stage_dir, cfg) == "trained with other settings (shine.m2p.memory_norm: None -> 'rmsnorm')"
+    # a stage recorded under the fields' old names (shine.m2p_layers, ...) is the same stage
+    cfg.shine.m2p.memory_norm = "none"
+    renamed = {next((o for o, n in RENAMED.items() if n == k), k): v for k, v in trained_settings(cfg).items()}
+    assert "shine.m2p_layers" in renamed
+    (stage_dir / "summary.json").write_text(json.dumps({"settings_hash": "older", "settings": renamed}))
+    assert reuse_problem(stage_dir, cfg) is None
+
+
+def test_an_old_field_name_is_told_its_new_one(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config field 'shine.m2p_layers'; it is now 'shine.m2p.num_layers'"):
+        load_config(f"{TINY}:pretrain", ["shine.m2p_layers=3"])
+    cfg = load_config(f"{TINY}:ift_mqa", ["shine.m2p.num_layers=3", "shine.m2p.memory_norm=rmsnorm"])
+    hyper = hyper_config(cfg)
+    assert (hyper.m2p.num_layers, hyper.m2p.memory_norm, hyper.lora_rank) == (3, "rmsnorm", cfg.shine.lora_rank)
 
 
 def test_micro_batch_must_split_over_the_data_and_fsdp_axes():

@@ -99,6 +99,7 @@ def test_bf16_compute_and_remat_match_float32():
     from shine_jax.model.base_model import BaseModel
     from shine_jax.sharding import make_mesh
     from shine_jax.train import loop
+    from shine_jax.train.config import model_config
     from tests.train_utils import small_config
 
     losses = {}
@@ -106,7 +107,7 @@ def test_bf16_compute_and_remat_match_float32():
                         ("fused", ["model.attention='xla'"]),
                         ("frozen_bf16", ["model.frozen_param_dtype='bfloat16'"])):
         cfg = small_config("pretrain", 4, extra)
-        base = BaseModel.random(loop.scratch_model_config(cfg, 96), seed=0)
+        base = BaseModel.random(model_config(cfg, 96), seed=0)
         base.decoder.dtype = jnp.bfloat16 if name == "bf16" else jnp.float32
         loop.with_runtime(base, cfg)  # also re-splits the graph with the dtype set above
         merged = nnx.merge(base.graphdef, base.state)  # what the jitted functions see

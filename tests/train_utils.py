@@ -1,12 +1,12 @@
 """Small, fast variants of configs/tiny.py for the training tests (same code paths, CPU-seconds per stage)."""
 
-from shine_jax.train.config import load_config
+from shine_jax.train.config import load_config, model_config
 from tests.conftest import REPO
 
 SMALL = [  # a base trained from scratch in the test's workdir (not the shipped one), small shapes
     "model.source='scratch'", "model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=2",
     "model.num_kv_heads=2", "model.head_dim=32", "shine.lora_rank=2", "shine.metalora_rank=4",
-    "shine.m2p_layers=2", "shine.m2p_heads=2", "data.num_people=400", "data.train_docs=200",
+    "shine.m2p.num_layers=2", "shine.m2p.num_heads=2", "data.num_people=400", "data.train_docs=200",
     "data.eval_docs=16", "data.tokenizer_vocab=512", "data.context_length=96", "data.conversation_length=112",
     "data.lm_length=128", "batch_size=4", "grad_accum=2", "eval_batches=1", "log_every=5", "eval_every=10",
 ]
@@ -32,7 +32,7 @@ def shine_step_setup(cfg, mesh, vocab: int = 96):
     from shine_jax.train import optimizer as optim
     from shine_jax.train.step import init_state, make_train_step
 
-    base = BaseModel.random(loop.scratch_model_config(cfg, vocab), seed=0)
+    base = BaseModel.random(model_config(cfg, vocab), seed=0)
     base.shard(mesh)
     task = loop.shine_task(cfg, base, mesh, workdir=None)
     tx = optim.make_optimizer(cfg.optim, cfg.steps, task.labels)

@@ -41,7 +41,7 @@ def get_config(arg=None):
     # a Meta LoRA of rank 32 (was 8) reads multi-person documents better: demo shine F1 0.158 -> 0.171 (3.14x none)
     # (experiments/results/tiny_learning_probes.md §6)
     c.shine.metalora_rank = 32
-    c.shine.m2p_layers, c.shine.m2p_heads = 2, 4
+    c.shine.m2p.num_layers, c.shine.m2p.num_heads = 2, 4
     c.shine.scale = 1e-2  # the CPU prototype learned fastest at 0.01 (0.001 is the paper's value)
     c.data.num_people, c.data.train_docs, c.data.eval_docs = 10000, 20000, 256
     c.log_every, c.eval_every, c.eval_batches = 10, 100, 4

@@ -41,7 +41,7 @@ class HyperConfig:
 
     def __post_init__(self):
         if self.method not in RESHAPE_METHODS:
-            raise ValueError(f"unknown LoRA reshape method {self.method!r}; use one of {', '.join(RESHAPE_METHODS)}")
+            raise ValueError(f"LoRA reshape method {self.method!r} is unknown; use one of {', '.join(RESHAPE_METHODS)}")
         for f in ("lora_rank", "metalora_rank"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")

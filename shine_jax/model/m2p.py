@@ -40,7 +40,7 @@ class M2PConfig:
 
     def __post_init__(self):
         if self.type not in M2P_TYPES:
-            raise ValueError(f"unknown M2P type {self.type!r}; use one of {', '.join(M2P_TYPES)}")
+            raise ValueError(f"M2P type {self.type!r} is unknown; use one of {', '.join(M2P_TYPES)}")
         if self.memory_norm not in MEMORY_NORMS:
             raise ValueError(f"unknown memory_norm {self.memory_norm!r}; use one of {', '.join(MEMORY_NORMS)}")
         if self.num_layers < 1:

@@ -8,6 +8,7 @@ file or on the command line (``--config.optim.lr=1e-4``), fails at start with a 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -20,10 +21,11 @@ import ml_collections
 
 from shine_jax import stages as stages_lib
 from shine_jax.errors import UserError
-from shine_jax.model.hypernet import INITS
+from shine_jax.model.config import ModelConfig
+from shine_jax.model.hypernet import HyperConfig, num_memory_tokens
 from shine_jax.model.layers import ATTENTION_IMPLS
 from shine_jax.model.losses import LOSSES
-from shine_jax.model.m2p import MEMORY_NORMS
+from shine_jax.model.m2p import M2PConfig
 
 STAGES = stages_lib.NAMES  # in training order; what each stage does: shine_jax/stages.py
 ALL_STAGES = stages_lib.ALL_NAMES  # and the side stages (memory3_train), trained apart from the pipeline
@@ -71,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.num_kv_heads = 4
     c.model.head_dim = 32
     c.model.rope_theta = 10000.0
+    c.model.rms_norm_eps = 1e-6
     c.model.tie_word_embeddings = True
     c.model.param_dtype = "float32"
     c.model.compute_dtype = "float32"  # bfloat16: bf16 compute, float32 master weights
@@ -86,18 +89,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.shine.extra_metalora_rank = 0  # ift stages: train an additional Meta LoRA, freeze the loaded one
     c.shine.scale = 1e-3
     c.shine.method = "rl"
-    c.shine.m2p_type = "transformer"
-    c.shine.m2p_layers = 2
-    c.shine.m2p_heads = 4
-    c.shine.m2p_ffn_mult = 2
-    c.shine.layer_transformer_first = True
+    c.shine.m2p = ml_collections.ConfigDict()  # model.m2p.M2PConfig's fields, by their names
+    c.shine.m2p.type = "transformer"
+    c.shine.m2p.num_layers = 2
+    c.shine.m2p.num_heads = 4
+    c.shine.m2p.ffn_mult = 2
+    c.shine.m2p.layer_transformer_first = True
+    c.shine.m2p.memory_norm = "none"  # none (official) | rmsnorm | layernorm of each memory state before M2P
     c.shine.train_mem_tokens = True  # the official DDP trainer never updates them (see README)
     # Departures from SHINE for the hypernetwork's early plateau; every default below is the official behaviour.
     c.shine.mem_init = "zeros"  # memory tokens: zeros (official) | normal (N(0, mem_init_std^2), breaks symmetry)
     c.shine.mem_init_std = 0.02  # the usual embedding init: a memory token starts like a fresh token embedding
     c.shine.m2p_pos_init = "zeros"  # M2P layer/token position embeddings: zeros (official) | normal
     c.shine.m2p_pos_init_std = 0.02  # BERT/GPT-2's position-embedding init
-    c.shine.memory_norm = "none"  # none (official) | rmsnorm | layernorm of each memory state before M2P
     c.shine.loss = "nll"  # nll (official) | kl (distil the base with the document in context) | nll+kl (IFT)
     c.shine.kl_weight = 1.0  # nll+kl: loss = nll + kl_weight * kl
 
@@ -292,12 +296,24 @@ def load_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_co
     return cfg
 
 
+# Fields that took the names of the model dataclasses they configure (M2PConfig): an old name is told its new one.
+RENAMED = {"shine.m2p_type": "shine.m2p.type", "shine.m2p_layers": "shine.m2p.num_layers",
+           "shine.m2p_heads": "shine.m2p.num_heads", "shine.m2p_ffn_mult": "shine.m2p.ffn_mult",
+           "shine.layer_transformer_first": "shine.m2p.layer_transformer_first",
+           "shine.memory_norm": "shine.m2p.memory_norm"}
+
+
+def unknown_field(name: str) -> ConfigError:
+    new = RENAMED.get(name)
+    return ConfigError(f"unknown config field {name!r}" + (f"; it is now {new!r}" if new else ""))
+
+
 def check_known_fields(cfg: ml_collections.ConfigDict, schema=None, prefix: str = "") -> None:
     schema = schema if schema is not None else base_config()
     for key in cfg.keys():
         name = f"{prefix}{key}"
         if key not in schema:
-            raise ConfigError(f"unknown config field {name!r}")
+            raise unknown_field(name)
         if isinstance(schema[key], ml_collections.ConfigDict):
             check_known_fields(cfg[key], schema[key], f"{name}.")
 
@@ -315,7 +331,7 @@ def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
             raise ConfigError(f"unknown config field {'.'.join(parents[:i + 1])!r}")
         node = node[part]
     if leaf not in node:
-        raise ConfigError(f"unknown config field {key!r}")
+        raise unknown_field(key)
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
@@ -385,15 +401,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     need(1 <= c.data.lm_fresh_max_people <= 4, "data.lm_fresh_max_people", "must lie in [1, 4]")
     need(c.data.lm_questions >= 0, "data.lm_questions", "must be >= 0 (0 = all that fit)")
     need(0 <= c.data.distractors <= 8, "data.distractors", f"must lie in [0, 8], got {c.data.distractors}")
-    need(c.shine.m2p_type in ("transformer", "linear", "lineargate"), "shine.m2p_type", f"{c.shine.m2p_type!r}")
-    need(c.shine.method in ("rl", "rr", "lr", "ll"), "shine.method", f"{c.shine.method!r}")
-    need(c.shine.scale > 0, "shine.scale", "must be positive")
-    for f in ("mem_init", "m2p_pos_init"):
-        need(c.shine[f] in INITS, f"shine.{f}", f"{c.shine[f]!r} is not one of {', '.join(INITS)}")
-    for f in ("mem_init_std", "m2p_pos_init_std", "kl_weight"):
-        need(c.shine[f] > 0, f"shine.{f}", "must be positive")
-    need(c.shine.memory_norm in MEMORY_NORMS, "shine.memory_norm",
-         f"{c.shine.memory_norm!r} is not one of {', '.join(MEMORY_NORMS)}")
+    hyper = hyper_config(c)  # the hypernetwork's own checks (reshape method, ranks, inits, M2P type and norm)
+    need(c.shine.kl_weight > 0, "shine.kl_weight", "must be positive")
     need(c.shine.loss in LOSSES, "shine.loss", f"{c.shine.loss!r} is not one of {', '.join(LOSSES)}")
     need(c.shine.loss in stage.losses, "shine.loss",
          f"{c.shine.loss!r} distils answers to questions about a document; stage {c.stage} has none "
@@ -417,16 +426,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     need(c.model.attention != "cudnn" or c.model.compute_dtype == "bfloat16", "model.attention",
          "cuDNN flash attention runs in bfloat16; set model.compute_dtype=bfloat16 as well (or use xla)")
     if c.model.source == "scratch":
-        need(c.model.num_heads % c.model.num_kv_heads == 0, "model.num_kv_heads", "must divide num_heads")
-        from shine_jax.model.config import ModelConfig
-
-        try:  # the vocabulary does not enter the LoRA shapes checked below
-            dims = ModelConfig(family=c.model.family, vocab_size=1, hidden_size=c.model.hidden_size,
-                               intermediate_size=c.model.intermediate_size, num_layers=c.model.num_layers,
-                               num_heads=c.model.num_heads, num_kv_heads=c.model.num_kv_heads,
-                               head_dim=c.model.head_dim)
-        except ValueError as e:
-            raise ConfigError(f"config field 'model': {e}") from None
+        dims = model_config(c, vocab_size=1)  # the vocabulary does not enter the LoRA shapes checked below
     else:  # the architecture comes with the weights; a named preset lets the shapes be checked before loading
         from shine_jax.model.presets import PRESETS
 
@@ -434,12 +434,47 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
              f"{c.model.preset!r} is not one of {', '.join(PRESETS)}")
         dims = PRESETS.get(c.model.preset)
     if dims is not None:
-        need(dims.hidden_size % c.shine.m2p_heads == 0, "shine.m2p_heads",
-             f"{c.shine.m2p_heads} does not divide hidden_size {dims.hidden_size}")
-        lora_numel = dims.lora_params_per_layer(c.shine.lora_rank)
-        need(lora_numel % dims.hidden_size == 0, "shine.lora_rank",
-             f"rank {c.shine.lora_rank} makes the memory-token count {lora_numel}/{dims.hidden_size} "
-             "non-integer")
+        need(dims.hidden_size % hyper.m2p.num_heads == 0, "shine.m2p.num_heads",
+             f"{hyper.m2p.num_heads} does not divide hidden_size {dims.hidden_size}")
+        try:
+            num_memory_tokens(dims, hyper)
+        except ValueError as e:
+            raise ConfigError(f"config field 'shine.lora_rank': {e}") from None
+
+
+def model_config(c: ml_collections.ConfigDict, vocab_size: int | None = None) -> ModelConfig:
+    """The architecture of a base trained from scratch: ``ModelConfig``'s fields, read from ``c.model`` by their
+    names (``model.vocab_size`` 0: ``vocab_size``, the tokenizer's); its checks become one config error."""
+    m = c.model
+    fields = {f.name: m[f.name] for f in dataclasses.fields(ModelConfig) if f.name in m}
+    fields["vocab_size"] = m.vocab_size or vocab_size
+    try:
+        return ModelConfig(**fields)
+    except ValueError as e:
+        raise ConfigError(f"config field 'model': {e}") from None
+
+
+def hyper_config(c: ml_collections.ConfigDict) -> HyperConfig:
+    """The hypernetwork of ``c.shine`` (``HyperConfig``'s fields, ``shine.m2p`` = ``M2PConfig``'s, by their names);
+    the additional Meta LoRA only in the stages that train one. Its checks become one config error."""
+    s = c.shine
+    fields = {f.name: s[f.name] for f in dataclasses.fields(HyperConfig) if f.name in s and f.name != "m2p"}
+    if not stages_lib.stage(c.stage).extra_metalora:
+        fields["extra_metalora_rank"] = 0
+    try:
+        return HyperConfig(**fields, m2p=M2PConfig(**s.m2p.to_dict()))
+    except ValueError as e:
+        raise ConfigError(f"config field '{_named_field(str(e))}': {e}") from None
+
+
+def _named_field(message: str) -> str:
+    """The ``shine`` field a HyperConfig / M2PConfig check names first in its message (each names its field)."""
+    names = {f"shine.{f.name}": f.name for f in dataclasses.fields(HyperConfig) if f.name != "m2p"}
+    names |= {f"shine.m2p.{f.name}": f.name for f in dataclasses.fields(M2PConfig)}
+    names["shine.method"], names["shine.m2p.type"] = "reshape method", "M2P type"
+    found = [(m.start(), field) for field, word in names.items()
+             for m in [re.search(rf"\b{re.escape(word)}\b", message)] if m]
+    return min(found)[1] if found else "shine"
 
 
 def memory3_settings(c: ml_collections.ConfigDict):
@@ -539,6 +574,7 @@ def reuse_problem(stage_dir, c: ml_collections.ConfigDict) -> str | None:
     if old.get("settings_hash") == settings_hash(c):
         return None
     before, now = old.get("settings") or {}, trained_settings(c)
+    before = {RENAMED.get(k, k): v for k, v in before.items()}  # a stage recorded under a field's old name
     defaults = defaults_of(c)
     # a field the recorded stage predates, at its default here, is the old behaviour (a new field's default keeps it)
     added_since = {k for k in set(now) - set(before) if k in defaults and now[k] == defaults[k]}

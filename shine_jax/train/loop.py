@@ -29,8 +29,6 @@ from shine_jax.data import buckets, pipelines
 from shine_jax.fileutil import workdir_lock, write_json_atomic
 from shine_jax.model.base_model import BaseModel, state_shardings
 from shine_jax.model.config import ModelConfig
-from shine_jax.model.hypernet import HyperConfig
-from shine_jax.model.m2p import M2PConfig
 from shine_jax.model.presets import preset_mismatch
 from shine_jax.shine import Shine, load_base_from, shine_loss, with_shine_tokens
 from shine_jax.train import checkpoint as ckpt
@@ -38,7 +36,9 @@ from shine_jax.train import flops as flops_lib
 from shine_jax.train import optimizer as optim
 from shine_jax.train.config import (
     ConfigError,
+    hyper_config,
     memory3_settings,
+    model_config,
     profile_range,
     settings_hash,
     trained_settings,
@@ -90,14 +90,6 @@ def corpus_overrides(cfg) -> dict:
                                "test": cfg.data.eval_docs}}
 
 
-def scratch_model_config(cfg, vocab_size: int) -> ModelConfig:
-    m = cfg.model
-    return ModelConfig(family=m.family, vocab_size=m.vocab_size or vocab_size, hidden_size=m.hidden_size,
-                       intermediate_size=m.intermediate_size, num_layers=m.num_layers, num_heads=m.num_heads,
-                       num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, rope_theta=m.rope_theta,
-                       rms_norm_eps=1e-6, tie_word_embeddings=m.tie_word_embeddings)
-
-
 def stage_of(cfg) -> stages_lib.Stage:
     return stages_lib.stage(cfg.stage)
 
@@ -117,7 +109,7 @@ def load_base(cfg, workdir: pathlib.Path) -> BaseModel:
             from shine_jax.data.tokenizer import tiny_tokenizer
 
             tok = tiny_tokenizer(data_dir_of(cfg, workdir) / "tokenizer", vocab_size=cfg.data.tokenizer_vocab)
-            return with_runtime(BaseModel.random(scratch_model_config(cfg, len(tok)), seed=cfg.seed, tokenizer=tok), cfg)
+            return with_runtime(BaseModel.random(model_config(cfg, len(tok)), seed=cfg.seed, tokenizer=tok), cfg)
         prev = previous_final(cfg, workdir)
         if prev is not None:  # the base the previous stage was trained on (its reference, or its own copy)
             base = load_base_from(checkpoints.resolve_base(prev), m.compute_dtype, frozen_dtype(cfg))
@@ -160,17 +152,6 @@ def with_runtime(base: BaseModel, cfg) -> BaseModel:
     if stage_of(cfg).freezes_base and cfg.model.frozen_param_dtype != "float32":
         base.set_param_dtype(cfg.model.frozen_param_dtype)
     return base
-
-
-def hyper_config(cfg) -> HyperConfig:
-    s = cfg.shine
-    extra = s.extra_metalora_rank if stage_of(cfg).extra_metalora else 0
-    return HyperConfig(lora_rank=s.lora_rank, metalora_rank=s.metalora_rank, extra_metalora_rank=extra,
-                       scale=s.scale, method=s.method, mem_init=s.mem_init, mem_init_std=s.mem_init_std,
-                       m2p_pos_init=s.m2p_pos_init, m2p_pos_init_std=s.m2p_pos_init_std,
-                       m2p=M2PConfig(type=s.m2p_type, num_layers=s.m2p_layers, num_heads=s.m2p_heads,
-                                     ffn_mult=s.m2p_ffn_mult, layer_transformer_first=s.layer_transformer_first,
-                                     memory_norm=s.memory_norm))
 
 
 def previous_final(cfg, workdir: pathlib.Path) -> pathlib.Path | None:
@@ -262,7 +243,7 @@ def shine_task(cfg, base: BaseModel, mesh, workdir: pathlib.Path) -> Task:
             raise ConfigError(f"init_from {prev} was trained on another base model (hidden size "
                               f"{trained_on.get('hidden_size')}, vocabulary {trained_on.get('vocab_size')})")
         if old_cfg.m2p.memory_norm != hcfg.m2p.memory_norm:
-            raise ConfigError(f"config field 'shine.memory_norm': {hcfg.m2p.memory_norm!r}, but {prev} was trained "
+            raise ConfigError(f"config field 'shine.m2p.memory_norm': {hcfg.m2p.memory_norm!r}, but {prev} was trained "
                               f"with {old_cfg.m2p.memory_norm!r}")
         params = shine.hyper_params()
         # the IFT stages' extra Meta LoRA goes on from ift_mqa to ift_1qa; pretrain has none, so ift_mqa starts it

@@ -25,7 +25,7 @@ def paper_config(name: str, hf_dir: str, hidden: int, stage: str | None, preset:
     c.model.compute_dtype, c.model.remat = "bfloat16", True
     c.model.frozen_param_dtype = "bfloat16"  # the official keeps it in float32; Qwen3-8B then fits one 141 GiB device
     c.shine.lora_rank, c.shine.metalora_rank, c.shine.scale = 8, 128, 1e-3
-    c.shine.m2p_layers, c.shine.m2p_heads, c.shine.m2p_ffn_mult = 4, hidden // 128, 2
+    c.shine.m2p.num_layers, c.shine.m2p.num_heads, c.shine.m2p.ffn_mult = 4, hidden // 128, 2
     c.data.context_length, c.data.conversation_length = 1150, 2380
     c.batch_size, c.grad_accum = 32, 4
     c.mesh = (1, -1, 1)

@@ -30,10 +30,10 @@ SIZES = {  # name -> (config file, HF folder, per-size overrides: mesh and batch
     "1p7b": ("qwen3_1p7b.py", "Qwen3-1.7B", {"mesh": (1, 8, 1), "batch_size": 32, "grad_accum": 4}),
     "8b": ("qwen3_8b.py", "Qwen3-8B", {"mesh": (1, 32, 1), "batch_size": 32, "grad_accum": 1}),
 }
-PAPER = {"shine.lora_rank": 8, "shine.m2p_layers": 4, "shine.metalora_rank": 128}
-AXES = {"rank": ("shine.lora_rank", (4, 8, 16, 32)), "depth": ("shine.m2p_layers", (2, 4, 6, 8)),
+PAPER = {"shine.lora_rank": 8, "shine.m2p.num_layers": 4, "shine.metalora_rank": 128}
+AXES = {"rank": ("shine.lora_rank", (4, 8, 16, 32)), "depth": ("shine.m2p.num_layers", (2, 4, 6, 8)),
         "metarank": ("shine.metalora_rank", (4, 16, 32, 64, 128))}
-SHORT = {"shine.lora_rank": "r", "shine.m2p_layers": "m2p", "shine.metalora_rank": "meta"}
+SHORT = {"shine.lora_rank": "r", "shine.m2p.num_layers": "m2p", "shine.metalora_rank": "meta"}
 
 
 def parse(arg):
@@ -63,7 +63,7 @@ def get_config(arg=None):
     if axis == "size":
         settings = [(s, dict(PAPER)) for s in SIZES]
     elif axis == "grid":
-        settings = [(s, {**PAPER, "shine.lora_rank": r, "shine.m2p_layers": d})
+        settings = [(s, {**PAPER, "shine.lora_rank": r, "shine.m2p.num_layers": d})
                     for s in SIZES for r in AXES["rank"][1] for d in AXES["depth"][1]]
     else:
         field, values = AXES[axis]

@@ -55,7 +55,7 @@ def get_config(arg=None):
     c.bases = [dict(name=name, config=TINY, stages=("base_pretrain",), overrides={**COMMON, **shape},
                     train=base_train) for name, shape in bases.items()]
     c.points = [dict(name=f"{b}_r{r}_m2p{d}", base=b,
-                     overrides={"shine.lora_rank": r, "shine.m2p_layers": d, **point_train})
+                     overrides={"shine.lora_rank": r, "shine.m2p.num_layers": d, **point_train})
                 for b in bases for r in ranks for d in depths]
     # seeds=N: every point again with training seeds 1..N-1 (same bases), to measure the seed-to-seed spread
     c.points += [dict(p, name=f"{p['name']}_s{k}", overrides={**p["overrides"], "seed": k})
