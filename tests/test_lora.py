@@ -100,3 +100,36 @@ def test_bad_lora_shapes_are_one_line_errors(tmp_path):
         check_lora(base.cfg, dict(good, qkv=good["q"]))
     with pytest.raises(ValueError, match="disagree on the LoRA batch"):
         check_lora(base.cfg, dict(good, q=random_lora(base.cfg, 2, 1, 0)["q"]))
+
+
+def test_init_lora_official_and_peft_and_the_meta_lora_uses_it():
+    """One LoRA init: B = 0 (no change at the start); official A ~ N(0, 0.001), PEFT's A ~ U(+-1/sqrt(in)); the
+    hypernetwork's Meta LoRA is exactly init_lora's official draw from the same key stream."""
+    import jax
+    from flax import nnx
+
+    from shine_jax.model.config import LORA_MODULES, ModelConfig
+    from shine_jax.model.hypernet import HyperConfig, Hypernetwork
+    from shine_jax.model.lora import init_lora
+
+    cfg = ModelConfig(family="llama", vocab_size=64, hidden_size=64, intermediate_size=128, num_layers=2,
+                      num_heads=2, num_kv_heads=2, head_dim=32)
+    keys = iter(jax.random.split(jax.random.key(0), 7))
+    official = init_lora(cfg, 16, lambda: next(keys), batch=3)
+    assert list(official) == list(LORA_MODULES)
+    a = np.concatenate([np.asarray(official[m]["A"]).ravel() for m in official])
+    assert abs(a.std() - np.sqrt(1e-3)) < 0.02 * np.sqrt(1e-3) and abs(a.mean()) < 1e-3
+    assert all(not np.asarray(official[m]["B"]).any() for m in official)
+    keys = iter(jax.random.split(jax.random.key(0), 7))
+    peft = init_lora(cfg, 16, lambda: next(keys), init="peft")
+    for ab in peft.values():
+        bound = 1 / np.sqrt(ab["A"].shape[2])
+        assert np.abs(np.asarray(ab["A"])).max() <= bound and np.abs(np.asarray(ab["A"])).max() > 0.9 * bound
+    with pytest.raises(ValueError, match="LoRA init 'xavier'"):
+        init_lora(cfg, 2, lambda: jax.random.key(0), init="xavier")
+    hyper = Hypernetwork(cfg, HyperConfig(lora_rank=2, metalora_rank=8), nnx.Rngs(3))
+    rngs = nnx.Rngs(3)  # the Meta LoRA is the first draw of the hypernetwork's params stream
+    expected = init_lora(cfg, 8, rngs.params)
+    for m in LORA_MODULES:
+        for k in "AB":
+            np.testing.assert_array_equal(np.asarray(hyper.metalora[m][k][...]), np.asarray(expected[m][k]))

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import pathlib
 import tempfile
 import time
@@ -48,7 +47,8 @@ from shine_jax.errors import InputError
 from shine_jax.eval import memory3
 from shine_jax.eval.memory3 import Memory3Settings
 from shine_jax.eval.retrieval import ChunkIndex, RetrievalSettings
-from shine_jax.model.lora import lora_shapes
+from shine_jax.model.config import LORA_MODULES
+from shine_jax.model.lora import init_lora
 from shine_jax.model.losses import causal_lm_loss
 
 METHODS = ("none", "icl", "sft", "shine", "shine-wrong-doc", "rag", "memory3")
@@ -309,10 +309,8 @@ def select_rows(lora, rows: np.ndarray):
 
 def init_sft_lora(cfg, rank: int, batch: int, key) -> dict:
     """PEFT's init (A ~ U(+-1/sqrt(in)), B = 0), one adapter per document."""
-    shapes = lora_shapes(cfg, rank, batch)
-    keys = jax.random.split(key, len(shapes))
-    return {m: {"A": jax.random.uniform(k, s["A"], jnp.float32, -1, 1) / math.sqrt(s["A"][2]),
-                "B": jnp.zeros(s["B"], jnp.float32)} for (m, s), k in zip(shapes.items(), keys)}
+    keys = iter(jax.random.split(key, len(LORA_MODULES)))
+    return init_lora(cfg, rank, lambda: next(keys), init="peft", batch=batch)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6))

@@ -29,7 +29,8 @@ from shine_jax.model.losses import chunked_lm_loss
 AXES_KEY = "logical_axes"
 
 
-def _param(value: jax.Array, axes: tuple[str | None, ...]) -> nnx.Param:
+def param(value: jax.Array, axes: tuple[str | None, ...]) -> nnx.Param:
+    """A parameter carrying its logical axes (``AXES_KEY``), which ``sharding`` maps onto the mesh."""
     return nnx.Param(value, **{AXES_KEY: axes})
 
 
@@ -41,10 +42,10 @@ class DecoderLayers(nnx.Module):
 
         def dense(shape, axes):
             w = init_std * jax.random.normal(rngs.params(), (n, *shape), param_dtype)
-            return _param(w, ("layers", *axes))
+            return param(w, ("layers", *axes))
 
         def ones(size, axis):
-            return _param(jnp.ones((n, size), param_dtype), ("layers", axis))
+            return param(jnp.ones((n, size), param_dtype), ("layers", axis))
 
         dims = cfg.module_dims()
         self.attn_norm = ones(h, "norm")
@@ -126,12 +127,12 @@ class Decoder(nnx.Module):
         self.remat = remat
         self.attention = L.check_attention(attention)  # static: which attention path the layers run (layers.ATTENTION_IMPLS)
         h = cfg.hidden_size
-        self.embed = _param(init_std * jax.random.normal(rngs.params(), (cfg.vocab_size, h), param_dtype),
+        self.embed = param(init_std * jax.random.normal(rngs.params(), (cfg.vocab_size, h), param_dtype),
                             ("vocab", "embed"))
         self.layers = DecoderLayers(cfg, rngs, param_dtype, init_std)
-        self.final_norm = _param(jnp.ones((h,), param_dtype), ("norm",))
+        self.final_norm = param(jnp.ones((h,), param_dtype), ("norm",))
         if not cfg.tie_word_embeddings:
-            self.lm_head = _param(init_std * jax.random.normal(rngs.params(), (h, cfg.vocab_size), param_dtype),
+            self.lm_head = param(init_std * jax.random.normal(rngs.params(), (h, cfg.vocab_size), param_dtype),
                                   ("embed", "vocab"))
 
     # -- pieces -------------------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from shine_jax.model.config import LORA_MODULES, ModelConfig
-from shine_jax.model.decoder import AXES_KEY, Decoder, positions_from_mask
-from shine_jax.model.lora import concat_rank, lora_shapes
+from shine_jax.model.decoder import Decoder, param, positions_from_mask
+from shine_jax.model.lora import concat_rank, init_lora
 from shine_jax.model.lora import logical_axes as lora_axes
 from shine_jax.model.m2p import M2PConfig, make_m2p
 
@@ -67,10 +67,6 @@ def num_memory_tokens(model: ModelConfig, hyper: HyperConfig) -> int:
     return numel // model.hidden_size
 
 
-def _param(value, axes):
-    return nnx.Param(value, **{AXES_KEY: axes})
-
-
 class Hypernetwork(nnx.Module):
     """Everything SHINE trains: memory tokens ``[M, H]``, the Meta LoRA (rank R, shared) and the M2P network."""
 
@@ -78,7 +74,7 @@ class Hypernetwork(nnx.Module):
         self.model_cfg, self.cfg = model, hyper
         self.num_tokens = num_memory_tokens(model, hyper)
         h = model.hidden_size
-        self.mem_tokens = _param(jnp.zeros((self.num_tokens, h)), ("mem_tokens", "embed"))  # official: zeros
+        self.mem_tokens = param(jnp.zeros((self.num_tokens, h)), ("mem_tokens", "embed"))  # official: zeros
         self.metalora = _init_metalora(model, hyper.metalora_rank, rngs)
         if hyper.extra_metalora_rank:
             self.extra_metalora = _init_metalora(model, hyper.extra_metalora_rank, rngs)
@@ -128,16 +124,9 @@ class Hypernetwork(nnx.Module):
 
 
 def _init_metalora(model: ModelConfig, rank: int, rngs: nnx.Rngs) -> nnx.Dict:
-    """Official init: A ~ N(0, 0.001) (std sqrt(0.001)), B = 0, leading LoRA batch 1 (shared)."""
-    shapes = lora_shapes(model, rank, batch=1)
-    std = math.sqrt(1e-3)
-    return nnx.Dict({
-        m: nnx.Dict({
-            "A": _param(std * jax.random.normal(rngs.params(), shapes[m]["A"]), lora_axes(m, "A")),
-            "B": _param(jnp.zeros(shapes[m]["B"]), lora_axes(m, "B")),
-        })
-        for m in LORA_MODULES
-    })
+    """SHINE's Meta-LoRA init (``lora.init_lora``, official), leading LoRA batch 1 (shared), as parameters."""
+    lora = init_lora(model, rank, rngs.params)
+    return nnx.Dict({m: nnx.Dict({k: param(v, lora_axes(m, k)) for k, v in ab.items()}) for m, ab in lora.items()})
 
 
 def slice_lora(flat: jax.Array, model: ModelConfig, hyper: HyperConfig) -> dict:

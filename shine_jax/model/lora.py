@@ -13,7 +13,7 @@ SHINE folds its scale into A and B.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -104,18 +104,24 @@ def apply_loras(y: jax.Array, x: jax.Array, layer_loras: Sequence[Mapping[str, M
     return y
 
 
-def init_lora(cfg: ModelConfig, rank: int, key: jax.Array, a_std: float = math.sqrt(1e-3),
-              batch: int = 1, dtype=jnp.float32, modules: Sequence[str] = LORA_MODULES) -> dict:
-    """The official Meta-LoRA init: A ~ N(0, a_std^2) (a_std = sqrt(0.001)), B = 0."""
-    shapes = lora_shapes(cfg, rank, batch)
-    keys = jax.random.split(key, len(modules))
-    return {
-        m: {
-            "A": a_std * jax.random.normal(k, shapes[m]["A"], dtype),
-            "B": jnp.zeros(shapes[m]["B"], dtype),
-        }
-        for m, k in zip(modules, keys)
-    }
+LORA_INITS = ("official", "peft")
+
+
+def init_lora(cfg: ModelConfig, rank: int, next_key: Callable[[], jax.Array], init: str = "official",
+              batch: int = 1) -> dict:
+    """A fresh LoRA: B = 0, so it starts as no change, and A drawn per module in ``LORA_MODULES`` order, one
+    ``next_key()`` each: ``official`` is SHINE's Meta-LoRA init, A ~ N(0, 0.001); ``peft`` is PEFT's default,
+    A ~ U(+-1/sqrt(in))."""
+    if init not in LORA_INITS:
+        raise ValueError(f"LoRA init {init!r} is unknown; use one of {', '.join(LORA_INITS)}")
+    out = {}
+    for m, shape in lora_shapes(cfg, rank, batch).items():
+        if init == "official":
+            a = math.sqrt(1e-3) * jax.random.normal(next_key(), shape["A"])
+        else:
+            a = jax.random.uniform(next_key(), shape["A"], jnp.float32, -1, 1) / math.sqrt(shape["A"][2])
+        out[m] = {"A": a, "B": jnp.zeros(shape["B"], jnp.float32)}
+    return out
 
 
 def concat_rank(first: LoRA, second: LoRA) -> dict:

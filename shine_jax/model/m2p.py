@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from shine_jax.model.decoder import AXES_KEY
+from shine_jax.model.decoder import param
 
 M2P_TYPES = ("transformer", "linear", "lineargate")
 MEMORY_NORMS = ("none", "rmsnorm", "layernorm")
@@ -47,10 +47,6 @@ class M2PConfig:
             raise ValueError(f"M2P num_layers must be >= 1, got {self.num_layers}")
 
 
-def _param(value, axes):
-    return nnx.Param(value, **{AXES_KEY: axes})
-
-
 def _uniform(key, shape, bound):
     return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
 
@@ -74,10 +70,10 @@ class PositionInput(nnx.Module):
     position embeddings (zeros, as the official init; ``Hypernetwork`` may redraw them)."""
 
     def _init_input(self, cfg: M2PConfig, num_layers: int, num_tokens: int, hidden: int):
-        self.layer_pe = _param(jnp.zeros((num_layers, hidden)), ("layers", "m2p_embed"))
-        self.token_pe = _param(jnp.zeros((num_tokens, hidden)), ("mem_tokens", "m2p_embed"))
+        self.layer_pe = param(jnp.zeros((num_layers, hidden)), ("layers", "m2p_embed"))
+        self.token_pe = param(jnp.zeros((num_tokens, hidden)), ("mem_tokens", "m2p_embed"))
         if cfg.memory_norm != "none":  # "norm" in the name: the no-weight-decay group, like the LayerNorms
-            self.mem_norm_scale = _param(jnp.ones((hidden,)), ("m2p_embed",))
+            self.mem_norm_scale = param(jnp.ones((hidden,)), ("m2p_embed",))
 
     def _input(self, memory_states: jax.Array) -> jax.Array:
         x = memory_states
@@ -95,18 +91,18 @@ class EncoderLayer(nnx.Module):
         self.heads, self.eps = heads, eps
         k = rngs.params
         # PyTorch defaults: xavier-uniform in_proj, zero attention biases, kaiming-uniform(a=sqrt 5) linears
-        self.in_proj = _param(_uniform(k(), (d, 3 * d), math.sqrt(6.0 / (4 * d))), ("m2p_embed", "m2p_qkv"))
-        self.in_bias = _param(jnp.zeros((3 * d,)), ("m2p_qkv",))
-        self.out_proj = _param(_uniform(k(), (d, d), 1 / math.sqrt(d)), ("m2p_qkv", "m2p_embed"))
-        self.out_bias = _param(jnp.zeros((d,)), ("m2p_embed",))
-        self.linear1 = _param(_uniform(k(), (d, ffn), 1 / math.sqrt(d)), ("m2p_embed", "m2p_mlp"))
-        self.bias1 = _param(_uniform(k(), (ffn,), 1 / math.sqrt(d)), ("m2p_mlp",))
-        self.linear2 = _param(_uniform(k(), (ffn, d), 1 / math.sqrt(ffn)), ("m2p_mlp", "m2p_embed"))
-        self.bias2 = _param(_uniform(k(), (d,), 1 / math.sqrt(ffn)), ("m2p_embed",))
-        self.norm1_scale = _param(jnp.ones((d,)), ("m2p_embed",))
-        self.norm1_bias = _param(jnp.zeros((d,)), ("m2p_embed",))
-        self.norm2_scale = _param(jnp.ones((d,)), ("m2p_embed",))
-        self.norm2_bias = _param(jnp.zeros((d,)), ("m2p_embed",))
+        self.in_proj = param(_uniform(k(), (d, 3 * d), math.sqrt(6.0 / (4 * d))), ("m2p_embed", "m2p_qkv"))
+        self.in_bias = param(jnp.zeros((3 * d,)), ("m2p_qkv",))
+        self.out_proj = param(_uniform(k(), (d, d), 1 / math.sqrt(d)), ("m2p_qkv", "m2p_embed"))
+        self.out_bias = param(jnp.zeros((d,)), ("m2p_embed",))
+        self.linear1 = param(_uniform(k(), (d, ffn), 1 / math.sqrt(d)), ("m2p_embed", "m2p_mlp"))
+        self.bias1 = param(_uniform(k(), (ffn,), 1 / math.sqrt(d)), ("m2p_mlp",))
+        self.linear2 = param(_uniform(k(), (ffn, d), 1 / math.sqrt(ffn)), ("m2p_mlp", "m2p_embed"))
+        self.bias2 = param(_uniform(k(), (d,), 1 / math.sqrt(ffn)), ("m2p_embed",))
+        self.norm1_scale = param(jnp.ones((d,)), ("m2p_embed",))
+        self.norm1_bias = param(jnp.zeros((d,)), ("m2p_embed",))
+        self.norm2_scale = param(jnp.ones((d,)), ("m2p_embed",))
+        self.norm2_bias = param(jnp.zeros((d,)), ("m2p_embed",))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x ``[N, S, d]`` -> ``[N, S, d]``."""
@@ -157,9 +153,9 @@ class M2PLinear(PositionInput):
         self._init_input(cfg, num_layers, num_tokens, hidden)
         inner = cfg.linear_hidden_dim or hidden
         dims = [hidden] + [inner] * (cfg.num_layers - 1) + [2 * hidden if cfg.type == "lineargate" else hidden]
-        self.weights = nnx.List([_param(_uniform(rngs.params(), (a, b), 1 / math.sqrt(a)), ("m2p_embed", "m2p_mlp"))
+        self.weights = nnx.List([param(_uniform(rngs.params(), (a, b), 1 / math.sqrt(a)), ("m2p_embed", "m2p_mlp"))
                                  for a, b in zip(dims[:-1], dims[1:])])
-        self.biases = nnx.List([_param(_uniform(rngs.params(), (b,), 1 / math.sqrt(a)), ("m2p_mlp",))
+        self.biases = nnx.List([param(_uniform(rngs.params(), (b,), 1 / math.sqrt(a)), ("m2p_mlp",))
                                 for a, b in zip(dims[:-1], dims[1:])] if cfg.linear_bias else [])
 
     def __call__(self, memory_states: jax.Array, return_intermediates: bool = False):
