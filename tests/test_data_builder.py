@@ -292,3 +292,21 @@ def test_tiny_tokenizer_is_cached(tmp_path):
     assert os.stat(path).st_mtime_ns == mtime and again.get_vocab() == tok.get_vocab()
     for word in ("user", "assistant"):  # chat role words are in the training text
         assert len(tok(word, add_special_tokens=False)["input_ids"]) <= 2
+
+
+def test_a_failed_tokenizer_rebuild_keeps_the_old_cache(tmp_path, monkeypatch):
+    """A cache from other settings is rebuilt in a scratch folder: a crash mid-training leaves the old cache whole
+    and no scratch folder behind."""
+    T.tiny_tokenizer(tmp_path, vocab_size=512, num_docs=150)
+    folder = T.tiny_tokenizer_dir(tmp_path, 512)
+    before = {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)}
+
+    def crash(texts, vocab_size, out):
+        open(os.path.join(out, "tokenizer.json"), "w").write("{half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(T, "train_bpe_tokenizer", crash)
+    with pytest.raises(OSError, match="No space left"):
+        T.tiny_tokenizer(tmp_path, vocab_size=512, num_docs=160)  # other settings: rebuilt
+    assert {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)} == before
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(folder)]

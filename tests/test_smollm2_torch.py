@@ -61,3 +61,29 @@ def test_smollm2_answers_capital_of_france():
     answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     print(f"SmolLM2 answer: {answer!r}")
     assert "Paris" in answer
+
+
+def test_a_failed_reconversion_keeps_the_old_folder(tmp_path, monkeypatch):
+    """gguf_to_hf writes into a scratch sibling that replaces the output only when complete: a conversion that
+    fails half-way (overwrite=True) leaves the earlier folder whole and no scratch folder behind."""
+    import shine_jax.convert.gguf as G
+
+    gguf_file = tmp_path / "model.gguf"
+    gguf_file.write_bytes(b"GGUF")
+    out_dir = tmp_path / "out"
+
+    def write(src, folder):
+        (folder / "config.json").write_text('{"done": true}')
+
+    monkeypatch.setattr(G, "_write_hf_folder", write)
+    assert gguf_to_hf(gguf_file, out_dir) == out_dir and (out_dir / "config.json").read_text() == '{"done": true}'
+
+    def crash(src, folder):
+        (folder / "config.json").write_text("{half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(G, "_write_hf_folder", crash)
+    with pytest.raises(OSError, match="No space left"):
+        gguf_to_hf(gguf_file, out_dir, overwrite=True)
+    assert (out_dir / "config.json").read_text() == '{"done": true}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf", "out"]

@@ -25,14 +25,12 @@ import importlib.util
 import json
 import os
 import pathlib
-import shutil
 import sys
-import tempfile
 from typing import Any
 
 from shine_jax.errors import InputError
 from shine_jax.extras import require_torch
-from shine_jax.fileutil import write_json_atomic
+from shine_jax.fileutil import atomic_dir, write_json_atomic
 
 # Never touch the network: the GGUF file and everything derived from it are local. Set before the lazy
 # transformers imports below (and before anything else imports transformers / huggingface_hub).
@@ -266,22 +264,6 @@ def _write_hf_folder(gguf_path: pathlib.Path, folder: pathlib.Path) -> None:
     _make_readable(folder)
 
 
-def _move_into_place(tmp_dir: pathlib.Path, out_dir: pathlib.Path, overwrite: bool) -> None:
-    """Rename the finished ``tmp_dir`` to ``out_dir``, atomically from a reader's point of view.
-
-    ``os.replace`` of a directory only succeeds onto a missing or empty directory, so an existing folder
-    (``overwrite=True``) is first renamed aside and deleted only after the new one is in place.
-    """
-    _check_out_dir(out_dir, overwrite)  # re-check: another process may have finished first
-    old = None
-    if _is_nonempty_dir(out_dir):
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(tmp_dir, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------------------------
@@ -303,13 +285,8 @@ def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, over
     gguf_path, out_dir = pathlib.Path(gguf_path), pathlib.Path(out_dir)
     _check_gguf_path(gguf_path)
     _check_out_dir(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, overwrite=True) as tmp_dir:  # refused above, with this converter's message
         _write_hf_folder(gguf_path, tmp_dir)
-        _move_into_place(tmp_dir, out_dir, overwrite)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)  # no-op once renamed into place
     return out_dir
 
 

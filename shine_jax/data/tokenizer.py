@@ -33,11 +33,10 @@ import json
 import os
 import random
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from shine_jax.data.hf_tokenizer import Tokenizer
+from shine_jax.fileutil import atomic_dir
 
 __all__ = [
     "SPECIAL_TOKENS", "PAD_TOKEN", "BOS_TOKEN", "EOS_TOKEN", "SHINE_TOKENS", "CHAT_TEMPLATE", "MIN_VOCAB_SIZE",
@@ -213,21 +212,13 @@ def tiny_tokenizer(
     # and documents about generated people, so the syllables of their names and values become tokens as well
     rng = random.Random(f"{seed}/tokenizer/fresh")
     records += [corpus.fresh_document(rng) for _ in range(num_docs // 2)]
-    # Train into a scratch directory and move it into place, so an interrupted run leaves no half-written cache.
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    # Trained into a scratch folder that replaces the cache only when complete (an older cache is kept until then).
     try:
-        train_bpe_tokenizer(corpus_training_texts(records), vocab_size, scratch)
-        with open(os.path.join(scratch, _META_FILE), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        try:
-            os.replace(scratch, out_dir)
-        except OSError:
-            if not _is_cached(out_dir, meta):  # fine if a concurrent process just put the same tokenizer there
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        with atomic_dir(out_dir, overwrite=True) as scratch:
+            train_bpe_tokenizer(corpus_training_texts(records), vocab_size, str(scratch))
+            with open(os.path.join(scratch, _META_FILE), "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=2)
+    except OSError:
+        if not _is_cached(out_dir, meta):  # fine if a concurrent process just put the same tokenizer there
+            raise
     return Tokenizer.from_folder(out_dir)
