@@ -8,10 +8,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shine_jax.data.tokenizer import BOS_TOKEN, CHAT_TEMPLATE, EOS_TOKEN
-
 IGNORE = -100
 SEP = "<|endoftext|>"  # joins documents into one evidence, as the official pretraining and grouped SQuAD do
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"  # ChatML's turn markers (the bundled tokenizer's BOS and EOS)
+
+# ChatML without a default system prompt (a system message, if given, is rendered like any other turn): the bundled
+# tokenizer's template. The '\n' inside the Jinja string literals are Jinja escapes; whitespace control keeps the
+# template itself from emitting anything else. _render_chatml renders the same text without Jinja.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- endif -%}"
+)
 COPY_PROMPT = "Repeat the text."  # base_pretrain copy examples: this line, the document, then the document again
 
 
@@ -42,11 +53,16 @@ def _render_chatml(turns) -> tuple[str, list[tuple[int, int]]]:
     """What ``CHAT_TEMPLATE`` renders for ``turns``, and each answer's character span."""
     full, spans = "", []
     for user, answer in turns:
-        full += f"{BOS_TOKEN}user\n{user}{EOS_TOKEN}\n{BOS_TOKEN}assistant\n"
+        full += f"{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n"
         start = len(full)
-        full += f"{answer}{EOS_TOKEN}\n"
+        full += f"{answer}{IM_END}\n"
         spans.append((start, len(full)))
     return full, spans
+
+
+def render_qa_turn(question: str, answer: str) -> str:
+    """One QA exchange in SHINE's training format (what ``CHAT_TEMPLATE`` renders for a user/assistant pair)."""
+    return _render_chatml([(question, answer)])[0]
 
 
 def _render_template(tok, turns, system) -> tuple[str, list[tuple[int, int]]]:

@@ -36,6 +36,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from shine_jax.data.hf_tokenizer import Tokenizer
+from shine_jax.data.prompts import CHAT_TEMPLATE, IM_END, IM_START, SEP, render_qa_turn
 from shine_jax.fileutil import atomic_dir
 
 __all__ = [
@@ -43,32 +44,15 @@ __all__ = [
     "train_bpe_tokenizer", "tiny_tokenizer", "tiny_tokenizer_dir", "corpus_training_texts", "render_qa_turn",
 ]
 
-PAD_TOKEN = "<|endoftext|>"
-BOS_TOKEN = "<|im_start|>"
-EOS_TOKEN = "<|im_end|>"
+PAD_TOKEN = SEP
+BOS_TOKEN = IM_START
+EOS_TOKEN = IM_END
 SHINE_TOKENS = ("<RECON>", "<COMP>", "<NOTHING>")
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, *SHINE_TOKENS)  # ids 0..5 in this order
 MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256  # the special tokens and the 256 byte tokens
 
-# ChatML without a default system prompt (a system message, if given, is rendered like any other turn). The '\n'
-# inside the Jinja string literals are Jinja escapes; whitespace control keeps the template itself from emitting
-# anything else.
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- endif -%}"
-)
-
 _META_FILE = "shine_tokenizer.json"  # what a cached tiny tokenizer was trained from
 _TRAINER_REVISION = 4  # bump when the training recipe below changes, so cached tokenizers are retrained
-
-
-def render_qa_turn(question: str, answer: str) -> str:
-    """One QA exchange in SHINE's training format (what the chat template renders for a user/assistant pair)."""
-    return f"{BOS_TOKEN}user\n{question}{EOS_TOKEN}\n{BOS_TOKEN}assistant\n{answer}{EOS_TOKEN}\n"
 
 
 _SPECIAL_RE = re.compile("|".join(re.escape(token) for token in SPECIAL_TOKENS))
