@@ -23,7 +23,8 @@ from flax import nnx
 from shine_jax.data import pipelines, tfds_builder
 from shine_jax.model.base_model import BaseModel
 from shine_jax.model.losses import causal_lm_loss
-from shine_jax.shine import Shine, shine_loss
+from shine_jax.model.objective import shine_loss
+from shine_jax.shine import Shine
 from shine_jax.train.config import hyper_config, load_config
 from shine_jax.train.loop import corpus_overrides
 

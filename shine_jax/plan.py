@@ -21,6 +21,7 @@ from shine_jax.model.base_model import as_dtype, state_shardings
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.decoder import Decoder
 from shine_jax.model.hypernet import Hypernetwork, num_memory_tokens
+from shine_jax.model.objective import shine_loss
 from shine_jax.model.presets import PRESETS
 from shine_jax.train import flops as flops_lib
 from shine_jax.train import optimizer as optim
@@ -78,7 +79,6 @@ def planned_attention(attention: str) -> str:
 
 
 def plan(cfg, mesh_shape, hbm_bytes: int | None = None) -> dict:
-    from shine_jax.shine import shine_loss
     from shine_jax.train.loop import shine_param_groups
 
     mesh = shd.make_mesh(mesh_shape)

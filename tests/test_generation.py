@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from shine_jax.model.base_model import BaseModel, sample_token
+from shine_jax.model.base_model import BaseModel
 from shine_jax.model.config import ModelConfig
+from shine_jax.model.sampler import sample_token
 from tests.conftest import left_padded_batch
 from tests.test_lora import random_lora
 

@@ -13,7 +13,8 @@ from flax import nnx
 
 from shine_jax.convert import official as off
 from shine_jax.model.losses import causal_lm_loss
-from shine_jax.shine import Shine, shine_loss
+from shine_jax.model.objective import shine_loss
+from shine_jax.shine import Shine
 from tests.conftest import max_rel_err
 
 MODULES = ("q", "k", "v", "o", "gate", "up", "down")

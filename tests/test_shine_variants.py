@@ -16,7 +16,8 @@ from shine_jax.model.config import ModelConfig
 from shine_jax.model.hypernet import HyperConfig, Hypernetwork
 from shine_jax.model.losses import kl_distill_loss
 from shine_jax.model.m2p import M2PConfig
-from shine_jax.shine import Shine, shine_loss, teacher_logits
+from shine_jax.model.objective import shine_loss, teacher_logits
+from shine_jax.shine import Shine
 from shine_jax.train import loop
 from shine_jax.train import optimizer as optim
 from shine_jax.train.config import ConfigError, base_config, hyper_config, model_config, validate

@@ -22,6 +22,7 @@ from shine_jax.data import prompts
 from shine_jax.data.hf_tokenizer import Tokenizer, is_tokenizer_folder
 from shine_jax.errors import InputError
 from shine_jax.model import layers as L
+from shine_jax.model import sampler
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.decoder import AXES_KEY, Decoder
 from shine_jax.model.lora import check_lora
@@ -258,9 +259,9 @@ class BaseModel:
         eos = self.eos_ids(eos_token_id)
         pad = pad_token_id if pad_token_id is not None else (self._pad_id() if eos.size else 0)
         ids, mask = self.put_batch(input_ids, attention_mask)
-        out = _generate_fn(self._graphdef, self._state, ids, mask, self._put_loras(loras),
-                           jax.random.key(seed), jnp.float32(temperature), jnp.float32(top_p),
-                           jnp.asarray(eos, jnp.int32), jnp.int32(pad), max_new_tokens)
+        out = sampler.generate(self._graphdef, self._state, ids, mask, self._put_loras(loras),
+                               jax.random.key(seed), jnp.float32(temperature), jnp.float32(top_p),
+                               jnp.asarray(eos, jnp.int32), jnp.int32(pad), max_new_tokens)
         return np.asarray(out)
 
     def eos_ids(self, eos_token_id=None) -> np.ndarray:
@@ -329,39 +330,3 @@ def load_tokenizer_from(path: str | os.PathLike):
 @functools.partial(jax.jit, static_argnums=0)
 def _logits_fn(graphdef, state, ids, mask, positions, loras):
     return nnx.merge(graphdef, state)(ids, mask, positions, loras)
-
-
-def sample_token(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
-    """Greedy when ``temperature == 0``; otherwise temperature + nucleus (top-p) sampling. logits ``[B, V]``."""
-    greedy = jnp.argmax(logits, axis=-1)
-    scaled = logits / jnp.maximum(temperature, 1e-6)
-    sorted_desc = -jnp.sort(-scaled, axis=-1)
-    probs = jax.nn.softmax(sorted_desc, axis=-1)
-    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p  # always keeps the most likely token
-    cutoff = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
-    sampled = jax.random.categorical(key, jnp.where(scaled < cutoff, -jnp.inf, scaled), axis=-1)
-    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 10))
-def _generate_fn(graphdef, state, ids, mask, loras, key, temperature, top_p, eos, pad, max_new_tokens):
-    model = nnx.merge(graphdef, state)
-    b, t = ids.shape
-    cache = model.init_cache(b, t + max_new_tokens)
-    logits, cache = model.extend(cache, ids, mask, loras)
-
-    keys = jax.random.split(key, max_new_tokens)
-
-    def step(carry):  # one new token per row; finished rows get pad and are masked out of the cache
-        i, logits, cache, done, out = carry
-        tok = sample_token(logits, keys[i], temperature, top_p)
-        tok = jnp.where(done, pad, tok)
-        out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, i))
-        new_done = done | jnp.isin(tok, eos)
-        logits, cache = model.extend(cache, tok[:, None], (~done)[:, None].astype(jnp.int32), loras)
-        return i + 1, logits, cache, new_done, out
-
-    # a while loop, not a scan: generation stops as soon as every row has ended (short answers end early)
-    init = (jnp.int32(0), logits, cache, jnp.zeros((b,), bool), jnp.full((b, max_new_tokens), pad, jnp.int32))
-    _, _, _, _, out = jax.lax.while_loop(lambda c: (c[0] < max_new_tokens) & ~jnp.all(c[3]), step, init)
-    return out

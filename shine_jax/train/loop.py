@@ -29,8 +29,9 @@ from shine_jax.data import buckets, pipelines
 from shine_jax.fileutil import workdir_lock, write_json_atomic
 from shine_jax.model.base_model import BaseModel, state_shardings
 from shine_jax.model.config import ModelConfig
+from shine_jax.model.objective import shine_loss
 from shine_jax.model.presets import preset_mismatch
-from shine_jax.shine import Shine, load_base_from, shine_loss, with_shine_tokens
+from shine_jax.shine import Shine, load_base_from, with_shine_tokens
 from shine_jax.train import checkpoint as ckpt
 from shine_jax.train import flops as flops_lib
 from shine_jax.train import optimizer as optim
