@@ -107,7 +107,7 @@ def step_main(args) -> None:
     import numpy as np
 
     from shine_jax import sharding as shd
-    from shine_jax.model.base_model import BaseModel, build_decoder
+    from shine_jax.base_model import BaseModel, build_decoder
     from shine_jax.plan import model_config_of
     from shine_jax.plan import plan as plan_fn
     from shine_jax.train import loop

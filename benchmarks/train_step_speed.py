@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from shine_jax import sharding as shd
+from shine_jax.base_model import BaseModel
 from shine_jax.model import decoder as decoder_lib
 from shine_jax.model import layers
-from shine_jax.model.base_model import BaseModel
 from shine_jax.train import loop
 from shine_jax.train import optimizer as optim
 from shine_jax.train.config import load_config, model_config

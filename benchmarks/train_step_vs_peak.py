@@ -41,8 +41,8 @@ def main():
     args = p.parse_args()
 
     from shine_jax import sharding as shd
+    from shine_jax.base_model import BaseModel
     from shine_jax.eval.methods import EvalSettings, TestTimeTraining
-    from shine_jax.model.base_model import BaseModel
     from shine_jax.shine import Shine
     from shine_jax.train import loop
     from shine_jax.train import optimizer as optim

@@ -295,7 +295,7 @@ def build_ours(evidence: int, conversation: int):
     import jax
 
     from shine_jax import sharding as shd
-    from shine_jax.model.base_model import BaseModel
+    from shine_jax.base_model import BaseModel
     from shine_jax.train import loop
     from shine_jax.train import optimizer as optim
     from shine_jax.train.config import load_config, model_config

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from shine_jax.model.base_model import BaseModel
+from shine_jax.base_model import BaseModel
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.losses import causal_lm_loss
 

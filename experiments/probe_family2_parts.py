@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import types
 
+from shine_jax.base_model import BaseModel
 from shine_jax.data import corpus
 from shine_jax.eval.harness import run_method
 from shine_jax.eval.methods import EvalSettings, make_methods
-from shine_jax.model.base_model import BaseModel
 
 
 def documents(num_docs: int, syllables, facts, questions) -> list[dict]:

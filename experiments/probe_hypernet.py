@@ -20,8 +20,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from shine_jax.base_model import BaseModel
 from shine_jax.data import pipelines, tfds_builder
-from shine_jax.model.base_model import BaseModel
 from shine_jax.model.losses import causal_lm_loss
 from shine_jax.model.objective import shine_loss
 from shine_jax.shine import Shine

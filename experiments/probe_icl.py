@@ -15,8 +15,8 @@ import argparse
 import jax
 import numpy as np
 
+from shine_jax.base_model import BaseModel
 from shine_jax.data import pipelines, prompts, tfds_builder
-from shine_jax.model.base_model import BaseModel
 from shine_jax.train.config import load_config
 from shine_jax.train.loop import corpus_overrides
 

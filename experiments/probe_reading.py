@@ -15,11 +15,11 @@ import argparse
 import json
 import types
 
+from shine_jax.base_model import BaseModel
 from shine_jax.data import corpus
 from shine_jax.eval import testsets
 from shine_jax.eval.harness import run_method
 from shine_jax.eval.methods import EvalSettings, make_methods
-from shine_jax.model.base_model import BaseModel
 
 
 def family1(num_docs: int, seed: int, people: int) -> list[dict]:

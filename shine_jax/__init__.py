@@ -11,7 +11,7 @@ __all__ = ["BaseModel", "Shine"]
 
 def __getattr__(name):
     if name == "BaseModel":
-        from shine_jax.model.base_model import BaseModel
+        from shine_jax.base_model import BaseModel
 
         return BaseModel
     if name == "Shine":

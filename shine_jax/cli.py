@@ -24,7 +24,7 @@ DEFAULT_SMOLLM2_DIR = pathlib.Path("artifacts") / "smollm2-135m-instruct"
 
 # ------------------------------------------------------------------------------------------------ convert
 def cmd_convert(args) -> None:
-    from shine_jax.model.base_model import BaseModel
+    from shine_jax.base_model import BaseModel
 
     start = time.time()
     if args.direction == "hf-to-jax":
@@ -64,7 +64,7 @@ def cmd_smollm2(args) -> None:
 # ------------------------------------------------------------------------------------------------ chat
 def cmd_chat(args) -> None:
     """Smoke path of the decoder: answer one question with a base model through our JAX KV-cache generate."""
-    from shine_jax.model.base_model import BaseModel
+    from shine_jax.base_model import BaseModel
 
     model_dir = pathlib.Path(args.model) if args.model else DEFAULT_SMOLLM2_DIR
     if args.model is None:
@@ -193,8 +193,8 @@ def memory3_settings(args, directory: str = "", base: str = ""):
 def memory3_base(option: str, workdir: str) -> str:
     """The base memory3 reads with: ``--memory3-base`` (``frozen``: the SHINE run's), else the workdir's
     memory3_train result when there is one, else the SHINE run's ("")."""
+    from shine_jax.base_model import MODEL_JSON
     from shine_jax.eval.memory3 import TRAINED
-    from shine_jax.model.base_model import MODEL_JSON
 
     if option == "frozen":
         return ""

@@ -16,8 +16,8 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from shine_jax import sharding as shd
+from shine_jax.base_model import as_dtype, state_shardings
 from shine_jax.errors import InputError
-from shine_jax.model.base_model import as_dtype, state_shardings
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.decoder import Decoder
 from shine_jax.model.hypernet import Hypernetwork, num_memory_tokens

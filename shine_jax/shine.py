@@ -26,11 +26,11 @@ from flax import nnx
 
 from shine_jax import checkpoints, multihost
 from shine_jax import stages as stages_lib
+from shine_jax.base_model import BaseModel, build_decoder, lora_shardings, state_shardings
 from shine_jax.convert import official as off
 from shine_jax.data import pipelines, prompts
 from shine_jax.errors import InputError
 from shine_jax.fileutil import atomic_dir
-from shine_jax.model.base_model import BaseModel, build_decoder, lora_shardings, state_shardings
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.hypernet import HyperConfig, Hypernetwork, num_memory_tokens
 from shine_jax.model.m2p import M2PConfig

@@ -167,3 +167,18 @@ def test_every_third_party_import_is_installed_by_the_plain_setup():
     missing = {m: distributions.get(m) for m in modules
                if not any(_distribution_key(d) in closure | OPTIONAL for d in distributions.get(m, [m]))}
     assert not missing, f"imported by shine_jax but not installed by requirements.txt: {missing}"
+
+
+# The model layer computes on arrays: it reads no file and knows no host. Folders, tokenizers and multi-host
+# saving live above it (base_model.py, shine.py, checkpoints.py, convert/).
+MODEL_LAYER_MAY_IMPORT = ("shine_jax.model", "shine_jax.sharding", "shine_jax.errors")
+
+
+def test_the_model_layer_imports_no_io():
+    trees = package_modules()
+    known = set(trees)
+    layer = {n: t for n, t in trees.items() if n == "shine_jax.model" or n.startswith("shine_jax.model.")}
+    assert "shine_jax.model.decoder" in layer and "shine_jax.model.objective" in layer
+    bad = {n: sorted(m for m in imported_modules(n, t, known) if not m.startswith(MODEL_LAYER_MAY_IMPORT))
+           for n, t in layer.items()}
+    assert not {n: m for n, m in bad.items() if m}, f"the model layer imports I/O modules: {bad}"

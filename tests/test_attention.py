@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from shine_jax.base_model import BaseModel
 from shine_jax.model import layers as L
-from shine_jax.model.base_model import BaseModel
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.lora import check_lora
 from tests.conftest import left_padded_batch, max_rel_err

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
+from shine_jax.base_model import BaseModel
 from shine_jax.data import buckets
 from shine_jax.data.pipelines import left_pad
-from shine_jax.model.base_model import BaseModel
 from shine_jax.sharding import make_mesh
 from shine_jax.train import loop
 from shine_jax.train.config import ConfigError, model_config

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from shine_jax import checkpoints, cli
-from shine_jax.model.base_model import BaseModel
+from shine_jax.base_model import BaseModel
 from shine_jax.shine import Shine
 from shine_jax.train import loop
 from shine_jax.train.config import hyper_config

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from shine_jax.model.base_model import BaseModel
+from shine_jax.base_model import BaseModel
 from shine_jax.model.decoder import positions_from_mask
 from tests.conftest import left_padded_batch, make_hf_model, max_rel_err
 

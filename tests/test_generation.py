@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from shine_jax.model.base_model import BaseModel
+from shine_jax.base_model import BaseModel
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.sampler import sample_token
 from tests.conftest import left_padded_batch

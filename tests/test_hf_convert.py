@@ -9,8 +9,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from shine_jax import cli
+from shine_jax.base_model import BaseModel
 from shine_jax.convert import hf as hfconv
-from shine_jax.model.base_model import BaseModel
 from tests.conftest import left_padded_batch, make_hf_model
 
 

@@ -53,7 +53,7 @@ def folder(request, tmp_path_factory):
     if request.param == "bundled":
         return REPO / "models" / "tiny_base"
     if request.param == "minilm":
-        from shine_jax.model.sentence_encoder import default_folder
+        from shine_jax.eval.sentence_encoder import default_folder
 
         return default_folder()
     return made_up_folder(tmp_path_factory.mktemp("tok") / "made_up")
@@ -114,7 +114,7 @@ def test_a_tokenizer_load_does_not_import_transformers(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from shine_jax.model.base_model import BaseModel; b = BaseModel.from_hf('models/tiny_base');"
+    code = ("import sys; from shine_jax.base_model import BaseModel; b = BaseModel.from_hf('models/tiny_base');"
             "b.decode(b.chat_prompt(['Where was Ada born?'])[0]); print('transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

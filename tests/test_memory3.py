@@ -15,17 +15,17 @@ import pytest
 from safetensors.numpy import load_file
 
 from shine_jax import cli
+from shine_jax.base_model import BaseModel
 from shine_jax.errors import InputError
 from shine_jax.eval import memory3 as m3
 from shine_jax.eval.harness import evaluate
 from shine_jax.eval.methods import EvalSettings, make_methods
 from shine_jax.eval.metrics import best_f1
 from shine_jax.eval.retrieval import RetrievalSettings
+from shine_jax.eval.sentence_encoder import SentenceEncoder
 from shine_jax.model import layers as L
-from shine_jax.model.base_model import BaseModel
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.decoder import attention_qkv, layer_forward
-from shine_jax.model.sentence_encoder import SentenceEncoder
 
 TINY_BASE = pathlib.Path(__file__).resolve().parents[1] / "models" / "tiny_base"
 BANK = ["The Eiffel Tower stands in Paris. It was finished in 1889 for the world fair.",

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from shine_jax import cli
+from shine_jax.base_model import BaseModel, load_tokenizer_from
 from shine_jax.data import corpus
 from shine_jax.data import memory3_data as m3d
 from shine_jax.eval import memory3 as m3
 from shine_jax.eval.methods import EvalSettings, make_methods
 from shine_jax.eval.retrieval import ChunkIndex, RetrievalSettings
-from shine_jax.model.base_model import BaseModel, load_tokenizer_from
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.decoder import positions_from_mask
 from shine_jax.train.config import ConfigError, check_stages, load_config, side_stages, trained_settings
@@ -129,8 +129,7 @@ def stage_config(tmp_path, hf_dir, records, **extra):
 
 
 def test_the_stage_lowers_its_loss_and_evaluation_reads_with_its_base(tok, small_hf, tmp_path, monkeypatch):
-    from shine_jax.eval import retrieval
-    from shine_jax.model import sentence_encoder
+    from shine_jax.eval import retrieval, sentence_encoder
     from shine_jax.train.loop import run_stage
 
     for module in (sentence_encoder, retrieval):  # training's LM neighbours and evaluation's index: no MiniLM here

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from shine_jax.model.base_model import BaseModel
+from shine_jax.base_model import BaseModel
 from shine_jax.model.hypernet import HyperConfig
 from shine_jax.model.m2p import M2PConfig
 from shine_jax.shine import Shine

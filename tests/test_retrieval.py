@@ -6,7 +6,7 @@ import pytest
 
 from shine_jax.errors import InputError
 from shine_jax.eval.retrieval import ChunkIndex, RetrievalSettings, chunk_text
-from shine_jax.model.sentence_encoder import SentenceEncoder, default_folder
+from shine_jax.eval.sentence_encoder import SentenceEncoder, default_folder
 
 TEXTS = ["What is Rolisse Lathbury's job?",
          "Rolisse Lathbury currently resides in Moravind. She works as a landscape gardener.",

@@ -98,7 +98,7 @@ def test_two_processes_run_stages_through_final(tmp_path):
     from that host's base_pretrain/final) to completion: every host gets the same complete final/ folders, holding
     the trained parameters (those of the last checkpoint); a folder on a path both processes see is written once;
     a model folder saved by one process (here, this one) loads in the 2-process job."""
-    from shine_jax.model.base_model import BaseModel
+    from shine_jax.base_model import BaseModel
     from shine_jax.train.config import model_config
     from tests.train_utils import small_config
 

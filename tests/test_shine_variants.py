@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from shine_jax.base_model import BaseModel
 from shine_jax.convert.official import OfficialCheckpointError
 from shine_jax.data import corpus, pipelines, prompts
-from shine_jax.model.base_model import BaseModel
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.hypernet import HyperConfig, Hypernetwork
 from shine_jax.model.losses import kl_distill_loss
@@ -327,7 +327,7 @@ def test_with_shine_tokens_leaves_the_callers_tokenizer_alone():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from shine_jax.model.base_model import BaseModel
+    from shine_jax.base_model import BaseModel
     from shine_jax.model.config import ModelConfig
     from shine_jax.shine import SPECIAL_TOKENS, with_shine_tokens
 

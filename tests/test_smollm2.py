@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from shine_jax.model.base_model import BaseModel
+from shine_jax.base_model import BaseModel
 from tests.conftest import REPO, max_rel_err
 
 SMOLLM2_DIR = pathlib.Path(os.environ.get("SHINE_JAX_SMOLLM2_DIR", REPO / "artifacts" / "smollm2-135m-instruct"))
@@ -50,8 +50,8 @@ def test_logits_match_transformers_on_the_real_model(smollm2, smollm2_dir):
 @pytest.mark.slow
 def test_answer_only_labels_with_a_real_chat_template(smollm2_dir):
     """SmolLM2's ChatML template (with its default system prompt): labels cover only the assistant answers."""
+    from shine_jax.base_model import load_tokenizer_from
     from shine_jax.data.prompts import chat_turns
-    from shine_jax.model.base_model import load_tokenizer_from
 
     tok = load_tokenizer_from(smollm2_dir)
     ids, labels = chat_turns(tok, [("Where was Ada born?", "Dunmere"), ("And her job?", "florist")])

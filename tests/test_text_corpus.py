@@ -8,11 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from shine_jax.base_model import load_tokenizer_from
 from shine_jax.data.pipelines import pretrain_example
 from shine_jax.data.prompts import SEP
 from shine_jax.data.text_corpus import PackedTextDataset, iter_texts
 from shine_jax.errors import InputError
-from shine_jax.model.base_model import load_tokenizer_from
 from tests.conftest import REPO
 
 TOK = load_tokenizer_from(REPO / "models" / "tiny_base")

@@ -8,12 +8,12 @@ import types
 
 import pytest
 
+from shine_jax.base_model import BaseModel
 from shine_jax.data import corpus
 from shine_jax.data import tokenizer as tiny_tok
 from shine_jax.eval import testsets
 from shine_jax.eval.harness import run_method
 from shine_jax.eval.methods import EvalSettings, make_methods
-from shine_jax.model.base_model import BaseModel
 from shine_jax.shine import with_shine_tokens
 from tests.conftest import REPO
 

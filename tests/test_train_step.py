@@ -96,7 +96,7 @@ def test_each_group_is_clipped_separately():
 
 @pytest.mark.slow
 def test_bf16_compute_and_remat_match_float32():
-    from shine_jax.model.base_model import BaseModel
+    from shine_jax.base_model import BaseModel
     from shine_jax.sharding import make_mesh
     from shine_jax.train import loop
     from shine_jax.train.config import model_config

@@ -27,7 +27,7 @@ def shine_step_setup(cfg, mesh, vocab: int = 96):
     """A random tiny-family base + fresh hypernetwork placed on ``mesh``: (task, state, jitted train step)."""
     import jax
 
-    from shine_jax.model.base_model import BaseModel
+    from shine_jax.base_model import BaseModel
     from shine_jax.train import loop
     from shine_jax.train import optimizer as optim
     from shine_jax.train.step import init_state, make_train_step

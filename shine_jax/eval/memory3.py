@@ -226,7 +226,7 @@ def load_reading_base(path: str | pathlib.Path, compute_dtype: str | None = None
     """The base of ``--memory3-base``: a shine_jax model folder (``memory3_train``'s ``final``), a workdir holding
     one, or a Hugging Face folder (with SHINE's tokens added, as training loads one, so that it shares the SHINE
     run's tokenizer)."""
-    from shine_jax.model.base_model import MODEL_JSON, BaseModel
+    from shine_jax.base_model import MODEL_JSON, BaseModel
     from shine_jax.shine import with_shine_tokens
 
     path = pathlib.Path(path)

@@ -25,7 +25,7 @@ from flax import nnx
 
 from shine_jax.data.pipelines import pad_evidence
 from shine_jax.errors import InputError
-from shine_jax.model.sentence_encoder import SentenceEncoder
+from shine_jax.eval.sentence_encoder import SentenceEncoder
 
 PAD_MULTIPLE = 32  # text lengths are padded to a multiple of this so compiled shapes are reused
 

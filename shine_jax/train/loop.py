@@ -25,9 +25,9 @@ from jax.sharding import NamedSharding
 from shine_jax import checkpoints, multihost
 from shine_jax import sharding as shd
 from shine_jax import stages as stages_lib
+from shine_jax.base_model import BaseModel, state_shardings
 from shine_jax.data import buckets, pipelines
 from shine_jax.fileutil import workdir_lock, write_json_atomic
-from shine_jax.model.base_model import BaseModel, state_shardings
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.objective import shine_loss
 from shine_jax.model.presets import preset_mismatch
@@ -347,7 +347,7 @@ def memory3_datasets(cfg, workdir: pathlib.Path, tok, train_records, eval_record
     """memory3_train's (train, validation) datasets (``data.memory3_data``): the continual-LM pool's neighbours
     come from the evaluation's embedder, once per data build (kept in ``<data dir>/memory3``)."""
     from shine_jax.data import memory3_data
-    from shine_jax.model.sentence_encoder import SentenceEncoder
+    from shine_jax.eval.sentence_encoder import SentenceEncoder
 
     m, s = cfg.memory3, memory3_settings(cfg)
     docs = memory3_data.lm_documents(train_records, m.lm_docs) if m.lm_share > 0 else []

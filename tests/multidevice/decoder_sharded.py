@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from shine_jax import sharding as shd
-from shine_jax.model.base_model import BaseModel
+from shine_jax.base_model import BaseModel
 from shine_jax.model.config import ModelConfig
 from tests.conftest import left_padded_batch
 from tests.test_lora import random_lora

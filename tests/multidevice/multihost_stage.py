@@ -34,7 +34,7 @@ STEPS = 2
 
 def final_params(final: pathlib.Path) -> dict:
     """The trained parameters in a final folder, as the next stage reads them."""
-    from shine_jax.model.base_model import BaseModel
+    from shine_jax.base_model import BaseModel
     from shine_jax.shine import Shine
 
     if (final / "shine.json").is_file():
@@ -61,7 +61,7 @@ def worker(port: str, pid: int, basedir: pathlib.Path):
     distributed.initialize(f"localhost:{port}", 2, pid, timeout_s=60)
     from shine_jax import multihost
     from shine_jax import sharding as shd
-    from shine_jax.model.base_model import BaseModel
+    from shine_jax.base_model import BaseModel
     from shine_jax.train.loop import run_stage
     from tests.train_utils import small_config
 
