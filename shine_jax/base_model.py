@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import pathlib
 from collections.abc import Sequence
@@ -14,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shine_jax import multihost
+from shine_jax import checkpoints, multihost
 from shine_jax import sharding as shd
 from shine_jax.checkpoints import BaseOrigin
 from shine_jax.convert import hf as hfconv
@@ -28,7 +27,6 @@ from shine_jax.model.decoder import AXES_KEY, Decoder
 from shine_jax.model.lora import check_lora
 from shine_jax.model.lora import logical_axes as lora_axes
 
-MODEL_JSON = "model.json"
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -161,12 +159,11 @@ class BaseModel:
         from shine_jax.fileutil import atomic_dir
 
         with atomic_dir(path, overwrite) as tmp:
-            (tmp / MODEL_JSON).write_text(json.dumps({"model": self.cfg.to_dict(), "hf_config": self.hf_config,
-                                                      "param_dtype": str(state["embed"].dtype)}, indent=2))
+            checkpoints.write_model_meta(tmp, self.cfg.to_dict(), self.hf_config, str(state["embed"].dtype))
             with multihost.local_checkpointer() as ckptr:
-                ckptr.save(tmp / "params", state)
+                ckptr.save(tmp / checkpoints.PARAMS_DIR, state)
             if self.tokenizer is not None:
-                self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+                self.tokenizer.save_pretrained(str(tmp / checkpoints.TOKENIZER_DIR))
 
     @classmethod
     def open(cls, path: str | os.PathLike, compute_dtype: str | None = None) -> BaseModel:
@@ -178,14 +175,12 @@ class BaseModel:
     @classmethod
     def load(cls, path: str | os.PathLike, dtype: str | None = None, compute_dtype: str | None = None) -> BaseModel:
         path = pathlib.Path(path).absolute()
-        if not (path / MODEL_JSON).is_file():
-            raise FileNotFoundError(f"{path} has no {MODEL_JSON}; it is not a shine_jax model folder")
-        meta = json.loads((path / MODEL_JSON).read_text())
+        meta = checkpoints.read_model_meta(path)
         cfg = ModelConfig.from_dict(meta["model"])
-        params = multihost.restore(path / "params")
+        params = multihost.restore(path / checkpoints.PARAMS_DIR)
         dtype = dtype or meta.get("param_dtype", "float32")
         decoder = build_decoder(cfg, params, param_dtype=dtype, dtype=compute_dtype or dtype)
-        return cls(decoder, load_tokenizer_from(path / "tokenizer"), meta.get("hf_config"),
+        return cls(decoder, load_tokenizer_from(path / checkpoints.TOKENIZER_DIR), meta.get("hf_config"),
                    BaseOrigin("shine_jax", path))
 
     def to_hf(self, out_dir: str | os.PathLike, overwrite: bool = False, tokenizer_dir=None) -> pathlib.Path:

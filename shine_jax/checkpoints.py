@@ -1,4 +1,8 @@
-"""Folder formats: a SHINE folder refers to its frozen base instead of copying it.
+"""Folder formats: a shine_jax base folder, a SHINE folder, and how a SHINE folder refers to its frozen base.
+
+A base folder (``BaseModel.save``) holds ``model.json`` (architecture, the original HF config, the weights' dtype),
+``params/`` (Orbax) and ``tokenizer/``. A SHINE folder holds ``shine.json`` (the hypernetwork config, the evidence
+length) and ``hyper/`` (Orbax), and its base as below.
 
 A trained SHINE stage writes ``shine.json`` + ``hyper/`` (the hypernetwork) + ``base.json``, a reference to the
 frozen base it was trained on: the base folder's path (relative to the SHINE folder and absolute), its kind
@@ -23,6 +27,8 @@ from typing import Any
 
 from shine_jax.errors import UserError
 
+MODEL_JSON, PARAMS_DIR, TOKENIZER_DIR = "model.json", "params", "tokenizer"  # a base folder
+SHINE_JSON, HYPER_DIR = "shine.json", "hyper"  # a SHINE folder
 BASE_REF = "base.json"
 BASE_DIR = "base"
 KINDS = ("shine_jax", "hf")
@@ -112,5 +118,36 @@ def base_model_dict(shine_dir: pathlib.Path) -> dict[str, Any] | None:
     ref = read_reference(shine_dir)
     if ref is not None:
         return ref["model"]
-    model_json = shine_dir / BASE_DIR / "model.json"
-    return json.loads(model_json.read_text())["model"] if model_json.is_file() else None
+    return read_model_meta(shine_dir / BASE_DIR)["model"] if is_model_folder(shine_dir / BASE_DIR) else None
+
+
+# ------------------------------------------------------------------------------------------ the two folders
+def is_model_folder(folder: str | os.PathLike) -> bool:
+    return (pathlib.Path(folder) / MODEL_JSON).is_file()
+
+
+def write_model_meta(folder: pathlib.Path, model: dict, hf_config: dict | None, param_dtype: str) -> None:
+    (folder / MODEL_JSON).write_text(json.dumps({"model": model, "hf_config": hf_config, "param_dtype": param_dtype},
+                                                indent=2))
+
+
+def read_model_meta(folder: str | os.PathLike) -> dict[str, Any]:
+    """``model.json`` of a base folder: ``model`` (the architecture), ``hf_config``, ``param_dtype``."""
+    folder = pathlib.Path(folder)
+    if not is_model_folder(folder):
+        raise FileNotFoundError(f"{folder} has no {MODEL_JSON}; it is not a shine_jax model folder")
+    return json.loads((folder / MODEL_JSON).read_text())
+
+
+def is_shine_folder(folder: str | os.PathLike) -> bool:
+    return (pathlib.Path(folder) / SHINE_JSON).is_file()
+
+
+def write_shine_meta(folder: pathlib.Path, hyper: dict, max_evidence_length: int | None) -> None:
+    (folder / SHINE_JSON).write_text(json.dumps({"hyper": hyper, "max_evidence_length": max_evidence_length},
+                                                indent=2))
+
+
+def read_shine_meta(folder: str | os.PathLike) -> dict[str, Any]:
+    """``shine.json`` of a SHINE folder: ``hyper`` (``HyperConfig`` as a dict), ``max_evidence_length``."""
+    return json.loads((pathlib.Path(folder) / SHINE_JSON).read_text())

@@ -193,7 +193,7 @@ def memory3_settings(args, directory: str = "", base: str = ""):
 def memory3_base(option: str, workdir: str) -> str:
     """The base memory3 reads with: ``--memory3-base`` (``frozen``: the SHINE run's), else the workdir's
     memory3_train result when there is one, else the SHINE run's ("")."""
-    from shine_jax.base_model import MODEL_JSON
+    from shine_jax.checkpoints import is_model_folder
     from shine_jax.eval.memory3 import TRAINED
 
     if option == "frozen":
@@ -203,7 +203,7 @@ def memory3_base(option: str, workdir: str) -> str:
             raise InputError(f"--memory3-base {option} is not a folder")
         return option
     trained = pathlib.Path(workdir) / TRAINED
-    return str(trained) if (trained / MODEL_JSON).is_file() else ""
+    return str(trained) if is_model_folder(trained) else ""
 
 
 def add_memory3_args(p: argparse.ArgumentParser) -> None:

@@ -36,7 +36,6 @@ from shine_jax.model.hypernet import HyperConfig, Hypernetwork, num_memory_token
 from shine_jax.model.m2p import M2PConfig
 from shine_jax.model.objective import shine_loss
 
-SHINE_JSON = "shine.json"
 SPECIAL_TOKENS = ("<RECON>", "<COMP>", "<NOTHING>")
 
 
@@ -253,9 +252,8 @@ class Shine:
                     ref = checkpoints.reference(self.base.origin, self.base.cfg.to_dict(), pathlib.Path(out_dir))
                     checkpoints.write_reference(tmp, ref)
                 with multihost.local_checkpointer() as ckptr:
-                    ckptr.save(tmp / "hyper", hyper)
-                (tmp / SHINE_JSON).write_text(json.dumps({"hyper": hyper_config_to_dict(self.cfg),
-                                                          "max_evidence_length": self.max_evidence_length}, indent=2))
+                    ckptr.save(tmp / checkpoints.HYPER_DIR, hyper)
+                checkpoints.write_shine_meta(tmp, hyper_config_to_dict(self.cfg), self.max_evidence_length)
 
         return multihost.write_on_every_host(path, write, overwrite)
 
@@ -275,8 +273,8 @@ class Shine:
     def read_hyper(path: str | os.PathLike) -> tuple[HyperConfig, dict, dict]:
         """(hypernetwork config, its parameters, shine.json) of a SHINE folder, without reading the base."""
         path = resolve_shine_dir(path)
-        meta = json.loads((path / SHINE_JSON).read_text())
-        return hyper_config_from_dict(meta["hyper"]), multihost.restore(path / "hyper"), meta
+        meta = checkpoints.read_shine_meta(path)
+        return hyper_config_from_dict(meta["hyper"]), multihost.restore(path / checkpoints.HYPER_DIR), meta
 
     # -- official checkpoints ----------------------------------------------------------------------------
     @classmethod
@@ -317,12 +315,13 @@ def load_base_from(origin: checkpoints.BaseOrigin, compute_dtype: str | None = N
 def resolve_shine_dir(path: str | os.PathLike) -> pathlib.Path:
     """A SHINE folder, or a training workdir (then its most trained stage's ``final``)."""
     path = pathlib.Path(path).absolute()
-    if (path / SHINE_JSON).is_file():
+    if checkpoints.is_shine_folder(path):
         return path
     for stage in stages_lib.most_trained_first():  # Shine.load(workdir) takes the most trained stage
-        if (path / stage / "final" / SHINE_JSON).is_file():
+        if checkpoints.is_shine_folder(path / stage / "final"):
             return path / stage / "final"
-    raise FileNotFoundError(f"{path} holds no trained SHINE ({SHINE_JSON}, or <stage>/final/{SHINE_JSON} of a workdir)")
+    name = checkpoints.SHINE_JSON
+    raise FileNotFoundError(f"{path} holds no trained SHINE ({name}, or <stage>/final/{name} of a workdir)")
 
 
 # --------------------------------------------------------------------------------------------- official glue

@@ -212,8 +212,8 @@ def model_config_for(cfg, trained: list[pathlib.Path]):
     from shine_jax.plan import model_config_of
 
     for folder in trained:
-        if (folder / "model.json").is_file():  # a base folder
-            return ModelConfig.from_dict(json.loads((folder / "model.json").read_text())["model"])
+        if checkpoints.is_model_folder(folder):  # a base folder
+            return ModelConfig.from_dict(checkpoints.read_model_meta(folder)["model"])
         model = checkpoints.base_model_dict(folder)  # a SHINE folder: its base reference (or copy)
         if model is not None:
             return ModelConfig.from_dict(model)

@@ -226,13 +226,14 @@ def load_reading_base(path: str | pathlib.Path, compute_dtype: str | None = None
     """The base of ``--memory3-base``: a shine_jax model folder (``memory3_train``'s ``final``), a workdir holding
     one, or a Hugging Face folder (with SHINE's tokens added, as training loads one, so that it shares the SHINE
     run's tokenizer)."""
-    from shine_jax.base_model import MODEL_JSON, BaseModel
+    from shine_jax.base_model import BaseModel
+    from shine_jax.checkpoints import is_model_folder
     from shine_jax.shine import with_shine_tokens
 
     path = pathlib.Path(path)
-    if (path / TRAINED / MODEL_JSON).is_file():
+    if is_model_folder(path / TRAINED):
         path = path / TRAINED
-    if (path / MODEL_JSON).is_file():
+    if is_model_folder(path):
         return BaseModel.load(path, compute_dtype=compute_dtype)
     if (path / "config.json").is_file():
         return with_shine_tokens(BaseModel.from_hf(path, compute_dtype=compute_dtype))
