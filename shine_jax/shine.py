@@ -31,8 +31,7 @@ from shine_jax.convert import official as off
 from shine_jax.data import pipelines, prompts
 from shine_jax.errors import InputError
 from shine_jax.fileutil import atomic_dir
-from shine_jax.model.config import ModelConfig
-from shine_jax.model.hypernet import HyperConfig, Hypernetwork, num_memory_tokens
+from shine_jax.model.hypernet import HyperConfig, Hypernetwork
 from shine_jax.model.m2p import M2PConfig
 from shine_jax.model.objective import shine_loss
 
@@ -290,9 +289,9 @@ class Shine:
         base = base or BaseModel.from_hf(hf_dir)
         if base.tokenizer is not None:
             base = with_shine_tokens(base)
-        hcfg = infer_hyper_config(raw, base.cfg, m2p_heads, scale, method, layer_transformer_first)
+        hcfg = off.infer_hyper_config(raw, base.cfg, m2p_heads, scale, method, layer_transformer_first)
         shine = cls.create(base, hcfg)
-        shine.set_hyper_params(official_to_params(raw, base.cfg))
+        shine.set_hyper_params(off.official_to_params(raw, base.cfg))
         return shine
 
     def to_official(self, out_dir: str | os.PathLike, global_step: int = 0, overwrite: bool = False) -> pathlib.Path:
@@ -322,48 +321,6 @@ def resolve_shine_dir(path: str | os.PathLike) -> pathlib.Path:
             return path / stage / "final"
     name = checkpoints.SHINE_JSON
     raise FileNotFoundError(f"{path} holds no trained SHINE ({name}, or <stage>/final/{name} of a workdir)")
-
-
-# --------------------------------------------------------------------------------------------- official glue
-def infer_hyper_config(raw: dict, cfg: ModelConfig, m2p_heads: int | None, scale: float, method: str,
-                       layer_transformer_first: bool) -> HyperConfig:
-    mem = raw["mem_tokens"]
-    where = "official checkpoint"
-    if mem.shape[1] != cfg.hidden_size:
-        raise off.OfficialCheckpointError(
-            f"{where}: mem_tokens is {tuple(mem.shape)} but the base model has hidden size {cfg.hidden_size} "
-            f"(expected (M, {cfg.hidden_size}))")
-    per_rank = cfg.lora_params_per_layer(1)
-    if (mem.shape[0] * cfg.hidden_size) % per_rank:
-        raise off.OfficialCheckpointError(
-            f"{where}: mem_tokens {tuple(mem.shape)} does not correspond to any LoRA rank of this base model "
-            f"(M*H must be a multiple of {per_rank})")
-    r = mem.shape[0] * cfg.hidden_size // per_rank
-    pe = raw["m2p"]["layer_pe"]
-    if pe.shape[0] != cfg.num_layers:
-        raise off.OfficialCheckpointError(
-            f"{where}: layer_pe is {tuple(pe.shape)} but the base model has {cfg.num_layers} layers "
-            f"(expected ({cfg.num_layers}, {cfg.hidden_size}))")
-    meta = off.metalora_to_stacked(raw["metalora"], cfg, "metalora.pth")
-    extra = off.metalora_to_stacked(raw["extra_metalora"], cfg, "ift_additional_metalora.pth") \
-        if raw["extra_metalora"] is not None else None
-    kind, depth = off.count_m2p_layers(raw["m2p"])
-    heads = m2p_heads or max(1, cfg.hidden_size // 128)  # official configs: M2P head dim 128
-    m2p = M2PConfig(type=kind, num_layers=depth, num_heads=heads, layer_transformer_first=layer_transformer_first)
-    hcfg = HyperConfig(lora_rank=r, metalora_rank=meta["q"]["A"].shape[-1],
-                       extra_metalora_rank=0 if extra is None else extra["q"]["A"].shape[-1],
-                       scale=scale, method=method, m2p=m2p)
-    num_memory_tokens(cfg, hcfg)
-    return hcfg
-
-
-def official_to_params(raw: dict, cfg: ModelConfig) -> dict:
-    params = {"mem_tokens": raw["mem_tokens"],
-              "metalora": off.metalora_to_stacked(raw["metalora"], cfg, "metalora.pth"),
-              "m2p": off.m2p_from_state_dict(raw["m2p"], off.count_m2p_layers(raw["m2p"])[1])}
-    if raw["extra_metalora"] is not None:
-        params["extra_metalora"] = off.metalora_to_stacked(raw["extra_metalora"], cfg, "ift_additional_metalora.pth")
-    return params
 
 
 def with_shine_tokens(base: BaseModel) -> BaseModel:

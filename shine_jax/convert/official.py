@@ -20,6 +20,8 @@ from shine_jax.errors import UserError
 from shine_jax.extras import require_torch
 from shine_jax.fileutil import atomic_dir
 from shine_jax.model.config import ModelConfig
+from shine_jax.model.hypernet import HyperConfig, num_memory_tokens
+from shine_jax.model.m2p import M2PConfig
 
 MEM_TOKENS, M2P_FILE, METALORA, EXTRA_METALORA = ("mem_tokens.pt", "metanetwork.pth", "metalora.pth",
                                                  "ift_additional_metalora.pth")
@@ -166,3 +168,47 @@ def stacked_to_metalora(stacked: dict, cfg: ModelConfig, t) -> dict:
             out[l][GROUPS[m]][m] = {"A": t(stacked[m]["A"][l]).requires_grad_(True),
                                     "B": t(stacked[m]["B"][l]).requires_grad_(True), "C": None}
     return out
+
+
+def infer_hyper_config(raw: dict, cfg: ModelConfig, m2p_heads: int | None, scale: float, method: str,
+                       layer_transformer_first: bool) -> HyperConfig:
+    """The hypernetwork config of ``read_official``'s tensors on base ``cfg``: r, R, M2P depth and type from the
+    shapes (checked against the base); what the files do not store (M2P heads, scale, reshape) from the caller."""
+    mem = raw["mem_tokens"]
+    where = "official checkpoint"
+    if mem.shape[1] != cfg.hidden_size:
+        raise OfficialCheckpointError(
+            f"{where}: mem_tokens is {tuple(mem.shape)} but the base model has hidden size {cfg.hidden_size} "
+            f"(expected (M, {cfg.hidden_size}))")
+    per_rank = cfg.lora_params_per_layer(1)
+    if (mem.shape[0] * cfg.hidden_size) % per_rank:
+        raise OfficialCheckpointError(
+            f"{where}: mem_tokens {tuple(mem.shape)} does not correspond to any LoRA rank of this base model "
+            f"(M*H must be a multiple of {per_rank})")
+    r = mem.shape[0] * cfg.hidden_size // per_rank
+    pe = raw["m2p"]["layer_pe"]
+    if pe.shape[0] != cfg.num_layers:
+        raise OfficialCheckpointError(
+            f"{where}: layer_pe is {tuple(pe.shape)} but the base model has {cfg.num_layers} layers "
+            f"(expected ({cfg.num_layers}, {cfg.hidden_size}))")
+    meta = metalora_to_stacked(raw["metalora"], cfg, "metalora.pth")
+    extra = metalora_to_stacked(raw["extra_metalora"], cfg, "ift_additional_metalora.pth") \
+        if raw["extra_metalora"] is not None else None
+    kind, depth = count_m2p_layers(raw["m2p"])
+    heads = m2p_heads or max(1, cfg.hidden_size // 128)  # official configs: M2P head dim 128
+    m2p = M2PConfig(type=kind, num_layers=depth, num_heads=heads, layer_transformer_first=layer_transformer_first)
+    hcfg = HyperConfig(lora_rank=r, metalora_rank=meta["q"]["A"].shape[-1],
+                       extra_metalora_rank=0 if extra is None else extra["q"]["A"].shape[-1],
+                       scale=scale, method=method, m2p=m2p)
+    num_memory_tokens(cfg, hcfg)
+    return hcfg
+
+
+def official_to_params(raw: dict, cfg: ModelConfig) -> dict:
+    """``read_official``'s tensors as the hypernetwork's parameter pytree."""
+    params = {"mem_tokens": raw["mem_tokens"],
+              "metalora": metalora_to_stacked(raw["metalora"], cfg, "metalora.pth"),
+              "m2p": m2p_from_state_dict(raw["m2p"], count_m2p_layers(raw["m2p"])[1])}
+    if raw["extra_metalora"] is not None:
+        params["extra_metalora"] = metalora_to_stacked(raw["extra_metalora"], cfg, "ift_additional_metalora.pth")
+    return params
