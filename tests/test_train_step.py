@@ -136,3 +136,23 @@ def test_bf16_compute_and_remat_match_float32():
     assert losses["fused"][0] == pytest.approx(losses["f32"][0], rel=1e-6)  # jax.nn.dot_product_attention
     for g1, g2 in zip(g_f32, jax.tree.leaves(losses["fused"][1])):
         assert float(np.abs(np.asarray(g1) - np.asarray(g2)).max()) <= 1e-5 * scale
+
+
+def test_the_logged_learning_rate_follows_the_optimizers_count_past_skipped_steps():
+    """optimizer.last_lr reads the schedule at the optimizer's own count: a skipped (non-finite) step does not
+    advance it, so the logged lr is that of the last update applied, not of the step number."""
+    params = {"w": jnp.ones((3,))}
+    tx = optim.make_optimizer(OPT, 10, {"w": "decay"})
+    schedule = optim.warmup_linear_decay(OPT.lr, OPT.warmup_steps, 10)
+    step = jax.jit(make_train_step(quadratic, tx))
+    state = init_state(params, tx)
+    assert optim.last_lr(OPT, 10, state["opt_state"]) == 0.0
+    good = {"x": jnp.ones((1, 2, 3)), "y": jnp.zeros((1, 2, 3))}
+    bad = {"x": jnp.full((1, 2, 3), jnp.nan), "y": jnp.zeros((1, 2, 3))}
+    for batch in (good, good, bad, bad):
+        state, _ = step(state, None, batch)
+    assert int(state["step"]) == 4 and int(state["skipped"]) == 2
+    assert optim.last_lr(OPT, 10, state["opt_state"]) == pytest.approx(float(schedule(1)))  # the 2nd update's
+    assert float(schedule(1)) != float(schedule(3))
+    state, _ = step(state, None, good)
+    assert optim.last_lr(OPT, 10, state["opt_state"]) == pytest.approx(float(schedule(2)))

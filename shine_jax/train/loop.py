@@ -480,10 +480,7 @@ def _train_steps(cfg, task, state, start, train_it, step_fn, eval_fn, eval_ds, m
             tok_s, steps_s, flops_s = throughput.rates()
             step_times.append(1.0 / max(steps_s, 1e-12))
             scalars = {k: float(v) for k, v in window.compute().items()}
-            # the learning rate of the last applied update: a skipped step leaves the optimizer's count behind
-            applied = step - 1 - int(state["skipped"])
-            scalars.update(lr=float(optim.warmup_linear_decay(cfg.optim.lr, cfg.optim.warmup_steps, cfg.steps)(applied)),
-                           tokens_per_s=tok_s, model_flops_per_s=flops_s,
+            scalars.update(lr=optim.last_lr(cfg.optim, cfg.steps, state["opt_state"]), tokens_per_s=tok_s, model_flops_per_s=flops_s,
                            skipped_steps=int(state["skipped"]))
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 last_eval = evaluate(eval_fn, state["params"], task.frozen, eval_ds, cfg, mesh)

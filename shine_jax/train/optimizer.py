@@ -68,6 +68,15 @@ def lr_mults(params: Any, mult_fn: Callable[[list[str]], float]) -> Any:
     return None if all(m == 1.0 for m in jax.tree.leaves(mults)) else mults
 
 
+def last_lr(optim_cfg, total_steps: int, opt_state: Any) -> float:
+    """The learning rate of the optimizer's last applied update, read from its own step count (a skipped step
+    does not advance it); 0 before the first update."""
+    counts = [int(c) for path, c in optax.tree_utils.tree_get_all_with_path(opt_state, "count")
+              if getattr(path[-1], "tuple_name", "") == "ScaleByScheduleState"]
+    applied = max(counts, default=0)
+    return float(warmup_linear_decay(optim_cfg.lr, optim_cfg.warmup_steps, total_steps)(applied - 1)) if applied else 0.0
+
+
 def make_optimizer(optim_cfg, total_steps: int, labels: Any, mults: Any = None) -> optax.GradientTransformation:
     """``mults`` (a tree like ``labels`` of floats, see ``lr_mults``) scales each parameter's final update, which
     for AdamW (weight decay included) is the same as scaling its learning rate; the groups' clipping is unchanged."""
