@@ -465,11 +465,11 @@ def _demo(args) -> None:
         check_stages,
         load_config,
         pipeline_stages,
-        reuse_problem,
         side_stages,
         split_stage_overrides,
     )
     from shine_jax.train.loop import run_stage
+    from shine_jax.train.pipeline import run_pipeline
 
     workdir = pathlib.Path(args.workdir)
     if args.stages:
@@ -500,18 +500,9 @@ def _demo(args) -> None:
     for _, records, _ in test_sets.values():
         check_document_count(methods, len(records))
     t0 = time.time()
-    timings = {}
-    for stage, cfg in configs.items():
-        final = workdir / stage / "final"
-        problem = reuse_problem(workdir / stage, cfg)
-        if problem is None:
-            print(f"[demo] {stage}: already trained with these settings in {final} (delete it to train it again)")
-            continue
-        if final.is_dir():  # finished with other settings: never silently keep an older result
-            raise ConfigError(f"{final} was {problem}; delete {workdir / stage} to train it again, or choose "
-                              f"another --workdir")
-        print(f"[demo] training stage {stage} ({cfg.steps} steps)")
-        timings[stage] = run_stage(cfg, workdir, progress=not args.no_progress)["wall_s"]
+    ran = run_pipeline(configs, workdir, lambda stage, c: run_stage(c, workdir, progress=not args.no_progress),
+                       log=lambda line: print(f"[demo] {line}"))
+    timings = {stage: summary["wall_s"] for stage, summary in ran.items() if summary is not None}
     shine = Shine.load(workdir / stages[-1] / "final")
     run = dict(config=str(args.config), stages=list(stages), seed=cfg.seed, docs=args.docs)
     results_of = {}

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shine_jax import checkpoints
@@ -50,9 +50,9 @@ from shine_jax.train.config import (
     hyper_config,
     import_get_config,
     load_config,
-    reuse_problem,
     validate,
 )
+from shine_jax.train.pipeline import StageConflict, run_pipeline
 
 SWEEP_FIELDS = ("name", "stages", "bases", "points", "eval")
 EVAL_DEFAULTS = {"methods": "none,shine", "docs": 8, "max_new_tokens": 16, "batch_size": 8, "split": "test"}
@@ -369,28 +369,37 @@ class Runner:
                 "--config", f"{config}:{stage}", "--workdir", str(workdir), "--no-progress",
                 *[f"--config.{o}" for o in overrides]]
 
-    # -- one stage in one folder (resumes from its checkpoints; skipped when final/ and summary.json exist)
-    def run_stage(self, base: Base, stage: str, extra: dict, workdir: pathlib.Path, label: str) -> dict:
-        stage_dir = workdir / stage
-        stats = workdir / f"{stage}.stats.json"
-        problem = reuse_problem(stage_dir, stage_config(base, stage, extra, self.data_dir, check=False))
-        if problem is None:  # finished with these very settings
+    # -- stages in one folder, through train.pipeline: reused with the same settings, else trained (or resumed)
+    def run_stages(self, base: Base, stages: Sequence[str], extra: dict, workdir: pathlib.Path,
+                   label: str) -> dict[str, dict]:
+        """``stages`` of ``base`` in ``workdir``, each in a child process unless finished with these settings;
+        stage -> its stats (child rc, peak RSS and device memory, wall time, code). A failure or a stage finished
+        with other settings raises ``StageFailed`` naming the stage (and its log)."""
+        configs = {stage: stage_config(base, stage, extra, self.data_dir, check=False) for stage in stages}
+
+        def reuse(stage, cfg):
+            stats = workdir / f"{stage}.stats.json"
             return json.loads(stats.read_text()) if stats.is_file() else {"rc": 0}
-        if (stage_dir / "final").is_dir():
-            return {"rc": 2, "error": f"{stage_dir / 'final'} was {problem}; delete it or use another sweep workdir"}
-        self.log(f"[sweep] {label}: training {stage}")
-        argv = self.train_argv(base.config, stage, workdir, child_overrides(base, extra, self.data_dir), stats)
-        code = code_state()
-        steps = stage_config(base, stage, extra, self.data_dir, check=False).steps
-        follow = MetricsFollower(stage_dir / "metrics.jsonl", steps, f"{label} {stage}", self.log)
-        out = run_child(argv, workdir / f"{stage}.log", self.env, stats, progress=follow)
-        out["code"] = code
-        if out["rc"] == 0:
+
+        def train(stage, cfg):
+            stats = workdir / f"{stage}.stats.json"
+            argv = self.train_argv(base.config, stage, workdir, child_overrides(base, extra, self.data_dir), stats)
+            code = code_state()
+            follow = MetricsFollower(workdir / stage / "metrics.jsonl", cfg.steps, f"{label} {stage}", self.log)
+            out = run_child(argv, workdir / f"{stage}.log", self.env, stats, progress=follow)
+            out["code"] = code
+            if out["rc"]:
+                raise StageFailed(f"stage {stage}: {out['error']} (log: {workdir / (stage + '.log')})")
             summary = out.pop("summary")
             out.update(device_peak_mib=(summary.get("device_peak_bytes") or 0) / 2**20 or None,
                        platform=summary.get("platform"))
             write_json_atomic(stats, out)
-        return out
+            return out
+
+        try:
+            return run_pipeline(configs, workdir, train, reuse, log=lambda line: self.log(f"[sweep] {label}: {line}"))
+        except StageConflict as e:
+            raise StageFailed(str(e)) from None
 
     # -- a base: its stages trained once, under a file lock (several shards may need it at the same time)
     def ensure_base(self, base: Base) -> str | None:
@@ -405,17 +414,17 @@ class Runner:
             spec = {"config": base.config, "stages": base.stages, "overrides": base.overrides, "train": base.train}
             with FileLock(str(bdir) + ".lock"):
                 error = _check_spec(bdir, spec)
-                for stage in base.stages:
-                    if error:
-                        break
+                for stage in base.stages if not error else ():
                     try:
                         stage_config(base, stage, base.train, self.data_dir)
                     except ConfigError as e:
                         error = f"stage {stage}: {e}"
                         break
-                    out = self.run_stage(base, stage, base.train, bdir, f"base {base.name}")
-                    if out["rc"]:
-                        error = f"stage {stage}: {out['error']} (log: {bdir / (stage + '.log')})"
+                if not error:
+                    try:
+                        self.run_stages(base, base.stages, base.train, bdir, f"base {base.name}")
+                    except StageFailed as e:
+                        error = str(e)
         self._base_errors[base.name] = error
         return error
 
@@ -464,10 +473,11 @@ class Runner:
             if not link.exists() and not link.is_symlink():
                 link.symlink_to(os.path.relpath(bdir / stage, pdir), target_is_directory=True)
         trained = [bdir / s / "final" for s in point.base.stages]
-        for stage in self.sweep.stages:
-            out = self.run_stage(point.base, stage, point.overrides, pdir, f"point {point.name}")
-            if out["rc"]:
-                raise PointFailed(f"stage {stage}: {out['error']} (log: {pdir / (stage + '.log')})", rec)
+        try:
+            ran = self.run_stages(point.base, self.sweep.stages, point.overrides, pdir, f"point {point.name}")
+        except StageFailed as e:
+            raise PointFailed(str(e), rec) from None
+        for stage, out in ran.items():
             trained.insert(0, pdir / stage / "final")
             rec[f"{stage}_peak_rss_mib"] = out.get("peak_rss_mib")
             rec[f"{stage}_device_peak_mib"] = out.get("device_peak_mib")
@@ -518,6 +528,10 @@ class Runner:
         for name, m in results["methods"].items():
             rec[f"f1_{name}"], rec[f"em_{name}"], rec["eval_docs"] = m["f1"], m["em"], m["documents"]
         return rec
+
+
+class StageFailed(Exception):
+    """A stage of a base or a point did not finish (its child failed, or its folder holds other settings)."""
 
 
 class PointFailed(Exception):

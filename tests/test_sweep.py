@@ -72,7 +72,7 @@ def test_micro_sweep_records_skips_and_survives_a_bad_point(tmp_path, monkeypatc
     assert (wd / "points" / "small_r2" / "base_pretrain").is_symlink()  # the base is trained once per base
     assert not (wd / "bases" / "odd").exists()  # the bad point failed before its base was trained
     bad = table["odd_r2"]
-    assert bad["status"] == "failed" and "non-integer" in bad["error"] and "\n" not in bad["error"]
+    assert bad["status"] == "failed" and "is not an integer" in bad["error"] and "\n" not in bad["error"]
     md = (wd / "results.md").read_text()
     assert "| small_r2 | finished |" in md and "odd_r2** failed" in md
 
