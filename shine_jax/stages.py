@@ -44,6 +44,7 @@ BY_NAME = {s.name: s for s in TABLE + SIDE}
 NAMES = tuple(s.name for s in TABLE)  # the pipeline's stages
 ALL_NAMES = NAMES + tuple(s.name for s in SIDE)
 HYPERNETWORK_STAGES = tuple(s.name for s in TABLE if not s.trains_base)
+BASE_STAGE = next(s.name for s in TABLE if s.trains_base)  # trains a scratch base, which the SHINE stages then read
 
 
 def stage(name: str) -> Stage:

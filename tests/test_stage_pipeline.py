@@ -44,3 +44,13 @@ def test_reuse_train_and_refuse_in_order(tmp_path):
     with pytest.raises(StageConflict, match=r"ift_mqa/final was trained with other settings \(steps: .*delete"):
         run_pipeline(configs, tmp_path, train, log=lines.append)
     assert calls == []
+
+
+def test_a_scratch_shine_stage_without_its_base_is_one_error(tmp_path):
+    """A SHINE stage on a scratch base reads the base stage's final/ (the stage table's base stage)."""
+    from shine_jax.train import loop
+    from shine_jax.train.config import ConfigError
+
+    cfg = load_config(f"{TINY}:pretrain", ["model.source=scratch"])
+    with pytest.raises(ConfigError, match=r"needs .*base_pretrain/final; run stage base_pretrain first"):
+        loop.load_base(cfg, tmp_path)

@@ -115,10 +115,10 @@ def load_base(cfg, workdir: pathlib.Path) -> BaseModel:
         if prev is not None:  # the base the previous stage was trained on (its reference, or its own copy)
             base = load_base_from(checkpoints.resolve_base(prev), m.compute_dtype, frozen_dtype(cfg))
         else:
-            final = workdir / "base_pretrain" / "final"
+            final = workdir / stages_lib.BASE_STAGE / "final"
             if not final.is_dir():
-                raise ConfigError(f"stage {cfg.stage!r} of a scratch model needs {final}; run stage base_pretrain "
-                                  f"first")
+                raise ConfigError(f"stage {cfg.stage!r} of a scratch model needs {final}; run stage "
+                                  f"{stages_lib.BASE_STAGE} first")
             base = BaseModel.load(final, dtype=frozen_dtype(cfg), compute_dtype=m.compute_dtype)
     else:
         if m.source == "smollm2":
