@@ -15,6 +15,7 @@ from shine_jax.eval.harness import evaluate
 from shine_jax.eval.methods import EvalSettings
 from shine_jax.eval.report import f1_ratios, ratio_line, write_summary
 from shine_jax.eval.testsets import SetSpec, build_sets, one_person, parse_range, people_of_test_split
+from shine_jax.shine import Shine
 from shine_jax.train.config import ConfigError, load_config
 from tests.conftest import REPO
 from tests.train_utils import SMALL
@@ -74,6 +75,7 @@ class OracleBase:
 
 class OracleShine:
     max_evidence_length = 8
+    encode_evidence = Shine.encode_evidence  # the real document policy, on the oracle's tokenizer
 
     def __init__(self, records):
         self.base = OracleBase(records)

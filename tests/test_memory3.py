@@ -3,6 +3,7 @@ attention, retrieval, storage accounting, chunk-wise decoding against a step-by-
 the harness (own document and bank) and bad settings. The model is the shipped tiny base (4 layers: 2 memory
 layers), or random layers made in the test."""
 
+import functools
 import json
 import pathlib
 import types
@@ -26,6 +27,7 @@ from shine_jax.eval.sentence_encoder import SentenceEncoder
 from shine_jax.model import layers as L
 from shine_jax.model.config import ModelConfig
 from shine_jax.model.decoder import attention_qkv, layer_forward
+from shine_jax.shine import Shine
 
 TINY_BASE = pathlib.Path(__file__).resolve().parents[1] / "models" / "tiny_base"
 BANK = ["The Eiffel Tower stands in Paris. It was finished in 1889 for the world fair.",
@@ -232,7 +234,9 @@ def test_chunkwise_decoding_equals_stepwise_recomputation(base):
 
 
 def test_memory3_in_the_harness_own_document_and_bank(base, tmp_path):
-    shine = types.SimpleNamespace(base=base, max_evidence_length=256)  # memory3 needs only the base
+    # memory3 needs only the base (and the harness the document policy)
+    shine = types.SimpleNamespace(base=base, max_evidence_length=256)
+    shine.encode_evidence = functools.partial(Shine.encode_evidence, shine)
     records = [{"id": "a", "context": BANK[1],
                 "qa": [{"question": "What is Marra Tollvik's job?", "answers": ["glassblower"]}]},
                {"id": "b", "context": BANK[2],

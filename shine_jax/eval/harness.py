@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from shine_jax.data import pipelines, prompts
+from shine_jax.data import prompts
 from shine_jax.data.pipelines import left_pad
 from shine_jax.errors import InputError, UserError
 from shine_jax.eval.methods import (
@@ -42,15 +42,16 @@ class BadRecord(UserError):
 
 
 def check_records(shine, records: Sequence[dict], max_doc_tokens: int, on_long: str, skip_bad: bool) -> list[dict]:
-    """The document policy (``pipelines.document_tokens``) applied to each record, plus: a record needs a question.
+    """The document policy (``Shine.encode_evidence``) applied to each record, plus: a record needs a question.
     A bad record is refused, or dropped with a warning under ``skip_bad``; a long one is truncated with a warning."""
     kept = []
     for n, rec in enumerate(records):
-        name = f"document {rec.get('id', f'record {n + 1}')}"
+        ident = rec.get("id", f"record {n + 1}")
+        name = f"document {ident}"
         try:
             if not rec["qa"]:
                 raise InputError(f"{name} has no questions")
-            pipelines.document_tokens(shine.base.tokenizer, rec["context"], max_doc_tokens, on_long, name)
+            shine.encode_evidence([rec["context"]], max_doc_tokens, on_long, names=[ident])  # the one policy
         except InputError as e:
             if not skip_bad:
                 raise BadRecord(str(e)) from None

@@ -126,7 +126,7 @@ class GeneratedLoRA(Method):
         self.max_doc_tokens = max_doc_tokens
 
     def prepare(self, shine, docs):
-        # the encoding of training; the harness (check_records) has already applied the long-document policy
+        # the encoding of training; the harness (check_records) has applied Shine.encode_evidence's document policy
         ids, mask = pipelines.encode_evidence(shine.base.tokenizer, docs, self.max_doc_tokens)
         lora = shine.generate_lora(ids, mask)
         return jax.block_until_ready(lora)
