@@ -15,6 +15,8 @@ from shine_jax.eval.harness import evaluate
 from shine_jax.eval.methods import EvalSettings
 from shine_jax.eval.report import f1_ratios, ratio_line, write_summary
 from shine_jax.eval.testsets import SetSpec, build_sets, one_person, parse_range, people_of_test_split
+from shine_jax.model.config import ModelConfig
+from shine_jax.model.hypernet import HyperConfig
 from shine_jax.shine import Shine
 from shine_jax.train.config import ConfigError, load_config
 from tests.conftest import REPO
@@ -48,6 +50,9 @@ class OracleBase:
     """Answers perfectly from the document whose token its LoRA carries, and nothing without a LoRA: F1 is 1
     exactly when every row gets its own document's LoRA, 0 when every row gets another document's."""
 
+    cfg = ModelConfig(family="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+                      num_kv_heads=2, head_dim=16)
+
     def __init__(self, records):
         self.tokenizer = Texts()
         self.answers = {r["context"]: {q["question"]: q["answers"][0] for q in r["qa"]} for r in records}
@@ -76,6 +81,7 @@ class OracleBase:
 class OracleShine:
     max_evidence_length = 8
     encode_evidence = Shine.encode_evidence  # the real document policy, on the oracle's tokenizer
+    cfg = HyperConfig(lora_rank=2)  # what the storage column counts (the oracle's LoRA is a stand-in)
 
     def __init__(self, records):
         self.base = OracleBase(records)
@@ -105,6 +111,10 @@ def test_wrong_doc_control_answers_with_the_next_documents_lora():
     assert all(doc == records[(owner[q] + 1) % 5]["context"] for q, doc in wrong)  # i gets (i + 1) mod n's LoRA
     assert all(doc == records[owner[q]]["context"] for q, doc in shine.base.used[:n_shine])
     assert f1_ratios(res) == {"shine/none": pytest.approx(1e9), "shine-wrong-doc/none": 0.0}
+    # storage per document: nothing without memory; a float32 adapter of every projection of every layer
+    lora_numbers = 2 * sum(2 * (i + o) for i, o in OracleBase.cfg.module_dims().values())  # 2 layers, r = 2
+    assert res["none"]["storage_bytes_per_doc"] == 0.0
+    assert res["shine"]["storage_bytes_per_doc"] == res["shine-wrong-doc"]["storage_bytes_per_doc"] == 4 * lora_numbers
 
 
 def test_wrong_doc_control_needs_two_documents():

@@ -59,6 +59,10 @@ def test_retrieval_finds_the_planted_document(encoder):
     assert {int(index.docs[c]) for c in hits[0]} == {2} and {int(index.docs[c]) for c in hits[1]} == {0}
     with pytest.raises(InputError, match="k = 99 chunks"):
         index.search(["q"], 99)
+    # storage: the index keeps every chunk's float32 vector and its text, per bank document
+    dim = index.vectors.shape[1]
+    assert index.vectors.dtype == np.float32
+    assert index.bytes_per_document() == (4 * dim * len(index) + sum(len(t.encode()) for t in index.texts)) / 4
 
 
 @pytest.mark.parametrize("field,value,match", [("chunk_tokens", 0, "chunk size"), ("overlap", 64, "overlap"),

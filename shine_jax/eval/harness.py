@@ -121,6 +121,7 @@ def run_method(shine, method: Method, records: list[dict], settings: EvalSetting
         "f1": float(np.mean(f1s)), "em": float(np.mean(ems)), "questions": n_q, "documents": len(records),
         "per_turn_f1": [float(np.mean(per_turn[t])) for t in sorted(per_turn)],
         "doc_cost_s": prep_s / len(records), "gen_s_per_question": gen_s / n_q,
+        "storage_bytes_per_doc": method.storage_bytes(shine, contexts),
         "predictions": predictions, **method.extra_results(),
     }
 

@@ -48,7 +48,7 @@ from shine_jax.eval import memory3
 from shine_jax.eval.memory3 import Memory3Settings
 from shine_jax.eval.retrieval import ChunkIndex, RetrievalSettings
 from shine_jax.model.config import LORA_MODULES
-from shine_jax.model.lora import init_lora
+from shine_jax.model.lora import init_lora, lora_nbytes
 from shine_jax.model.losses import causal_lm_loss
 
 METHODS = ("none", "icl", "sft", "shine", "shine-wrong-doc", "rag", "memory3")
@@ -102,6 +102,10 @@ class Method:
     def extra_results(self) -> dict:
         return {}
 
+    def storage_bytes(self, shine, contexts: Sequence[str]) -> float:
+        """Bytes this method keeps per document to answer about it later (none: nothing)."""
+        return 0.0
+
     def attach(self, index: ChunkIndex | None, embedder, record_docs: np.ndarray, whole_bank: bool,
                bank_docs: Sequence[str]) -> None:
         """The bank's chunk index (None when no method needs rag's chunks), its embedder and documents, for methods
@@ -114,6 +118,9 @@ class NoMemory(Method):
 
 class InContext(Method):
     name = "icl"
+
+    def storage_bytes(self, shine, contexts):  # the document's text, put into the prompt
+        return float(np.mean([len(c.encode("utf-8")) for c in contexts]))
 
     def first_user_text(self, context: str, question: str) -> str:
         return icl_user_text(context, question)
@@ -133,6 +140,9 @@ class GeneratedLoRA(Method):
 
     def lora_for_rows(self, memory, rows):
         return select_rows(memory, rows)
+
+    def storage_bytes(self, shine, contexts):  # a generated adapter, float32 (made on demand, or kept)
+        return float(lora_nbytes(shine.base.cfg, shine.cfg.lora_rank))
 
 
 class WrongDocLoRA(GeneratedLoRA):
@@ -175,6 +185,9 @@ class RetrievalAugmented(Method):
 
     def extra_results(self):
         return {"top1_chunk_from_own_doc": float(np.mean(self.hits_own)) if self.hits_own else 0.0}
+
+    def storage_bytes(self, shine, contexts):  # the chunk index: vectors and chunk texts
+        return self.index.bytes_per_document() if self.index is not None else 0.0
 
 
 class ExplicitMemory(Method):
@@ -243,6 +256,9 @@ class ExplicitMemory(Method):
         return memory3.generate(base if self.base is None else self.base, memory, ids, mask, len(records), max_new_tokens, retrieve,
                                 self.s, () if lora is None else (lora,))
 
+    def storage_bytes(self, shine, contexts):  # the sparse keys and values of the document's references
+        return self.bank.array_bytes / self.bank.documents if self.bank is not None else 0.0
+
     def extra_results(self):
         bank = self.bank
         if bank is None:
@@ -262,6 +278,9 @@ class TestTimeTraining(Method):
 
     def __init__(self, settings: EvalSettings, max_doc_tokens: int):
         self.s, self.max_doc_tokens = settings, max_doc_tokens
+
+    def storage_bytes(self, shine, contexts):  # the trained adapter, float32
+        return float(lora_nbytes(shine.base.cfg, self.s.sft_rank))
 
     def prepare(self, shine, docs):
         base = shine.base

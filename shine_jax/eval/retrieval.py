@@ -116,6 +116,11 @@ class ChunkIndex:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def bytes_per_document(self) -> float:
+        """What the index keeps per bank document: its chunks' vectors and texts (UTF-8)."""
+        kept = self.vectors.nbytes + sum(len(t.encode("utf-8")) for t in self.texts)
+        return kept / (int(self.docs.max()) + 1)
+
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
         return _unit(self.embedder(queries) - self.center)
 

@@ -40,6 +40,11 @@ def lora_shapes(cfg: ModelConfig, rank: int, batch: int = 1) -> dict[str, dict[s
     }
 
 
+def lora_nbytes(cfg: ModelConfig, rank: int, itemsize: int = 4) -> int:
+    """The bytes of one document's LoRA of ``rank`` on every projection of every layer (float32 by default)."""
+    return cfg.num_layers * cfg.lora_params_per_layer(rank) * itemsize
+
+
 def lora_rank(lora: LoRA) -> int:
     return next(iter(lora.values()))["A"].shape[-1]
 
