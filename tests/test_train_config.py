@@ -228,3 +228,10 @@ def test_a_base_folder_that_is_not_the_named_preset_is_refused(tmp_path):
     cfg = load_config(f"{TINY}:pretrain", [f"model.hf_dir='{hf_dir}'", "model.preset='qwen3-0.6b'", "shine.lora_rank=8"])
     with pytest.raises(ConfigError, match=r"does not hold the qwen3-0.6b the config names: family llama"):
         load_base(cfg, tmp_path)
+
+
+def test_a_scratch_base_check_names_its_field():
+    with pytest.raises(ConfigError, match=r"config field 'model.head_dim': head_dim must be even"):
+        load_config(f"{TINY}:pretrain", ["model.source=scratch", "model.head_dim=31"])
+    with pytest.raises(ConfigError, match=r"config field 'model.family': unsupported model family 'gpt'"):
+        load_config(f"{TINY}:pretrain", ["model.source=scratch", "model.family=gpt"])

@@ -451,7 +451,7 @@ def model_config(c: ml_collections.ConfigDict, vocab_size: int | None = None) ->
     try:
         return ModelConfig(**fields)
     except ValueError as e:
-        raise ConfigError(f"config field 'model': {e}") from None
+        raise _field_error(e, {f"model.{name}": name for name in fields}, "model") from None
 
 
 def hyper_config(c: ml_collections.ConfigDict) -> HyperConfig:
@@ -464,17 +464,19 @@ def hyper_config(c: ml_collections.ConfigDict) -> HyperConfig:
     try:
         return HyperConfig(**fields, m2p=M2PConfig(**s.m2p.to_dict()))
     except ValueError as e:
-        raise ConfigError(f"config field '{_named_field(str(e))}': {e}") from None
+        names = {f"shine.{f.name}": f.name for f in dataclasses.fields(HyperConfig) if f.name != "m2p"}
+        names |= {f"shine.m2p.{f.name}": f.name for f in dataclasses.fields(M2PConfig)}
+        names["shine.method"], names["shine.m2p.type"] = "reshape method", "M2P type"
+        raise _field_error(e, names, "shine") from None
 
 
-def _named_field(message: str) -> str:
-    """The ``shine`` field a HyperConfig / M2PConfig check names first in its message (each names its field)."""
-    names = {f"shine.{f.name}": f.name for f in dataclasses.fields(HyperConfig) if f.name != "m2p"}
-    names |= {f"shine.m2p.{f.name}": f.name for f in dataclasses.fields(M2PConfig)}
-    names["shine.method"], names["shine.m2p.type"] = "reshape method", "M2P type"
+def _field_error(error: ValueError, names: dict[str, str], section: str) -> ConfigError:
+    """A model dataclass's check as one config error naming the field its message names first (``names``: config
+    field -> the word the check uses for it; ``section`` when it names none)."""
+    message = str(error)
     found = [(m.start(), field) for field, word in names.items()
              for m in [re.search(rf"\b{re.escape(word)}\b", message)] if m]
-    return min(found)[1] if found else "shine"
+    return ConfigError(f"config field '{min(found)[1] if found else section}': {message}")
 
 
 def memory3_settings(c: ml_collections.ConfigDict):
