@@ -38,6 +38,7 @@ def test_eval_writes_results_for_every_method(trained_workdir, test_records, tmp
     assert list(res["methods"]) == list(METHODS)
     for name, r in res["methods"].items():
         assert 0.0 <= r["em"] <= r["f1"] <= 1.0, name
+        assert r["em"] <= r["contains"] <= 1.0, name  # an exact match always contains the answer
         assert r["questions"] == n_q and r["documents"] == len(test_records)
         assert len(r["per_turn_f1"]) == max(len(x["qa"]) for x in test_records)
         assert r["gen_s_per_question"] > 0

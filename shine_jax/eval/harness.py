@@ -31,7 +31,7 @@ from shine_jax.eval.methods import (
     check_document_count,
     make_methods,
 )
-from shine_jax.eval.metrics import best_em, best_f1
+from shine_jax.eval.metrics import best_contains, best_em, best_f1
 from shine_jax.eval.retrieval import ChunkIndex, make_embedder
 
 PAD_MULTIPLE = 64  # prompt lengths are padded to a multiple of this so compiled shapes are reused
@@ -79,7 +79,7 @@ def run_method(shine, method: Method, records: list[dict], settings: EvalSetting
     own; in the bank setting, the one retrieval found)."""
     tok = shine.base.tokenizer
     contexts = [r["context"] for r in records] if contexts is None else list(contexts)
-    f1s, ems, per_turn = [], [], {}
+    f1s, ems, contains, per_turn = [], [], [], {}
     prep_s = gen_s = 0.0
     predictions = []
     # over the whole list, not per batch: the wrong-document control may take a LoRA from another batch
@@ -110,6 +110,7 @@ def run_method(shine, method: Method, records: list[dict], settings: EvalSetting
                 f, e = best_f1(pred, gold), best_em(pred, gold)
                 f1s.append(f)
                 ems.append(e)
+                contains.append(best_contains(pred, gold))
                 per_turn.setdefault(turn, []).append(f)
                 histories[i].append({"role": "assistant", "content": pred})
                 answers[i].append(pred)
@@ -118,7 +119,8 @@ def run_method(shine, method: Method, records: list[dict], settings: EvalSetting
             progress.update(len(docs))
     n_q = len(f1s)
     return {
-        "f1": float(np.mean(f1s)), "em": float(np.mean(ems)), "questions": n_q, "documents": len(records),
+        "f1": float(np.mean(f1s)), "em": float(np.mean(ems)), "contains": float(np.mean(contains)),
+        "questions": n_q, "documents": len(records),
         "per_turn_f1": [float(np.mean(per_turn[t])) for t in sorted(per_turn)],
         "doc_cost_s": prep_s / len(records), "gen_s_per_question": gen_s / n_q,
         "storage_bytes_per_doc": method.storage_bytes(shine, contexts),

@@ -1,4 +1,4 @@
-"""SQuAD-normalised exact match and token F1 (max over gold answers)."""
+"""SQuAD-normalised exact match, token F1 and answer containment (max over gold answers)."""
 
 from __future__ import annotations
 
@@ -39,3 +39,14 @@ def best_f1(prediction: str, golds: Sequence[str]) -> float:
 
 def best_em(prediction: str, golds: Sequence[str]) -> float:
     return max(exact_match(prediction, g) for g in golds)
+
+
+def contains_answer(prediction: str, gold: str) -> float:
+    """1 when the normalised gold answer occurs, as whole words, in the normalised prediction: credits a right answer
+    given in a full sentence ("She attended Brenton University.") that F1 dilutes and EM scores 0."""
+    pred, ref = normalize_answer(prediction), normalize_answer(gold)
+    return float(bool(ref) and f" {ref} " in f" {pred} ")
+
+
+def best_contains(prediction: str, golds: Sequence[str]) -> float:
+    return max(contains_answer(prediction, g) for g in golds)

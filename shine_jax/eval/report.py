@@ -69,11 +69,13 @@ def write_summary(sets: dict[str, dict], extra: dict, out: str | pathlib.Path) -
 
 
 def markdown_table(results: dict) -> str:
-    rows = ["| method | F1 | EM | questions | docs | per-doc cost (s) | generation (s / question) | storage (KB / doc) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| method | F1 | EM | gold in answer | questions | docs | per-doc cost (s) | generation (s / question) | "
+            "storage (KB / doc) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results["methods"].items():
         kb = r.get("storage_bytes_per_doc")  # results written before the column existed have none
-        rows.append(f"| {name} | {r['f1']:.3f} | {r['em']:.3f} | {r['questions']} | {r['documents']} | "
+        contains = r.get("contains")  # nor the containment column
+        rows.append(f"| {name} | {r['f1']:.3f} | {r['em']:.3f} | {'' if contains is None else f'{contains:.3f}'} | "
+                    f"{r['questions']} | {r['documents']} | "
                     f"{r['doc_cost_s']:.4f} | {r['gen_s_per_question']:.4f} | "
                     f"{'' if kb is None else f'{kb / 1024:.2f}'} |")
     return "\n".join(rows) + "\n"
