@@ -107,10 +107,10 @@ STEPS = {"base_pretrain": 30, "pretrain": 20, "ift_mqa": 20, "ift_1qa": 20}
 FAST = ["optim.lr=0.005", "log_every=5", "eval_every=100", "eval_batches=2"]
 
 
-@pytest.fixture(scope="session")
-def trained_workdir(tmp_path_factory):
-    """All four stages of a small tiny model, built once per test run even with several xdist workers (the
-    first worker builds it under a file lock in the directory the workers share; the others reuse it)."""
+def _train_stages(tmp_path_factory, stages) -> pathlib.Path:
+    """``stages`` of one small tiny-model run, each built once per test run even with several xdist workers (the
+    first worker to need a stage trains it under a file lock in the directory the workers share; the others reuse
+    it). Every fixture below is a prefix of ``STAGES`` in this one workdir."""
     from filelock import FileLock
 
     from shine_jax.train.loop import run_stage
@@ -119,12 +119,26 @@ def trained_workdir(tmp_path_factory):
     shared = shared_tmp(tmp_path_factory)
     wd = shared / "tiny_run"
     with FileLock(str(shared / "tiny_run.lock")):
-        if not (wd / "complete").exists():
-            for stage in STAGES:
+        for stage in stages:
+            if not (wd / f"complete-{stage}").exists():
                 run_stage(small_config(stage, STEPS[stage], trained_workdir_extra(stage, wd), data_dir=wd / "data"),
                           wd, progress=False)
-            (wd / "complete").touch()
+                (wd / f"complete-{stage}").touch()
     return wd
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory):
+    """All four stages of a small tiny model."""
+    return _train_stages(tmp_path_factory, STAGES)
+
+
+@pytest.fixture(scope="session")
+def pretrained_workdir(tmp_path_factory):
+    """Its first two stages (``base_pretrain``, then ``pretrain``: a base and a SHINE folder), all that the fault
+    tests need, so that ``pytest -m faults`` trains half the stages. In the whole suite it is the same folder as
+    ``trained_workdir``: tests of this fixture read only its first two stages."""
+    return _train_stages(tmp_path_factory, STAGES[:2])
 
 
 def trained_workdir_extra(stage: str, wd) -> list[str]:

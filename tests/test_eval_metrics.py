@@ -1,7 +1,14 @@
 import pytest
 
-from shine_jax.eval.metrics import (best_contains, best_em, best_f1, contains_answer, exact_match, normalize_answer,
-                                   token_f1)
+from shine_jax.eval.metrics import (
+    best_contains,
+    best_em,
+    best_f1,
+    contains_answer,
+    exact_match,
+    normalize_answer,
+    token_f1,
+)
 
 
 def test_normalisation():

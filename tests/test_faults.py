@@ -168,12 +168,12 @@ def test_other_internal_errors_keep_their_traceback(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ disk full
-def _records(trained_workdir, n):
+def _records(workdir, n):
     from shine_jax.data.tfds_builder import load_split
     from shine_jax.train.loop import corpus_overrides
     from tests.train_utils import small_config
 
-    ds = load_split(trained_workdir / "data" / "tfds", "test", config="mqa",
+    ds = load_split(workdir / "data" / "tfds", "test", config="mqa",
                     **corpus_overrides(small_config("ift_mqa")))
     return [dict(ds[i], qa=ds[i]["qa"][:1]) for i in range(n)]
 
@@ -205,7 +205,7 @@ def test_a_failed_write_removes_the_folders_it_made(tmp_path):
 
 
 @pytest.mark.slow
-def test_disk_full_through_a_failing_writer_leaves_nothing_half_written(trained_workdir, tmp_path, monkeypatch,
+def test_disk_full_through_a_failing_writer_leaves_nothing_half_written(pretrained_workdir, tmp_path, monkeypatch,
                                                                          capsys):
     """ENOSPC raised by the writers themselves, after part of the output is on disk (any machine: no mount needed):
     one error line naming the output, the space an adapter needs and the space free; no adapter folder, no
@@ -217,7 +217,7 @@ def test_disk_full_through_a_failing_writer_leaves_nothing_half_written(trained_
     from shine_jax.eval import report
 
     data = tmp_path / "docs.jsonl"
-    write_jsonl(_records(trained_workdir, 2), data)
+    write_jsonl(_records(pretrained_workdir, 2), data)
     out = tmp_path / "out"
     real_save = peft.save_file
 
@@ -228,7 +228,8 @@ def test_disk_full_through_a_failing_writer_leaves_nothing_half_written(trained_
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(peft, "save_file", save_half_then_fail)
-    internalize = ["internalize", "--workdir", str(trained_workdir), "--jsonl", str(data), "--out", str(out)]
+    shine = str(pretrained_workdir / "pretrain" / "final")
+    internalize = ["internalize", "--workdir", shine, "--jsonl", str(data), "--out", str(out)]
     assert cli.main(internalize) == 2
     line = _one_error_line(capsys)
     assert re.search(rf"error: no space left on the device \(output {re.escape(str(out))}/\S+, needs about "
@@ -236,7 +237,7 @@ def test_disk_full_through_a_failing_writer_leaves_nothing_half_written(trained_
     assert _leftovers(out) == []
 
     # eval: results.json, .md and .png are written together or not at all; an earlier complete set is kept
-    evaluate = ["eval", "--workdir", str(trained_workdir), "--data", str(data), "--methods", "none", "--batch-size",
+    evaluate = ["eval", "--workdir", shine, "--data", str(data), "--methods", "none", "--batch-size",
                 "2", "--max-new-tokens", "2", "--no-progress", "--out", str(tmp_path / "res" / "r.json")]
     monkeypatch.setattr(peft, "save_file", real_save)
     assert cli.main(evaluate) == 0
@@ -256,7 +257,7 @@ def test_disk_full_through_a_failing_writer_leaves_nothing_half_written(trained_
 
 
 @pytest.mark.slow
-def test_disk_full_on_a_small_tmpfs(trained_workdir, tmp_path, capsys):
+def test_disk_full_on_a_small_tmpfs(pretrained_workdir, tmp_path, capsys):
     """A real full file system (a 256 KiB tmpfs, filled): internalize and eval fail with one line each and leave
     nothing behind; once space is freed the same commands succeed. Skipped where mounting is not permitted."""
     mount = tmp_path / "small"
@@ -270,7 +271,7 @@ def test_disk_full_on_a_small_tmpfs(trained_workdir, tmp_path, capsys):
         from shine_jax.data.corpus import write_jsonl
 
         data = tmp_path / "docs.jsonl"
-        write_jsonl(_records(trained_workdir, 1), data)
+        write_jsonl(_records(pretrained_workdir, 1), data)
         filler = mount / "filler"
         with open(filler, "wb", buffering=0) as f:  # unbuffered: the write that fails is the one that is lost
             try:
@@ -278,10 +279,11 @@ def test_disk_full_on_a_small_tmpfs(trained_workdir, tmp_path, capsys):
                     f.write(b"\0" * 4096)
             except OSError:
                 pass
+        shine = str(pretrained_workdir / "pretrain" / "final")
         commands = {
-            "internalize": ["internalize", "--workdir", str(trained_workdir), "--jsonl", str(data), "--out",
+            "internalize": ["internalize", "--workdir", shine, "--jsonl", str(data), "--out",
                             str(mount / "adapters")],
-            "eval": ["eval", "--workdir", str(trained_workdir), "--data", str(data), "--methods", "none",
+            "eval": ["eval", "--workdir", shine, "--data", str(data), "--methods", "none",
                      "--batch-size", "1", "--max-new-tokens", "2", "--no-progress", "--out", str(mount / "r.json")]}
         for name, argv in commands.items():
             assert cli.main(argv) == 2, name

@@ -120,6 +120,11 @@ def test_sweep_files_dry_run(capsys):
         itertools.product((64, 128), (2, 8), (2, 6)))
     for axis, n in (("size", 3), ("rank", 4), ("depth", 4), ("metarank", 5), ("grid", 48), ("rank,size=8b", 4)):
         assert len(sweep_lib.load_sweep(f"{REPO}/configs/sweeps/qwen3_paper.py:{axis}").points) == n, axis
+    rows = sweep_lib.run_sweep(str(REPO / "configs/sweeps/tiny_cpu_ift.py"), "/tmp/unused", dry_run=True)
+    assert {(r["lora_rank"], r["m2p_layers"], r["memory_tokens"]) for r in rows} == {
+        (2, 2, 34), (2, 6, 34), (8, 2, 136), (8, 6, 136)} and not any("error" in r for r in rows)
+    ift = sweep_lib.load_sweep(f"{REPO}/configs/sweeps/tiny_cpu_ift.py:seeds=2")
+    assert ift.stages == ("pretrain", "ift_mqa") and len(ift.points) == 8 and ift.eval["docs"] == 32
     rows = sweep_lib.run_sweep(f"{REPO}/configs/sweeps/qwen3_paper.py:size", "/tmp/unused", dry_run=True)
     assert [r["params_base"] > 5e8 for r in rows] == [True] * 3
     assert rows[0]["memory_tokens"] == 176 and rows[2]["memory_tokens"] == 148  # as `shine-jax plan` reports

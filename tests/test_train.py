@@ -69,8 +69,8 @@ def _train_cli(workdir, stage, overrides, env=None, without_tf_and_torch=False):
 
 @pytest.mark.slow
 @pytest.mark.faults
-def test_three_faults_in_a_row_then_the_same_run(trained_workdir, tmp_path):
-    """The fixture's ift_1qa stage (20 steps, checkpoints every 10) run again from the command line, with its
+def test_three_faults_in_a_row_then_the_same_run(pretrained_workdir, tmp_path):
+    """The fixture's pretrain stage (20 steps, checkpoints every 10) run again from the command line, with its
     checkpoints kept outside the workdir (``checkpoint_dir``, as a pod keeps them in a bucket) and interrupted three
     times in a row: SIGKILL at a random step after the checkpoint of step 10, SIGTERM after step 15 (a preemption:
     it saves step 15 and exits 143 with one line), SIGKILL at a random later step; then the same command once more,
@@ -90,48 +90,49 @@ def test_three_faults_in_a_row_then_the_same_run(trained_workdir, tmp_path):
     rng = random.Random(20)
     kill_1, kill_2 = rng.randint(11, 14), rng.randint(16, 19)
     wd, bucket = tmp_path / "wd", tmp_path / "bucket"
-    shutil.copytree(trained_workdir / "pretrain" / "final", wd / "pretrain" / "final")
-    overrides = [*small_overrides(STEPS["ift_1qa"], trained_workdir_extra("ift_1qa", trained_workdir),
-                                  trained_workdir / "data"), f"checkpoint_dir='{bucket}'"]
+    shutil.copytree(pretrained_workdir / "base_pretrain" / "final", wd / "base_pretrain" / "final")
+    # the fixture's overrides, less its profiler (steps 2-3 of the first run here would write a trace)
+    extra = [o for o in trained_workdir_extra("pretrain", pretrained_workdir) if not o.startswith("profile_steps")]
+    overrides = [*small_overrides(STEPS["pretrain"], extra, pretrained_workdir / "data"), f"checkpoint_dir='{bucket}'"]
     steps_kept = []
     for env, status, kept in (({KILL_ENV: str(kill_1)}, -9, [10]), ({TERM_ENV: "15"}, 143, [10, 15]),
                               ({KILL_ENV: str(kill_2)}, -9, [10, 15])):
-        proc = _train_cli(wd, "ift_1qa", overrides, env=env)
+        proc = _train_cli(wd, "pretrain", overrides, env=env)
         assert proc.returncode == status, proc.stderr[-2000:]
-        steps_kept.append(sorted(int(p.name) for p in (bucket / "ift_1qa").iterdir() if p.name.isdigit()))
+        steps_kept.append(sorted(int(p.name) for p in (bucket / "pretrain").iterdir() if p.name.isdigit()))
         if status == 143:
             errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
             assert len(errors) == 1 and "stopped by SIGTERM after step 15: checkpoint of step 15 saved" in errors[0]
-        assert not (wd / "ift_1qa" / "final").exists()
+        assert not (wd / "pretrain" / "final").exists()
         assert steps_kept[-1] == kept, (kill_1, kill_2, steps_kept)
-    proc = _train_cli(wd, "ift_1qa", overrides, without_tf_and_torch=True)
+    proc = _train_cli(wd, "pretrain", overrides, without_tf_and_torch=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not (wd / "ift_1qa" / "checkpoints").exists(), "checkpoints written into the workdir"
-    assert list((wd / "ift_1qa" / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard events"
+    assert not (wd / "pretrain" / "checkpoints").exists(), "checkpoints written into the workdir"
+    assert list((wd / "pretrain" / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard events"
 
-    a = read_metrics(trained_workdir / "ift_1qa" / "metrics.jsonl")
-    b = read_metrics(wd / "ift_1qa" / "metrics.jsonl")
+    a = read_metrics(pretrained_workdir / "pretrain" / "metrics.jsonl")
+    b = read_metrics(wd / "pretrain" / "metrics.jsonl")
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(0, 21, 5))
     assert [(r.get("loss"), r.get("val_loss")) for r in a] == [(r.get("loss"), r.get("val_loss")) for r in b]
-    assert json.loads((wd / "ift_1qa" / "summary.json").read_text())["resumed_from"] == 15
-    pa = Shine.load(trained_workdir / "ift_1qa" / "final").hyper_params()
-    pb = Shine.load(wd / "ift_1qa" / "final").hyper_params()
+    assert json.loads((wd / "pretrain" / "summary.json").read_text())["resumed_from"] == 15
+    pa = Shine.load(pretrained_workdir / "pretrain" / "final").hyper_params()
+    pb = Shine.load(wd / "pretrain" / "final").hyper_params()
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
         np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.slow
 @pytest.mark.faults
-def test_workdir_of_another_model_is_refused(trained_workdir, tmp_path, capsys):
+def test_workdir_of_another_model_is_refused(pretrained_workdir, tmp_path, capsys):
     import shutil
 
     from shine_jax import cli
 
     wd = tmp_path / "wd"
-    shutil.copytree(trained_workdir / "ift_mqa", wd / "ift_mqa")
-    shutil.copytree(trained_workdir / "pretrain" / "final", wd / "pretrain" / "final")
-    overrides = SMALL + RESUME + ["steps=4", f"data.dir='{trained_workdir / 'data'}'", "shine.m2p.num_layers=4"]
-    assert cli.main(["train", "--config", f"{REPO}/configs/tiny.py:ift_mqa", "--workdir", str(wd), "--no-progress",
+    shutil.copytree(pretrained_workdir / "pretrain", wd / "pretrain")
+    shutil.copytree(pretrained_workdir / "base_pretrain" / "final", wd / "base_pretrain" / "final")
+    overrides = SMALL + RESUME + ["steps=4", f"data.dir='{pretrained_workdir / 'data'}'", "shine.m2p.num_layers=4"]
+    assert cli.main(["train", "--config", f"{REPO}/configs/tiny.py:pretrain", "--workdir", str(wd), "--no-progress",
                      *(f"--config.{o}" for o in overrides)]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "different model" in last
@@ -139,8 +140,8 @@ def test_workdir_of_another_model_is_refused(trained_workdir, tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.faults
-def test_unreadable_newest_checkpoint_falls_back_to_the_previous_step(trained_workdir, tmp_path):
-    """The newest step of the fixture's finished ift_1qa stage loses its state (every file truncated): rerunning
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_step(pretrained_workdir, tmp_path):
+    """The newest step of the fixture's finished pretrain stage loses its state (every file truncated): rerunning
     warns once, sets the step aside (kept, renamed), resumes from the previous step and ends with the same losses;
     when no step restores (state folders deleted), one error says so."""
     import shutil
@@ -150,11 +151,12 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous_step(trained_wo
     from tests.train_utils import small_config
 
     wd = tmp_path / "wd"
-    shutil.copytree(trained_workdir / "ift_1qa", wd / "ift_1qa")
-    cfg = small_config("ift_1qa", STEPS["ift_1qa"], trained_workdir_extra("ift_1qa", trained_workdir),
-                       trained_workdir / "data")
-    first = read_metrics(wd / "ift_1qa" / "metrics.jsonl")
-    ckpts = wd / "ift_1qa" / "checkpoints"
+    shutil.copytree(pretrained_workdir / "pretrain", wd / "pretrain")
+    shutil.copytree(pretrained_workdir / "base_pretrain" / "final", wd / "base_pretrain" / "final")
+    cfg = small_config("pretrain", STEPS["pretrain"], trained_workdir_extra("pretrain", pretrained_workdir),
+                       pretrained_workdir / "data")
+    first = read_metrics(wd / "pretrain" / "metrics.jsonl")
+    ckpts = wd / "pretrain" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == ["10", "20"]
 
     for f in (ckpts / "20" / "state").rglob("*"):
@@ -164,7 +166,7 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous_step(trained_wo
         summary = run_stage(cfg, wd, progress=False)
     assert summary["resumed_from"] == 10
     assert (ckpts / ".unreadable-20" / "state").is_dir()  # kept for inspection, never deleted
-    again = read_metrics(wd / "ift_1qa" / "metrics.jsonl")  # steps 11-20 again, the same losses
+    again = read_metrics(wd / "pretrain" / "metrics.jsonl")  # steps 11-20 again, the same losses
     assert [(r["step"], r.get("loss"), r.get("val_loss")) for r in again] == \
         [(r["step"], r.get("loss"), r.get("val_loss")) for r in first]
 
@@ -177,15 +179,15 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous_step(trained_wo
 
 @pytest.mark.slow
 @pytest.mark.faults
-def test_diverged_stage_is_one_error_and_writes_no_final(trained_workdir, tmp_path):
+def test_diverged_stage_is_one_error_and_writes_no_final(pretrained_workdir, tmp_path):
     import shutil
 
     from shine_jax.train.config import ConfigError
 
     wd = tmp_path / "wd"
-    shutil.copytree(trained_workdir / "ift_mqa" / "final", wd / "ift_mqa" / "final")
-    cfg = load_config(f"{REPO}/configs/tiny.py:ift_1qa", SMALL + RESUME + [
-        f"data.dir='{trained_workdir / 'data'}'", "steps=2", "optim.lr=1e39"])
-    with pytest.raises(ConfigError, match=r"^stage ift_1qa diverged: validation loss (nan|inf) at step 2 "):
+    shutil.copytree(pretrained_workdir / "base_pretrain" / "final", wd / "base_pretrain" / "final")
+    cfg = load_config(f"{REPO}/configs/tiny.py:pretrain", SMALL + RESUME + [
+        f"data.dir='{pretrained_workdir / 'data'}'", "steps=2", "optim.lr=1e39"])
+    with pytest.raises(ConfigError, match=r"^stage pretrain diverged: validation loss (nan|inf) at step 2 "):
         run_stage(cfg, wd, progress=False)  # a ConfigError is one `error:` line on the command line
-    assert not (wd / "ift_1qa" / "final").exists()
+    assert not (wd / "pretrain" / "final").exists()

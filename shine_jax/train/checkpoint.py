@@ -33,8 +33,13 @@ class CheckpointError(UserError):
 class StageCheckpointer:
     def __init__(self, directory: str | os.PathLike, keep: int, async_save: bool = True):
         self.directory = resolve_dir(directory)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                               enable_async_checkpointing=async_save)
+        # Step folders are made before save() returns, never in the background: Grain's iterator handler writes
+        # its file without waiting for a background-made folder, so with several processes a process other than
+        # 0 could write before process 0 had made it (FileNotFoundError in that process's save thread, the others
+        # waiting for it at the commit barrier until the job's shutdown barrier failed).
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+            async_options=ocp.options.AsyncOptions(create_directories_asynchronously=False))
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "data", "meta"))
 
@@ -69,37 +74,44 @@ class StageCheckpointer:
         A step that fails to read (a file deleted or truncated, a crash mid-copy) is set aside as
         ``.unreadable-<step>`` beside the steps, never deleted, with one warning line, and the next older step is
         tried. ``check(meta)`` vets a readable step (a different model raises there, which is not corruption). When
-        every step fails, one error says so."""
+        every step fails, one error says so. With several processes (one checkpoint directory that they share) a
+        step counts as restored only where it restored on every process, so that all of them resume at one step."""
         steps = sorted(self.manager.all_steps(), reverse=True)
         for step in steps:
-            try:
-                meta = self.read_meta(step)
-            except Exception as e:  # noqa: BLE001 - any failure to read means this step is unusable
-                self._set_aside(step, e)
+            meta, error = _attempt(self.read_meta, step)
+            if not _on_every_process(error is None):
+                self._set_aside(step, error)
                 continue
             check(meta)
-            try:
-                state, meta = self.restore(step, abstract_state, iterator)
-            except Exception as e:  # noqa: BLE001
-                self._set_aside(step, e)
+            restored, error = _attempt(self.restore, step, abstract_state, iterator)
+            if not _on_every_process(error is None):
+                self._set_aside(step, error)
                 continue
-            return step, state, meta
+            return (step, *restored)
         if steps:
             raise CheckpointError(f"no checkpoint in {self.directory} can be restored (steps {steps} set aside as "
                                   f".unreadable-*); move them away to start the stage over")
         return None
 
-    def _set_aside(self, step: int, error: Exception) -> None:
+    def _set_aside(self, step: int, error: Exception | None) -> None:
+        """Rename step ``step`` to ``.unreadable-<step>`` (process 0 alone: the directory is shared; the others wait
+        for it) and let the manager forget it. ``error``: this process's failure, None where only another failed."""
         source = self.directory / str(step)
         target = self.directory / f".unreadable-{step}"
         n = 1
         while target.exists():
             target, n = self.directory / f".unreadable-{step}.{n}", n + 1
-        source.rename(target)
+        _barrier(f"shine_jax: named the folder for checkpoint {step}")  # before process 0 renames
+        if jax.process_index() == 0:
+            source.rename(target)
+        _barrier(f"shine_jax: set aside checkpoint {step}")
         self.manager.reload()
-        reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
-        warnings.warn(f"checkpoint step {step} in {self.directory} does not restore ({type(error).__name__}: "
-                      f"{reason}); set aside as {target.name}, trying the previous step", stacklevel=2)
+        if error is None:
+            why = "it failed to restore on another process"
+        else:
+            why = f"{type(error).__name__}: {(str(error).splitlines() or [type(error).__name__])[0][:200]}"
+        warnings.warn(f"checkpoint step {step} in {self.directory} does not restore ({why}); set aside as "
+                      f"{target.name}, trying the previous step", stacklevel=2)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -107,6 +119,30 @@ class StageCheckpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _attempt(fn: Callable[..., Any], *args) -> tuple[Any, Exception | None]:
+    """``(fn(*args), None)``, or ``(None, the exception)``: any failure to read means the step is unusable."""
+    try:
+        return fn(*args), None
+    except Exception as e:  # noqa: BLE001
+        return None, e
+
+
+def _on_every_process(ok: bool) -> bool:
+    """``ok`` on every process (each process reads its own shards of a step, so one may fail alone)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def is_uri(path: str | os.PathLike) -> bool:

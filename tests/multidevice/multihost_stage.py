@@ -8,7 +8,10 @@ in the shared ``BASEDIR/ckpt``: base_pretrain, then pretrain, which starts from 
 ``base_pretrain/final``. Then both save the base model to one folder of the shared ``BASEDIR/shared``, which
 process 0 alone must write, and load ``BASEDIR/one_host``, a model folder saved by a one-process run. Each prints
 RESULT lines: a hash of every folder's parameters as loaded on that host, and which processes found themselves
-first on a path's filesystem.
+first on a path's filesystem. Last, a damaged checkpoint: a 4-step ``base_pretrain`` run (checkpoints at 2 and 4 in
+the shared ``BASEDIR/ckpt_fallback``), then process 0 empties every file of step 4's state and both processes run
+the same stage again: each sets step 4 aside once (renamed by process 0 alone), both resume at step 2, and the final
+parameters equal the undamaged run's.
 
 ``check`` loads every final folder in a fresh single process and compares its parameters with the ones in the
 stage's last Orbax checkpoint (the trained state), printing OK. (A 1-process run would not give the same
@@ -81,6 +84,39 @@ def worker(port: str, pid: int, basedir: pathlib.Path):
     print(f"RESULT shared {digest(final_params(basedir / 'shared' / 'model'))}", flush=True)
     # a folder that a one-process run saved (its arrays carry that run's device placement) loads here too
     print(f"RESULT one_host {digest(final_params(basedir / 'one_host'))}", flush=True)
+    fallback(pid, basedir, workdir / "fallback")
+
+
+def fallback(pid: int, basedir: pathlib.Path, workdir: pathlib.Path):
+    import warnings
+
+    from jax.experimental import multihost_utils
+
+    from shine_jax.train.loop import run_stage
+    from tests.train_utils import small_config
+
+    ckpts = basedir / "ckpt_fallback"
+    cfg = small_config("base_pretrain", 4, ["batch_size=8", "eval_batches=1", "checkpoint_every=2",
+                                            f"checkpoint_dir='{ckpts}'"])
+    run_stage(cfg, workdir, progress=False)
+    undamaged = digest(final_params(workdir / "base_pretrain" / "final"))
+    multihost_utils.sync_global_devices("trained")
+    if pid == 0:
+        for f in (ckpts / "base_pretrain" / "4" / "state").rglob("*"):
+            if f.is_file():
+                f.write_bytes(b"")
+    multihost_utils.sync_global_devices("damaged")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = run_stage(cfg, workdir, progress=False)
+    aside = [str(w.message) for w in caught if "set aside" in str(w.message)]
+    print(f"RESULT fallback_warnings {len(aside)} {'step 4' in ''.join(aside)}", flush=True)
+    print(f"RESULT fallback_resumed {summary['resumed_from']}", flush=True)
+    print(f"RESULT fallback_same {digest(final_params(workdir / 'base_pretrain' / 'final')) == undamaged}",
+          flush=True)
+    multihost_utils.sync_global_devices("resumed")
+    print(f"RESULT fallback_steps {','.join(sorted(p.name for p in (ckpts / 'base_pretrain').iterdir()))}",
+          flush=True)
 
 
 def check(basedir: pathlib.Path):
