@@ -97,7 +97,9 @@ def test_two_processes_run_stages_through_final(tmp_path):
     """2 processes x 2 CPU devices, each host in its own workdir, run base_pretrain then pretrain (which starts
     from that host's base_pretrain/final) to completion: every host gets the same complete final/ folders, holding
     the trained parameters (those of the last checkpoint); a folder on a path both processes see is written once;
-    a model folder saved by one process (here, this one) loads in the 2-process job."""
+    a model folder saved by one process (here, this one) loads in the 2-process job. Then the faults: a damaged
+    newest checkpoint in the shared directory (both fall back to the previous step) and a SIGTERM to one process
+    (both stop at one step with its checkpoint); each resumed run ends with the parameters of an undamaged one."""
     from shine_jax.base_model import BaseModel
     from shine_jax.train.config import model_config
     from tests.train_utils import small_config
@@ -122,10 +124,17 @@ def test_two_processes_run_stages_through_final(tmp_path):
     assert host0["pretrain"] == host1["pretrain"]
     assert (host0["first_own"], host1["first_own"]) == ("True", "True")
     assert (host0["first_shared"], host1["first_shared"]) == ("True", "False")
-    # the damaged newest checkpoint: set aside once (process 0 renamed it), both resumed at step 2, same result
+    # the damaged newest checkpoint: set aside once (process 0 renamed it), both resumed at step 4, same result
     for host in (host0, host1):
-        assert (host["fallback_warnings"], host["fallback_resumed"], host["fallback_same"]) == ("1 True", "2", "True")
-        assert host["fallback_steps"] == ".unreadable-4,2,4", host["fallback_steps"]
+        assert (host["fallback_warnings"], host["fallback_resumed"], host["fallback_same"]) == ("1 True", "4", "True")
+        assert host["fallback_steps"] == ".unreadable-6,4,6", host["fallback_steps"]
+    # SIGTERM to process 1 after step 1: both stopped at the one sync step, saved it, resumed there, same result
+    assert host0["preemption_stopped"] == host1["preemption_stopped"], (host0, host1)
+    stop = host0["preemption_stopped"].split()
+    assert stop[0] in ("1", "2", "3", "4", "5"), stop
+    assert max(map(int, stop[1].split(","))) == int(stop[0]), stop  # its checkpoint is the newest
+    for host in (host0, host1):
+        assert (host["preemption_resumed"], host["preemption_same"]) == (stop[0], "True")
     # nothing left beside the folders: no markers, no temporary folders or files
     assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["model"]
     for host in ("host0", "host1"):

@@ -8,10 +8,13 @@ in the shared ``BASEDIR/ckpt``: base_pretrain, then pretrain, which starts from 
 ``base_pretrain/final``. Then both save the base model to one folder of the shared ``BASEDIR/shared``, which
 process 0 alone must write, and load ``BASEDIR/one_host``, a model folder saved by a one-process run. Each prints
 RESULT lines: a hash of every folder's parameters as loaded on that host, and which processes found themselves
-first on a path's filesystem. Last, a damaged checkpoint: a 4-step ``base_pretrain`` run (checkpoints at 2 and 4 in
-the shared ``BASEDIR/ckpt_fallback``), then process 0 empties every file of step 4's state and both processes run
-the same stage again: each sets step 4 aside once (renamed by process 0 alone), both resume at step 2, and the final
-parameters equal the undamaged run's.
+first on a path's filesystem. Last, a damaged checkpoint: a 6-step ``base_pretrain`` run (checkpoints at 4 and 6
+kept in the shared ``BASEDIR/ckpt_fallback``), then process 0 empties every file of step 6's state and both
+processes run the same stage again: each sets step 6 aside once (renamed by process 0 alone), both resume at step 4,
+and the final parameters equal the undamaged run's. Then a preemption: the same 6-step run in another checkpoint
+directory, where process 1 alone gets SIGTERM after step 1; both processes stop at one step (Orbax's preemption sync
+point, a step or more later: the notice travels through the coordination service) with a checkpoint of it, resume
+there, and end with the undamaged run's parameters.
 
 ``check`` loads every final folder in a fresh single process and compares its parameters with the ones in the
 stage's last Orbax checkpoint (the trained state), printing OK. (A 1-process run would not give the same
@@ -84,25 +87,31 @@ def worker(port: str, pid: int, basedir: pathlib.Path):
     print(f"RESULT shared {digest(final_params(basedir / 'shared' / 'model'))}", flush=True)
     # a folder that a one-process run saved (its arrays carry that run's device placement) loads here too
     print(f"RESULT one_host {digest(final_params(basedir / 'one_host'))}", flush=True)
-    fallback(pid, basedir, workdir / "fallback")
+    undamaged = fallback(pid, basedir, workdir / "fallback")
+    preemption(pid, basedir, workdir / "preemption", undamaged)
 
 
-def fallback(pid: int, basedir: pathlib.Path, workdir: pathlib.Path):
+def fallback_config(ckpts: pathlib.Path):
+    from tests.train_utils import small_config
+
+    return small_config("base_pretrain", 6, ["batch_size=8", "eval_batches=1", "checkpoint_every=2",
+                                             f"checkpoint_dir='{ckpts}'"])
+
+
+def fallback(pid: int, basedir: pathlib.Path, workdir: pathlib.Path) -> str:
     import warnings
 
     from jax.experimental import multihost_utils
 
     from shine_jax.train.loop import run_stage
-    from tests.train_utils import small_config
 
     ckpts = basedir / "ckpt_fallback"
-    cfg = small_config("base_pretrain", 4, ["batch_size=8", "eval_batches=1", "checkpoint_every=2",
-                                            f"checkpoint_dir='{ckpts}'"])
+    cfg = fallback_config(ckpts)
     run_stage(cfg, workdir, progress=False)
     undamaged = digest(final_params(workdir / "base_pretrain" / "final"))
     multihost_utils.sync_global_devices("trained")
     if pid == 0:
-        for f in (ckpts / "base_pretrain" / "4" / "state").rglob("*"):
+        for f in (ckpts / "base_pretrain" / "6" / "state").rglob("*"):
             if f.is_file():
                 f.write_bytes(b"")
     multihost_utils.sync_global_devices("damaged")
@@ -110,12 +119,42 @@ def fallback(pid: int, basedir: pathlib.Path, workdir: pathlib.Path):
         warnings.simplefilter("always")
         summary = run_stage(cfg, workdir, progress=False)
     aside = [str(w.message) for w in caught if "set aside" in str(w.message)]
-    print(f"RESULT fallback_warnings {len(aside)} {'step 4' in ''.join(aside)}", flush=True)
+    print(f"RESULT fallback_warnings {len(aside)} {'step 6' in ''.join(aside)}", flush=True)
     print(f"RESULT fallback_resumed {summary['resumed_from']}", flush=True)
     print(f"RESULT fallback_same {digest(final_params(workdir / 'base_pretrain' / 'final')) == undamaged}",
           flush=True)
     multihost_utils.sync_global_devices("resumed")
     print(f"RESULT fallback_steps {','.join(sorted(p.name for p in (ckpts / 'base_pretrain').iterdir()))}",
+          flush=True)
+    return undamaged
+
+
+def preemption(pid: int, basedir: pathlib.Path, workdir: pathlib.Path, undamaged: str):
+    import re
+
+    from jax.experimental import multihost_utils
+
+    from shine_jax.train.loop import TERM_ENV, run_stage
+    from shine_jax.train.preemption import Preempted
+
+    ckpts = basedir / "ckpt_preemption"
+    cfg = fallback_config(ckpts)
+    if pid == 1:
+        os.environ[TERM_ENV] = "1"
+    try:
+        run_stage(cfg, workdir, progress=False)
+        stopped = "not stopped"
+    except Preempted as e:
+        stopped = str(e)
+    os.environ.pop(TERM_ENV, None)
+    step = re.match(r"stopped by SIGTERM after step (\d+): checkpoint of step \1 saved", stopped)
+    step = step.group(1) if step else repr(stopped)
+    multihost_utils.sync_global_devices("preempted")
+    saved = sorted(p.name for p in (ckpts / "base_pretrain").iterdir())
+    print(f"RESULT preemption_stopped {step} {','.join(saved)}", flush=True)
+    summary = run_stage(cfg, workdir, progress=False)
+    print(f"RESULT preemption_resumed {summary['resumed_from']}", flush=True)
+    print(f"RESULT preemption_same {digest(final_params(workdir / 'base_pretrain' / 'final')) == undamaged}",
           flush=True)
 
 
