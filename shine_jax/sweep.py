@@ -99,6 +99,15 @@ class Sweep:
         raise SweepError(f"sweep {self.name} has no point {name!r} (points: {', '.join(p.name for p in self.points)})")
 
 
+def with_seed_repeats(points: list[dict], seeds: int) -> list[dict]:
+    """A sweep file's ``:seeds=N``: ``points``, then every point again with training seeds 1..N-1 (named
+    ``<name>_s<k>``, same base), to measure the seed-to-seed spread."""
+    if seeds < 1:
+        raise ConfigError(f"seeds must be >= 1, got {seeds}")
+    return points + [dict(p, name=f"{p['name']}_s{k}", overrides={**p["overrides"], "seed": k})
+                     for k in range(1, seeds) for p in points]
+
+
 def as_override_list(overrides: dict[str, Any]) -> list[str]:
     """``{"shine.lora_rank": 4}`` -> ``["shine.lora_rank=4"]`` (values as Python literals, as ``--config.*``)."""
     return [f"{k}={v!r}" for k, v in overrides.items()]

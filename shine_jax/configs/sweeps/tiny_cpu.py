@@ -15,7 +15,8 @@ import os
 
 import ml_collections
 
-from shine_jax.train.config import ConfigError, parse_arg
+from shine_jax.sweep import with_seed_repeats
+from shine_jax.train.config import parse_arg
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tiny.py")
 
@@ -40,8 +41,6 @@ DEPTHS = (2, 6)
 
 def get_config(arg=None):
     a = parse_arg(arg, quick=False, seeds=1)
-    if a.seeds < 1:
-        raise ConfigError(f"seeds must be >= 1, got {a.seeds}")
     seeds, arg = a.seeds, "quick" if a.quick else None
     c = ml_collections.ConfigDict()
     c.name = "tiny_cpu" if arg is None else "tiny_cpu_quick"
@@ -54,11 +53,9 @@ def get_config(arg=None):
         bases, ranks, depths = {"d64": BASES["d64"]}, (2,), (2, 6)
     c.bases = [dict(name=name, config=TINY, stages=("base_pretrain",), overrides={**COMMON, **shape},
                     train=base_train) for name, shape in bases.items()]
-    c.points = [dict(name=f"{b}_r{r}_m2p{d}", base=b,
-                     overrides={"shine.lora_rank": r, "shine.m2p.num_layers": d, **point_train})
-                for b in bases for r in ranks for d in depths]
-    # seeds=N: every point again with training seeds 1..N-1 (same bases), to measure the seed-to-seed spread
-    c.points += [dict(p, name=f"{p['name']}_s{k}", overrides={**p["overrides"], "seed": k})
-                 for k in range(1, seeds) for p in list(c.points)]
+    points = [dict(name=f"{b}_r{r}_m2p{d}", base=b,
+                   overrides={"shine.lora_rank": r, "shine.m2p.num_layers": d, **point_train})
+              for b in bases for r in ranks for d in depths]
+    c.points = with_seed_repeats(points, seeds)  # the same bases
     c.eval = dict(methods="none,shine", docs=8, max_new_tokens=16, batch_size=8)
     return c

@@ -15,7 +15,8 @@ import os
 
 import ml_collections
 
-from shine_jax.train.config import ConfigError, parse_arg
+from shine_jax.sweep import with_seed_repeats
+from shine_jax.train.config import parse_arg
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tiny.py")
 RANKS = (2, 8)
@@ -24,8 +25,6 @@ DEPTHS = (2, 6)
 
 def get_config(arg=None):
     a = parse_arg(arg, quick=False, seeds=1)
-    if a.seeds < 1:
-        raise ConfigError(f"seeds must be >= 1, got {a.seeds}")
     c = ml_collections.ConfigDict()
     c.name = "tiny_cpu_ift_quick" if a.quick else "tiny_cpu_ift"
     c.stages = ("pretrain", "ift_mqa")
@@ -34,10 +33,8 @@ def get_config(arg=None):
         train = {"steps": 4, "eval_every": 4, "checkpoint_every": 4, "optim.warmup_steps": 1, "eval_batches": 1}
         ranks = (2,)
     c.bases = [dict(name="tiny", config=TINY, stages=(), overrides={}, train={})]
-    c.points = [dict(name=f"tiny_r{r}_m2p{d}", base="tiny",
-                     overrides={"shine.lora_rank": r, "shine.m2p.num_layers": d, **train})
-                for r in ranks for d in DEPTHS]
-    c.points += [dict(p, name=f"{p['name']}_s{k}", overrides={**p["overrides"], "seed": k})
-                 for k in range(1, a.seeds) for p in list(c.points)]
+    c.points = with_seed_repeats([dict(name=f"tiny_r{r}_m2p{d}", base="tiny",
+                                       overrides={"shine.lora_rank": r, "shine.m2p.num_layers": d, **train})
+                                  for r in ranks for d in DEPTHS], a.seeds)
     c.eval = dict(methods="none,shine", docs=8 if a.quick else 32, max_new_tokens=16, batch_size=32)
     return c
