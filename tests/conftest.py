@@ -134,11 +134,31 @@ def trained_workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def pretrained_workdir(tmp_path_factory):
-    """Its first two stages (``base_pretrain``, then ``pretrain``: a base and a SHINE folder), all that the fault
-    tests need, so that ``pytest -m faults`` trains half the stages. In the whole suite it is the same folder as
-    ``trained_workdir``: tests of this fixture read only its first two stages."""
-    return _train_stages(tmp_path_factory, STAGES[:2])
+def base_workdir(tmp_path_factory):
+    """Its first stage (``base_pretrain``: a base model trained from scratch, with its checkpoints), all that the
+    fault tests train, so that ``pytest -m faults`` trains one small stage. In the whole suite it is the same folder
+    as ``trained_workdir``: tests of this fixture read only its first stage."""
+    return _train_stages(tmp_path_factory, STAGES[:1])
+
+
+@pytest.fixture(scope="session")
+def untrained_shine(base_workdir, tmp_path_factory) -> pathlib.Path:
+    """A SHINE folder with a fresh (untrained) hypernetwork on ``base_workdir``'s base: enough for the commands
+    whose writing, not whose answers, a test checks (``internalize``, ``eval``)."""
+    from filelock import FileLock
+
+    from shine_jax.base_model import BaseModel
+    from shine_jax.shine import Shine
+    from shine_jax.train.config import hyper_config
+    from tests.train_utils import small_config
+
+    out = shared_tmp(tmp_path_factory) / "untrained_shine"
+    with FileLock(str(out) + ".lock"):
+        if not out.is_dir():
+            cfg = small_config("pretrain", data_dir=base_workdir / "data")
+            base = BaseModel.load(base_workdir / "base_pretrain" / "final")
+            Shine.create(base, hyper_config(cfg), max_evidence_length=cfg.data.context_length).save(out)
+    return out
 
 
 def trained_workdir_extra(stage: str, wd) -> list[str]:
@@ -146,7 +166,7 @@ def trained_workdir_extra(stage: str, wd) -> list[str]:
     # ift_1qa starts from the pretrain result here (init_from), so that its own improvement is measurable in 20
     # steps; test_train's resume test runs the chained ift_mqa -> ift_1qa path.
     return FAST + ([f"init_from='{wd / 'pretrain' / 'final'}'"] if stage == "ift_1qa" else []) + (
-        ["profile_steps='2,3'"] if stage == "pretrain" else []) + (  # the profiler hook, traced in one stage
+        ["profile_steps='2,3'"] if stage == "ift_1qa" else []) + (  # the profiler hook, in a stage faults skip
         ["tracker='wandb'"] if stage == "ift_mqa" and WANDB else [])  # a stage logging to an offline W&B run
 
 

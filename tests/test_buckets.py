@@ -128,3 +128,20 @@ def test_length_grouped_batches_cover_each_window_once_and_resume_exactly():
     again.set_state(state)
     for w in want:
         np.testing.assert_array_equal(next(again)["input_ids"], w)
+
+
+@pytest.mark.parametrize("grouping", [0, 8])
+def test_read_threads_change_neither_the_batches_nor_the_resume_point(grouping):
+    """``data.read_threads`` only decides who makes a batch (threads ahead of the step, or the main thread when
+    asked): the same batches in the same order, and a state saved with threads restores without them."""
+    ds = _examples(96)
+    plain = loop.batched_iterator(ds, 4, grouping, seed=3)
+    threaded = loop.batched_iterator(ds, 4, grouping, seed=3, read_threads=3)
+    for _ in range(7):
+        np.testing.assert_array_equal(next(plain)["input_ids"], next(threaded)["input_ids"])
+    state = threaded.get_state()
+    want = [next(threaded)["input_ids"] for _ in range(5)]
+    again = loop.batched_iterator(ds, 4, grouping, seed=3)
+    again.set_state(state)
+    for w in want:
+        np.testing.assert_array_equal(next(again)["input_ids"], w)

@@ -205,8 +205,8 @@ def test_a_failed_write_removes_the_folders_it_made(tmp_path):
 
 
 @pytest.mark.slow
-def test_disk_full_through_a_failing_writer_leaves_nothing_half_written(pretrained_workdir, tmp_path, monkeypatch,
-                                                                         capsys):
+def test_disk_full_through_a_failing_writer_leaves_nothing_half_written(base_workdir, untrained_shine, tmp_path,
+                                                                         monkeypatch, capsys):
     """ENOSPC raised by the writers themselves, after part of the output is on disk (any machine: no mount needed):
     one error line naming the output, the space an adapter needs and the space free; no adapter folder, no
     results file and no temporary file is left; the previous complete output stays."""
@@ -217,7 +217,7 @@ def test_disk_full_through_a_failing_writer_leaves_nothing_half_written(pretrain
     from shine_jax.eval import report
 
     data = tmp_path / "docs.jsonl"
-    write_jsonl(_records(pretrained_workdir, 2), data)
+    write_jsonl(_records(base_workdir, 2), data)
     out = tmp_path / "out"
     real_save = peft.save_file
 
@@ -228,7 +228,7 @@ def test_disk_full_through_a_failing_writer_leaves_nothing_half_written(pretrain
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(peft, "save_file", save_half_then_fail)
-    shine = str(pretrained_workdir / "pretrain" / "final")
+    shine = str(untrained_shine)
     internalize = ["internalize", "--workdir", shine, "--jsonl", str(data), "--out", str(out)]
     assert cli.main(internalize) == 2
     line = _one_error_line(capsys)
@@ -257,7 +257,7 @@ def test_disk_full_through_a_failing_writer_leaves_nothing_half_written(pretrain
 
 
 @pytest.mark.slow
-def test_disk_full_on_a_small_tmpfs(pretrained_workdir, tmp_path, capsys):
+def test_disk_full_on_a_small_tmpfs(base_workdir, untrained_shine, tmp_path, capsys):
     """A real full file system (a 256 KiB tmpfs, filled): internalize and eval fail with one line each and leave
     nothing behind; once space is freed the same commands succeed. Skipped where mounting is not permitted."""
     mount = tmp_path / "small"
@@ -271,7 +271,7 @@ def test_disk_full_on_a_small_tmpfs(pretrained_workdir, tmp_path, capsys):
         from shine_jax.data.corpus import write_jsonl
 
         data = tmp_path / "docs.jsonl"
-        write_jsonl(_records(pretrained_workdir, 1), data)
+        write_jsonl(_records(base_workdir, 1), data)
         filler = mount / "filler"
         with open(filler, "wb", buffering=0) as f:  # unbuffered: the write that fails is the one that is lost
             try:
@@ -279,7 +279,7 @@ def test_disk_full_on_a_small_tmpfs(pretrained_workdir, tmp_path, capsys):
                     f.write(b"\0" * 4096)
             except OSError:
                 pass
-        shine = str(pretrained_workdir / "pretrain" / "final")
+        shine = str(untrained_shine)
         commands = {
             "internalize": ["internalize", "--workdir", shine, "--jsonl", str(data), "--out",
                             str(mount / "adapters")],

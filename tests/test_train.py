@@ -34,7 +34,7 @@ def test_each_stage_lowers_the_loss(trained_workdir, stage):
     logs = "wandb" if stage == "ift_mqa" and WANDB else "tensorboard"  # the fixture's W&B stage
     assert list((trained_workdir / stage / logs).iterdir()), f"no {logs} records"
     traces = list((trained_workdir / stage / "tensorboard" / "plugins" / "profile").rglob("*.xplane.pb"))
-    assert bool(traces) == (stage == "pretrain"), "profile_steps='2,3' traces the pretrain stage only"
+    assert bool(traces) == (stage == "ift_1qa"), "profile_steps='2,3' traces the ift_1qa stage only"
 
 
 # The command line in a process where TensorFlow and torch look absent (as in the plain install, whatever this
@@ -67,127 +67,122 @@ def _train_cli(workdir, stage, overrides, env=None, without_tf_and_torch=False):
                           timeout=600)
 
 
+# The fault tests run the fixture's first stage again (base_pretrain: 30 steps, checkpoints every 10, the last two
+# kept): the cheapest stage to start, and its checkpointing, resume and preemption code is every stage's.
 @pytest.mark.slow
 @pytest.mark.faults
-def test_three_faults_in_a_row_then_the_same_run(pretrained_workdir, tmp_path):
-    """The fixture's pretrain stage (20 steps, checkpoints every 10) run again from the command line, with its
-    checkpoints kept outside the workdir (``checkpoint_dir``, as a pod keeps them in a bucket) and interrupted three
-    times in a row: SIGKILL at a random step after the checkpoint of step 10, SIGTERM after step 15 (a preemption:
-    it saves step 15 and exits 143 with one line), SIGKILL at a random later step; then the same command once more,
-    in a process where TensorFlow and torch cannot be imported (the training path needs neither). The logged losses
-    and the final parameters equal the fixture's uninterrupted run, bit for bit. (The preemption falls on a logging
-    step: a logged loss is the mean over the steps since the last log, and that window is not part of a
-    checkpoint.)"""
+def test_three_faults_in_a_row_then_the_same_run(base_workdir, tmp_path):
+    """The fixture's base_pretrain stage run again from the command line, with its checkpoints kept outside the
+    workdir (``checkpoint_dir``, as a pod keeps them in a bucket) and interrupted three times in a row: SIGKILL at a
+    random step after the checkpoint of step 10, SIGTERM after step 25 (a preemption: it saves step 25 and exits 143
+    with one line), SIGKILL at a random later step; then the same command once more, in a process where TensorFlow
+    and torch cannot be imported (the training path needs neither). The logged losses and the final parameters equal
+    the fixture's uninterrupted run, bit for bit. (The preemption falls on a logging step: a logged loss is the mean
+    over the steps since the last log, and that window is not part of a checkpoint.)"""
     import random
-    import shutil
 
     import jax
 
-    from shine_jax.shine import Shine
+    from shine_jax.base_model import BaseModel
     from tests.conftest import trained_workdir_extra
     from tests.train_utils import small_overrides
 
     rng = random.Random(20)
-    kill_1, kill_2 = rng.randint(11, 14), rng.randint(16, 19)
+    kill_1, kill_2 = rng.randint(11, 19), rng.randint(26, 29)
     wd, bucket = tmp_path / "wd", tmp_path / "bucket"
-    shutil.copytree(pretrained_workdir / "base_pretrain" / "final", wd / "base_pretrain" / "final")
-    # the fixture's overrides, less its profiler (steps 2-3 of the first run here would write a trace)
-    extra = [o for o in trained_workdir_extra("pretrain", pretrained_workdir) if not o.startswith("profile_steps")]
-    overrides = [*small_overrides(STEPS["pretrain"], extra, pretrained_workdir / "data"), f"checkpoint_dir='{bucket}'"]
+    stage = "base_pretrain"
+    overrides = [*small_overrides(STEPS[stage], trained_workdir_extra(stage, base_workdir), base_workdir / "data"),
+                 f"checkpoint_dir='{bucket}'"]
     steps_kept = []
-    for env, status, kept in (({KILL_ENV: str(kill_1)}, -9, [10]), ({TERM_ENV: "15"}, 143, [10, 15]),
-                              ({KILL_ENV: str(kill_2)}, -9, [10, 15])):
-        proc = _train_cli(wd, "pretrain", overrides, env=env)
+    for env, status, kept in (({KILL_ENV: str(kill_1)}, -9, [10]), ({TERM_ENV: "25"}, 143, [20, 25]),
+                              ({KILL_ENV: str(kill_2)}, -9, [20, 25])):
+        proc = _train_cli(wd, stage, overrides, env=env)
         assert proc.returncode == status, proc.stderr[-2000:]
-        steps_kept.append(sorted(int(p.name) for p in (bucket / "pretrain").iterdir() if p.name.isdigit()))
+        steps_kept.append(sorted(int(p.name) for p in (bucket / stage).iterdir() if p.name.isdigit()))
         if status == 143:
             errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-            assert len(errors) == 1 and "stopped by SIGTERM after step 15: checkpoint of step 15 saved" in errors[0]
-        assert not (wd / "pretrain" / "final").exists()
+            assert len(errors) == 1 and "stopped by SIGTERM after step 25: checkpoint of step 25 saved" in errors[0]
+        assert not (wd / stage / "final").exists()
         assert steps_kept[-1] == kept, (kill_1, kill_2, steps_kept)
-    proc = _train_cli(wd, "pretrain", overrides, without_tf_and_torch=True)
+    proc = _train_cli(wd, stage, overrides, without_tf_and_torch=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not (wd / "pretrain" / "checkpoints").exists(), "checkpoints written into the workdir"
-    assert list((wd / "pretrain" / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard events"
+    assert not (wd / stage / "checkpoints").exists(), "checkpoints written into the workdir"
+    assert list((wd / stage / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard events"
 
-    a = read_metrics(pretrained_workdir / "pretrain" / "metrics.jsonl")
-    b = read_metrics(wd / "pretrain" / "metrics.jsonl")
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(0, 21, 5))
+    a = read_metrics(base_workdir / stage / "metrics.jsonl")
+    b = read_metrics(wd / stage / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(0, 31, 5))
     assert [(r.get("loss"), r.get("val_loss")) for r in a] == [(r.get("loss"), r.get("val_loss")) for r in b]
-    assert json.loads((wd / "pretrain" / "summary.json").read_text())["resumed_from"] == 15
-    pa = Shine.load(pretrained_workdir / "pretrain" / "final").hyper_params()
-    pb = Shine.load(wd / "pretrain" / "final").hyper_params()
-    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+    assert json.loads((wd / stage / "summary.json").read_text())["resumed_from"] == 25
+    pa = BaseModel.load(base_workdir / stage / "final").params()
+    pb = BaseModel.load(wd / stage / "final").params()
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
         np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.slow
 @pytest.mark.faults
-def test_workdir_of_another_model_is_refused(pretrained_workdir, tmp_path, capsys):
+def test_workdir_of_another_model_is_refused(base_workdir, tmp_path, capsys):
     import shutil
 
     from shine_jax import cli
 
     wd = tmp_path / "wd"
-    shutil.copytree(pretrained_workdir / "pretrain", wd / "pretrain")
-    shutil.copytree(pretrained_workdir / "base_pretrain" / "final", wd / "base_pretrain" / "final")
-    overrides = SMALL + RESUME + ["steps=4", f"data.dir='{pretrained_workdir / 'data'}'", "shine.m2p.num_layers=4"]
-    assert cli.main(["train", "--config", f"{REPO}/configs/tiny.py:pretrain", "--workdir", str(wd), "--no-progress",
-                     *(f"--config.{o}" for o in overrides)]) == 2
+    shutil.copytree(base_workdir / "base_pretrain" / "checkpoints", wd / "base_pretrain" / "checkpoints")
+    overrides = SMALL + RESUME + ["steps=4", f"data.dir='{base_workdir / 'data'}'", "model.num_layers=3"]
+    assert cli.main(["train", "--config", f"{REPO}/configs/tiny.py:base_pretrain", "--workdir", str(wd),
+                     "--no-progress", *(f"--config.{o}" for o in overrides)]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "different model" in last
 
 
 @pytest.mark.slow
 @pytest.mark.faults
-def test_unreadable_newest_checkpoint_falls_back_to_the_previous_step(pretrained_workdir, tmp_path):
-    """The newest step of the fixture's finished pretrain stage loses its state (every file truncated): rerunning
-    warns once, sets the step aside (kept, renamed), resumes from the previous step and ends with the same losses;
-    when no step restores (state folders deleted), one error says so."""
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_step(base_workdir, tmp_path):
+    """The newest step of the fixture's finished base_pretrain stage loses its state (every file truncated):
+    rerunning warns once, sets the step aside (kept, renamed), resumes from the previous step and ends with the same
+    losses; when no step restores (state folders deleted), one error says so."""
     import shutil
 
     from shine_jax.train.checkpoint import CheckpointError
     from tests.conftest import trained_workdir_extra
     from tests.train_utils import small_config
 
+    stage = "base_pretrain"
     wd = tmp_path / "wd"
-    shutil.copytree(pretrained_workdir / "pretrain", wd / "pretrain")
-    shutil.copytree(pretrained_workdir / "base_pretrain" / "final", wd / "base_pretrain" / "final")
-    cfg = small_config("pretrain", STEPS["pretrain"], trained_workdir_extra("pretrain", pretrained_workdir),
-                       pretrained_workdir / "data")
-    first = read_metrics(wd / "pretrain" / "metrics.jsonl")
-    ckpts = wd / "pretrain" / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == ["10", "20"]
+    shutil.copytree(base_workdir / stage, wd / stage)
+    shutil.rmtree(wd / stage / "final")
+    cfg = small_config(stage, STEPS[stage], trained_workdir_extra(stage, base_workdir), base_workdir / "data")
+    first = read_metrics(wd / stage / "metrics.jsonl")
+    ckpts = wd / stage / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == ["20", "30"]
 
-    for f in (ckpts / "20" / "state").rglob("*"):
+    for f in (ckpts / "30" / "state").rglob("*"):
         if f.is_file():
             f.write_bytes(b"")
-    with pytest.warns(UserWarning, match=r"checkpoint step 20 .* set aside as \.unreadable-20"):
+    with pytest.warns(UserWarning, match=r"checkpoint step 30 .* set aside as \.unreadable-30"):
         summary = run_stage(cfg, wd, progress=False)
-    assert summary["resumed_from"] == 10
-    assert (ckpts / ".unreadable-20" / "state").is_dir()  # kept for inspection, never deleted
-    again = read_metrics(wd / "pretrain" / "metrics.jsonl")  # steps 11-20 again, the same losses
+    assert summary["resumed_from"] == 20
+    assert (ckpts / ".unreadable-30" / "state").is_dir()  # kept for inspection, never deleted
+    again = read_metrics(wd / stage / "metrics.jsonl")  # steps 21-30 again, the same losses
     assert [(r["step"], r.get("loss"), r.get("val_loss")) for r in again] == \
         [(r["step"], r.get("loss"), r.get("val_loss")) for r in first]
 
-    for step in (10, 20):  # the rerun saved a new step 20: now every kept step loses its state
+    for step in (20, 30):  # the rerun saved a new step 30: now every kept step loses its state
         shutil.rmtree(ckpts / str(step) / "state")
     with pytest.raises(CheckpointError, match="no checkpoint .* can be restored"), pytest.warns(UserWarning):
         run_stage(cfg, wd, progress=False)
-    assert {".unreadable-10", ".unreadable-20.1"} <= {p.name for p in ckpts.iterdir()}
+    assert {".unreadable-20", ".unreadable-30.1"} <= {p.name for p in ckpts.iterdir()}
 
 
 @pytest.mark.slow
 @pytest.mark.faults
-def test_diverged_stage_is_one_error_and_writes_no_final(pretrained_workdir, tmp_path):
-    import shutil
-
+def test_diverged_stage_is_one_error_and_writes_no_final(base_workdir, tmp_path):
     from shine_jax.train.config import ConfigError
 
     wd = tmp_path / "wd"
-    shutil.copytree(pretrained_workdir / "base_pretrain" / "final", wd / "base_pretrain" / "final")
-    cfg = load_config(f"{REPO}/configs/tiny.py:pretrain", SMALL + RESUME + [
-        f"data.dir='{pretrained_workdir / 'data'}'", "steps=2", "optim.lr=1e39"])
-    with pytest.raises(ConfigError, match=r"^stage pretrain diverged: validation loss (nan|inf) at step 2 "):
+    cfg = load_config(f"{REPO}/configs/tiny.py:base_pretrain", SMALL + RESUME + [
+        f"data.dir='{base_workdir / 'data'}'", "steps=2", "optim.lr=1e39"])
+    with pytest.raises(ConfigError, match=r"^stage base_pretrain diverged: validation loss (nan|inf) at step 2 "):
         run_stage(cfg, wd, progress=False)  # a ConfigError is one `error:` line on the command line
-    assert not (wd / "pretrain" / "final").exists()
+    assert not (wd / "base_pretrain" / "final").exists()

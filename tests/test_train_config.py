@@ -34,6 +34,7 @@ def test_paper_configs_carry_the_paper_settings():
     ("steps='many'", "'steps' expects int"),
     ("optim.warmup_steps=100000", "'optim.warmup_steps'"),
     ("profile_steps='5,2'", "'profile_steps': must be FIRST,LAST"),
+    ("data.read_threads=-1", "'data.read_threads': must be an integer"),
 ])
 def test_bad_fields_are_named(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

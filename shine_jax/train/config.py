@@ -123,6 +123,10 @@ def base_config() -> ml_collections.ConfigDict:
     # 0: batches drawn at random (official); W: the examples of every W batches sorted by length and cut into
     # batches of similar length (then in a seeded random order), so that length_buckets cuts more (a departure)
     c.data.length_grouping = 0
+    # threads that make batches ahead of the step (Grain's ReadOptions). 0: each batch is made in the main thread
+    # while the dispatched step runs; the records are in memory, so threads only add GIL contention (Grain's own
+    # advice), which cost the tiny stages 0.2-0.3 s a step with Grain's default of 16 threads x 500 batches
+    c.data.read_threads = 0
     c.data.comp_fraction = 0.5  # pretrain: share of COMP (vs RECON) examples
     c.data.comp_keep_min = 0.7  # COMP keeps this..max share of the words as evidence
     c.data.comp_keep_max = 0.9
@@ -415,6 +419,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     need(c.model.param_dtype == "float32", "model.param_dtype", "master weights are float32")
     need(isinstance(c.data.length_buckets, int) and 0 <= c.data.length_buckets <= 64, "data.length_buckets",
          f"must be an integer in [0, 64] (0 = no buckets), got {c.data.length_buckets!r}")
+    need(isinstance(c.data.read_threads, int) and 0 <= c.data.read_threads <= 64, "data.read_threads",
+         f"must be an integer in [0, 64] (0 = batches made in the main thread), got {c.data.read_threads!r}")
     need(isinstance(c.data.length_grouping, int) and 0 <= c.data.length_grouping <= 1024, "data.length_grouping",
          f"must be an integer in [0, 1024] (batches per sorted window; 0 = off), got {c.data.length_grouping!r}")
     need(c.model.frozen_param_dtype in FROZEN_DTYPES, "model.frozen_param_dtype",
@@ -532,7 +538,7 @@ def to_dict(c: ml_collections.ConfigDict) -> dict[str, Any]:
 
 # fields that change how a run is logged or checkpointed, never what it trains
 NOT_HASHED = ("log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "checkpoint_dir",
-              "tracker", "tracker_project", "profile_steps")
+              "tracker", "tracker_project", "profile_steps", "data.read_threads")
 
 
 def profile_range(text: str) -> tuple[int, int] | None:

@@ -298,16 +298,18 @@ def shine_param_groups(cfg, params) -> tuple[Any, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- data
-def batched_iterator(ds, per_host_batch: int, grouping: int = 0, seed: int = 0):
+def batched_iterator(ds, per_host_batch: int, grouping: int = 0, seed: int = 0, read_threads: int = 0):
     """Batches of ``ds`` as a checkpointable iterator; ``grouping`` > 0: batches of similar length
-    (``buckets.LengthGroupedBatches`` over windows of that many batches)."""
+    (``buckets.LengthGroupedBatches`` over windows of that many batches); ``read_threads`` > 0: that many threads
+    make up to two batches each ahead (0: each batch is made when asked for, see ``data.read_threads``)."""
+    options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads)
     if grouping:
         if isinstance(ds, grain.IterDataset):
             raise ConfigError("config field 'data.length_grouping': a streamed text corpus (data.pretrain_files) "
                               "cannot be grouped by length; set it to 0 (data.length_buckets still applies)")
-        return iter(buckets.LengthGroupedBatches(ds, per_host_batch, grouping, seed).dataset().to_iter_dataset())
+        return iter(buckets.LengthGroupedBatches(ds, per_host_batch, grouping, seed).dataset().to_iter_dataset(options))
     batched = ds.batch(per_host_batch, drop_remainder=True)
-    return iter(batched if isinstance(batched, grain.IterDataset) else batched.to_iter_dataset())
+    return iter(batched if isinstance(batched, grain.IterDataset) else batched.to_iter_dataset(options))
 
 
 def to_global(batch: dict, cfg, mesh) -> dict:
@@ -398,7 +400,8 @@ def _run_stage(cfg, workdir: pathlib.Path, stage_dir: pathlib.Path, mesh, t_star
                                           repeat=False, **shard)
     per_host = cfg.batch_size // jax.process_count()
     grouping = cfg.data.length_grouping if stage_of(cfg).dataset in BUCKETED_DATASETS else 0
-    train_it = batched_iterator(train_ds, per_host, grouping, cfg.seed + jax.process_index())
+    train_it = batched_iterator(train_ds, per_host, grouping, cfg.seed + jax.process_index(),
+                                cfg.data.read_threads)
 
     tx = optim.make_optimizer(cfg.optim, cfg.steps, task.labels, task.lr_mults)
     params = jax.device_put(task.params, task.param_shardings)
