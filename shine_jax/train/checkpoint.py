@@ -163,7 +163,8 @@ def all_finite(tree: Any) -> bool:
     for 150 leaves: a cost paid at the first save of every run, larger than the check it replaces."""
     ok = True
     for x in jax.tree.leaves(tree):
-        if not jnp.issubdtype(np.result_type(x), jnp.floating):  # also bfloat16, which numpy does not call floating
+        dtype = x.dtype if hasattr(x, "dtype") else np.result_type(x)
+        if not jnp.issubdtype(dtype, jnp.floating):  # also bfloat16, which numpy does not call floating
             continue
         shards = [s.data for s in x.addressable_shards] if isinstance(x, jax.Array) else [x]
         ok = ok and all(bool(np.isfinite(np.asarray(s)).all()) for s in shards)
