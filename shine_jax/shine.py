@@ -263,10 +263,27 @@ class Shine:
         path = resolve_shine_dir(path)
         hcfg, params, meta = cls.read_hyper(path)
         base = load_base_from(checkpoints.resolve_base(path), compute_dtype, dtype)
-        shine = cls.create(base, hcfg, max_evidence_length=meta.get("max_evidence_length"))
-        shine.set_hyper_params(params)
+        shine = cls.with_params(base, hcfg, params, max_evidence_length=meta.get("max_evidence_length"))
         shine.source_dir = path.absolute()
         return shine
+
+    @classmethod
+    def with_params(cls, base: BaseModel, hyper_cfg: HyperConfig, params: dict,
+                    max_evidence_length: int | None = None) -> Shine:
+        """A hypernetwork holding ``params`` (a saved ``hyper_params()``), never initialised: its shapes come from
+        ``nnx.eval_shape``, so a command that loads a SHINE folder skips the random init (1.5-3 s of first-use
+        eager ops). A folder saved before a parameter existed gets that parameter's fresh init, as before."""
+        abstract = nnx.eval_shape(lambda: Hypernetwork(base.cfg, hyper_cfg, nnx.Rngs(0)))
+        graphdef, state = nnx.split(abstract)
+        try:
+            nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+        except (KeyError, ValueError):
+            state = None  # keys the module does not have: set_hyper_params below names the mismatch
+        if state is None or any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state)):
+            shine = cls.create(base, hyper_cfg, max_evidence_length=max_evidence_length)
+            shine.set_hyper_params(params)
+            return shine
+        return cls(base, nnx.merge(graphdef, state), max_evidence_length)
 
     @staticmethod
     def read_hyper(path: str | os.PathLike) -> tuple[HyperConfig, dict, dict]:

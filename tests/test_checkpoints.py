@@ -93,3 +93,40 @@ def test_all_finite_reads_every_floating_leaf_and_skips_integers():
     assert all_finite({})
     for bad in (jnp.array([1.0, jnp.inf], jnp.bfloat16), jnp.array([0.0, jnp.nan]), np.array([-np.inf], np.float32)):
         assert not all_finite({"ok": jnp.ones(2), "step": jnp.int32(7), "bad": bad})
+
+
+def test_a_loaded_shine_skips_the_init_and_equals_one_initialised_then_set(tmp_path):
+    """``Shine.load`` builds the hypernetwork from its saved parameters without initialising it; the result equals
+    a fresh init with those parameters set (module structure, every parameter, the generated LoRA), and a parameter
+    set missing a tensor (a folder older than that tensor) keeps the tensor's fresh init."""
+    import jax
+
+    from shine_jax.model.config import ModelConfig
+
+    cfg = ModelConfig(family="llama", vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=1,
+                      num_heads=2, num_kv_heads=2, head_dim=8)
+    hcfg = hyper_config(small_config("pretrain", 2))
+    trained = Shine.create(BaseModel.random(cfg), hcfg, seed=3)
+    p = trained.hyper_params()
+    trained.set_hyper_params({**p, "mem_tokens": np.full_like(p["mem_tokens"], 0.5)})  # unlike any init
+    trained.save(tmp_path / "s")
+    loaded = Shine.load(tmp_path / "s")
+    _, params, _ = Shine.read_hyper(tmp_path / "s")
+    reference = Shine.create(loaded.base, hcfg, seed=0)
+    reference.set_hyper_params(params)
+    assert loaded.hyper_graphdef == reference.hyper_graphdef
+    for a, b in ((trained.hyper_params(), loaded.hyper_params()), (reference.hyper_params(), loaded.hyper_params())):
+        assert jax.tree.structure(a) == jax.tree.structure(b)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            assert x.dtype == y.dtype
+            np.testing.assert_array_equal(x, y)
+    ids = np.array([[3, 4, 5, 6]])
+    for x, y in zip(jax.tree.leaves(reference.generate_lora(ids)), jax.tree.leaves(loaded.generate_lora(ids))):
+        np.testing.assert_array_equal(x, y)
+
+    older = {k: v for k, v in params.items() if k != "mem_tokens"}
+    partial = Shine.with_params(loaded.base, hcfg, older)
+    fresh = Shine.create(loaded.base, hcfg).hyper_params()
+    np.testing.assert_array_equal(partial.hyper_params()["mem_tokens"], fresh["mem_tokens"])
+    assert not np.any(fresh["mem_tokens"] == 0.5)
+    np.testing.assert_array_equal(partial.hyper_params()["m2p"]["layer_pe"], params["m2p"]["layer_pe"])
