@@ -25,7 +25,8 @@ Typical use::
     from shine_jax.data import tfds_builder as B
     train = B.load_split("/data/tfds", "train", "mqa")          # prepares on the first call, reuses afterwards
     train[0]["qa"][0]["answers"]                                 # -> ['Drelmouth']
-    batches = train.shuffle(seed=0).repeat().to_iter_dataset()   # ... usual grain pipeline
+    batches = train.shuffle(seed=0).repeat().to_iter_dataset(grain.ReadOptions(num_threads=0))
+    # in memory already: Grain's default 16 read threads would only contend for the GIL (data.read_threads)
 """
 
 from __future__ import annotations
