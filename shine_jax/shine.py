@@ -342,12 +342,20 @@ def resolve_shine_dir(path: str | os.PathLike) -> pathlib.Path:
 
 def with_shine_tokens(base: BaseModel) -> BaseModel:
     """Add SHINE's ``<RECON>``, ``<COMP>``, ``<NOTHING>`` tokens and resize the vocabulary to ``len(tokenizer)``
-    as the official trainer does (rows are copied; rows beyond the old vocabulary start at the mean embedding)."""
+    as the official trainer does (rows are copied; rows beyond the old vocabulary start at the mean embedding).
+
+    A Qwen3 base also gets the official chat format: the official trainer replaces Qwen3's template and renders
+    every conversation and prompt with ``enable_thinking=False``, which gives plain ChatML turns with no system
+    prompt and no ``<think>`` block (Qwen3's own template puts an empty one before the last answer), so its
+    tokenizer renders with ``prompts.CHAT_TEMPLATE``. Other families keep their own template."""
     tok = copy.deepcopy(base.tokenizer)  # the caller's tokenizer stays as it was
     tok.add_tokens(list(SPECIAL_TOKENS))
+    if base.cfg.family == "qwen3":
+        tok.chat_template = prompts.CHAT_TEMPLATE
     n = len(tok)
     if n == base.cfg.vocab_size:
-        return base if len(base.tokenizer) == n else BaseModel(base.decoder, tok, base.hf_config, base.origin)
+        unchanged = len(base.tokenizer) == n and tok.chat_template == base.tokenizer.chat_template
+        return base if unchanged else BaseModel(base.decoder, tok, base.hf_config, base.origin)
     params = base.params()
 
     def resize(table, axis):

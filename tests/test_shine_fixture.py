@@ -104,3 +104,76 @@ def test_gradients_of_one_training_step(shine, ref, fixtures_dir):
         assert max_rel_err(val, grads_ref[f"grad.m2p.{key}"]) <= TOL, f"grad m2p.{key}"
         checked += 1
     assert checked == 56 + 50
+
+
+# A template that renders like Qwen3's own when thinking is not switched off: an empty <think> block before the
+# answer that follows the last user turn, and none in the generation prompt. (Written here to show what a Qwen3
+# folder brings; the official trainer replaces it.)
+QWEN3_LIKE_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' and loop.last and enable_thinking is not defined -%}"
+    "{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
+
+
+def stand_in_tokenizer(meta, template):
+    """The fixture's word-level stand-in: word ``wN`` has id N, the role words, newline and special tokens the ids
+    the fixture records, spaces separate words."""
+    from tokenizers import AddedToken, Regex, pre_tokenizers
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models as tmodels
+
+    from shine_jax.data.hf_tokenizer import Tokenizer
+
+    ids = meta["special_token_ids"]
+    vocab = {f"w{i}": i for i in range(min(ids.values()))}
+    vocab.update({"user": ids["user"], "assistant": ids["assistant"], "\n": ids["\n"], "<unk>": 503})
+    specials = sorted((t for t in ids if t.startswith("<")), key=ids.get)
+    vocab.update({t: ids[t] for t in specials})
+    backend = Backend(tmodels.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(" ", "removed"),
+                                                     pre_tokenizers.Split(Regex("\n"), "isolated")])
+    backend.add_special_tokens([AddedToken(t, special=True) for t in specials])
+    return Tokenizer(backend, {"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>"}, template)
+
+
+def test_a_qwen3_base_renders_conversations_as_the_official_trainer(fixtures_dir, ref):
+    """SHINE's Qwen3 chat format against the official collator's token ids (the fixture's ``input_ids`` and
+    ``labels``: the official replacement template rendered by transformers with ``enable_thinking=False``): a
+    Qwen3 base prepared for SHINE renders the fixture's question/answer pairs to exactly those ids and labels,
+    whatever template its folder brought, and its generation prompt ends at ``<|im_start|>assistant\\n`` as the
+    official evaluation's does. A LLaMA-family base keeps its own template."""
+    import dataclasses
+
+    from shine_jax.base_model import BaseModel
+    from shine_jax.data import pipelines, prompts
+    from shine_jax.model.config import ModelConfig
+    from shine_jax.shine import with_shine_tokens
+
+    meta = json.loads((fixtures_dir / "fixture_meta.json").read_text())
+    texts = meta["collator_texts"]
+    tok = stand_in_tokenizer(meta, QWEN3_LIKE_TEMPLATE)
+    cfg = ModelConfig(family="qwen3", vocab_size=512, hidden_size=16, intermediate_size=32, num_layers=1,
+                      num_heads=2, num_kv_heads=1, head_dim=8)
+    pad, length = meta["special_token_ids"]["<|endoftext|>"], ref["input_ids"].shape[1]
+
+    def collate(tokenizer):
+        turns = [prompts.chat_turns(tokenizer, [(q, a)]) for q, a in zip(texts["question"], texts["answer"],
+                                                                           strict=True)]
+        rows = [pipelines.left_pad(i, length, pad, labels=lab) for i, lab in turns]
+        return np.stack([r["ids"] for r in rows]), np.stack([r["labels"] for r in rows])
+
+    as_brought, _ = collate(tok)
+    assert (as_brought == meta["special_token_ids"]["<think>"]).any()  # the folder's template: a think block
+    shine_tok = with_shine_tokens(BaseModel.random(cfg, tokenizer=tok)).tokenizer
+    ids, labels = collate(shine_tok)
+    np.testing.assert_array_equal(ids, ref["input_ids"])
+    np.testing.assert_array_equal(labels, ref["labels"])
+    assert prompts.generation_text(shine_tok, [{"role": "user", "content": "w1"}]).endswith(
+        "<|im_end|>\n<|im_start|>assistant\n")
+    llama = with_shine_tokens(BaseModel.random(dataclasses.replace(cfg, family="llama"), tokenizer=tok))
+    assert llama.tokenizer.chat_template == QWEN3_LIKE_TEMPLATE
