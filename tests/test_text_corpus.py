@@ -99,16 +99,55 @@ def test_bad_shards(tmp_path):
         PackedTextDataset(str(tmp_path / "x.*"), TOK, data_cfg(), seed=0)
 
 
-def test_pretrain_stage_trains_on_text_files(corpus, tmp_path):
-    """SHINE pretraining on the shipped base reading the shards (validation on the bundled corpus)."""
-    from shine_jax.train.config import load_config
-    from shine_jax.train.loop import run_stage
+def squad_parquet(path, people):
+    """Hugging Face SQuAD rows (parquet) on one-sentence-per-fact contexts: two questions per context."""
+    rows = []
+    for i, (name, city, job) in enumerate(people):
+        context = f"{name} was born in {city}. {name} works as a {job}."
+        for q, (question, answer) in enumerate(((f"Where was {name} born?", city),
+                                                (f"What does {name} work as?", job))):
+            rows.append({"id": f"p{i}q{q}", "title": name, "context": context, "question": question,
+                         "answers": {"text": [answer], "answer_start": [context.index(answer)]}})
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_imported_data_end_to_end(corpus, tmp_path, capsys):
+    """The paper's data path on fixture files, through the command line: SHINE pretraining on the text shards,
+    `data import` of SQuAD parquet files, the multi-QA stage on the imported records (starting from the pretrained
+    hypernetwork), then `eval` on the imported test records."""
+    from shine_jax import cli
 
     path, _ = corpus
-    cfg = load_config(f"{REPO}/configs/tiny.py:pretrain", [
-        f"data.pretrain_files='{path / '*'}'", "steps=3", "batch_size=2", "data.context_length=48",
-        "data.conversation_length=64", "data.num_people=400", "data.train_docs=40", "data.eval_docs=8",
-        "eval_batches=1", "log_every=1", "eval_every=3", "checkpoint_every=3", "optim.warmup_steps=1"])
-    summary = run_stage(cfg, tmp_path / "run", progress=False)
-    assert summary["steps"] == 3 and np.isfinite(summary["val_loss"])
-    assert (tmp_path / "run" / "pretrain" / "final" / "shine.json").is_file()
+    cities, jobs = ["Moravind", "Kestrel Bay", "Dunhollow", "Ashgrove"], ["nurse", "baker", "pilot", "clerk"]
+    people = [(f"Ada Quell{i}", cities[i % 4], jobs[(i // 4) % 4]) for i in range(12)]
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, part in (("train", people[:8]), ("test", people[8:])):
+        squad_parquet(tmp_path / f"squad-{split}.parquet", part)
+        assert cli.main(["data", "import", "--format", "squad", "--input", str(tmp_path / f"squad-{split}.parquet"),
+                         "--out", str(data / f"{split}.jsonl"), "--no-progress"]) == 0
+    records = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all(len(r["qa"]) == 2 for r in records)
+
+    shapes = ["steps=3", "batch_size=2", "data.context_length=48", "data.conversation_length=64",
+              "data.num_people=400", "data.train_docs=40", "data.eval_docs=8", "eval_batches=1", "log_every=1",
+              "eval_every=3", "checkpoint_every=3", "optim.warmup_steps=1"]
+    stages = {"pretrain": [f"data.pretrain_files='{path / '*'}'"],
+              "ift_mqa": [f"data.jsonl_train='{data / 'train.jsonl'}'", f"data.jsonl_eval='{data / 'test.jsonl'}'"]}
+    for stage, extra in stages.items():
+        assert cli.main(["train", "--config", f"{REPO}/configs/tiny.py:{stage}", "--workdir", str(tmp_path / "run"),
+                         "--no-progress", *(f"--config.{o}" for o in shapes + extra)]) == 0, capsys.readouterr().err
+        summary = json.loads((tmp_path / "run" / stage / "summary.json").read_text())
+        assert summary["steps"] == 3 and np.isfinite(summary["val_loss"])
+    assert (tmp_path / "run" / "ift_mqa" / "final" / "shine.json").is_file()
+
+    out = tmp_path / "eval" / "results.json"
+    assert cli.main(["eval", "--workdir", str(tmp_path / "run" / "ift_mqa" / "final"), "--data",
+                     str(data / "test.jsonl"), "--methods", "none,shine", "--batch-size", "4", "--max-new-tokens",
+                     "4", "--no-progress", "--out", str(out)]) == 0
+    methods = json.loads(out.read_text())["methods"]
+    assert sorted(methods) == ["none", "shine"]
+    for r in methods.values():  # each method answered the 8 imported questions of the 4 test documents
+        assert (r["questions"], r["documents"]) == (8, 4) and 0.0 <= r["f1"] <= 1.0
+        assert [p["id"] for p in r["predictions"]] == [rec["id"] for rec in records]
