@@ -425,3 +425,13 @@ def test_help_names_every_format_and_the_length_measure(capsys):
         cli.main(["data", "import", "--help"])
     text = capsys.readouterr().out
     assert all(name in text for name in importers.FORMATS) and "whitespace" in text
+
+
+@pytest.mark.parametrize("name", ["shine-ift", "msmarco-mqa"])
+def test_a_row_with_an_empty_conversation_is_skipped_with_a_warning(tmp_path, name):
+    good = SAMPLES[name][0]
+    rows = [good[0], dict(good[1], conversations=[]), good[1]]
+    docs, summary, warnings = run_import(tmp_path, name, rows, "jsonl")
+    assert len(docs) == 2 and summary.bad_rows == 1
+    assert len(warnings) == 1 and warnings[0].startswith(f"{tmp_path / 'in.jsonl'}, line 2: ")
+    assert "empty" in warnings[0] and warnings[0].endswith("skipping the row")
