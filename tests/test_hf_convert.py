@@ -153,3 +153,26 @@ def test_a_stage_reads_its_frozen_base_in_the_storage_dtype(trained_workdir, mon
     base = loop.load_base(cfg, trained_workdir)
     assert asked == ["bfloat16"]
     assert {str(x.dtype) for x in jax.tree.leaves(base.params())} == {"bfloat16"}
+
+
+def test_internalize_and_eval_read_the_base_in_the_dtype_asked(trained_workdir, tmp_path, monkeypatch, capsys):
+    """``--dtype bfloat16`` on ``internalize`` and ``eval``: the base is read as bfloat16 from the file on (the
+    loader is asked for it), and both commands finish."""
+    from shine_jax.data.corpus import write_jsonl
+
+    asked = []
+    load = BaseModel.load
+    monkeypatch.setattr(BaseModel, "load", classmethod(lambda cls, path, dtype=None, compute_dtype=None: (
+        asked.append((dtype, compute_dtype)), load(path, dtype=dtype, compute_dtype=compute_dtype))[1]))
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Ada Vell was born in Norcastle. She works as a baker.")
+    assert cli.main(["internalize", "--workdir", str(trained_workdir), "--doc", str(doc), "--out",
+                     str(tmp_path / "adapter"), "--dtype", "bfloat16"]) == 0
+    data = tmp_path / "docs.jsonl"
+    write_jsonl([{"id": "a", "context": doc.read_text(), "qa": [{"question": "Where was Ada Vell born?",
+                                                                 "answers": ["Norcastle"]}]}], data)
+    assert cli.main(["eval", "--workdir", str(trained_workdir), "--data", str(data), "--methods", "shine",
+                     "--max-new-tokens", "4", "--no-progress", "--dtype", "bfloat16",
+                     "--out", str(tmp_path / "r.json")]) == 0
+    assert asked == [("bfloat16", "bfloat16")] * 2
+    capsys.readouterr()
