@@ -154,7 +154,7 @@ def cmd_eval(args) -> None:
 
 def _eval(args) -> None:
     from shine_jax.eval.methods import EvalSettings
-    from shine_jax.eval.report import markdown_table
+    from shine_jax.eval.report import markdown_table, per_turn_table
     from shine_jax.eval.run import evaluate_jsonl
 
     # memory3's bank is kept beside the results unless --memory3-dir names a folder
@@ -168,6 +168,8 @@ def _eval(args) -> None:
                                     skip_bad=args.skip_bad_lines, progress=not args.no_progress, bank=args.bank,
                                     dtype=args.dtype)
     print(markdown_table(results), end="")
+    if per_turn := per_turn_table(results):
+        print(f"\nF1 per turn:\n\n{per_turn}", end="")
     print(f"results: {files['json']}  table: {files['markdown']}  plot: {files['png']}")
 
 
@@ -337,6 +339,34 @@ def cmd_serve(args) -> None:
         pass
     finally:
         server.server_close()
+
+
+# ------------------------------------------------------------------------------------------------ report
+def cmd_report(args) -> None:
+    """Several ``eval`` results as one table: a column per set (the shape of the paper's Table 2)."""
+    from shine_jax.eval.report import read_results, sets_table
+
+    sets = {}
+    for item in args.set:
+        name, sep, path = item.partition("=")
+        if not (sep and name and path):
+            raise InputError(f"--set {item!r}: expected NAME=RESULTS.json (e.g. squad=runs/q8b/squad.json)")
+        if name in sets:
+            raise InputError(f"--set {name}: the name is given twice")
+        if not pathlib.Path(path).is_file():
+            raise InputError(f"--set {name}: {path} is not a file")
+        try:
+            sets[name] = read_results(path)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"--set {name}: {e}") from None
+    text = "F1\n\n" + sets_table(sets, "f1") + "\nEM\n\n" + sets_table(sets, "em")
+    print(text, end="")
+    if args.out:
+        from shine_jax.fileutil import atomic_text_file
+
+        with writing(args.out), atomic_text_file(args.out) as f:
+            f.write(text)
+        print(f"table: {args.out}")
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -669,6 +699,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=cmd_serve)
 
     from shine_jax.data.importers import DEFAULT_SEED, FORMATS  # pure Python: no JAX either
+
+    rp = sub.add_parser("report", help="several eval results as one table, a column per test set")
+    rp.add_argument("--set", action="append", required=True, metavar="NAME=RESULTS.json",
+                    help="a test set's name and the results.json `shine-jax eval` wrote for it; repeatable")
+    rp.add_argument("--out", default="", metavar="TABLE.md", help="also write the table there (atomically)")
+    rp.set_defaults(func=cmd_report)
 
     da = sub.add_parser("data", help="prepare document-QA data").add_subparsers(dest="data_command", required=True)
     di = da.add_parser("import", help="convert a downloaded public QA dataset into shine_jax JSON Lines",

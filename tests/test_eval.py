@@ -44,8 +44,11 @@ def test_eval_writes_results_for_every_method(trained_workdir, test_records, tmp
         assert r["gen_s_per_question"] > 0
         assert len(r["predictions"]) == len(test_records)
     assert res["methods"]["shine"]["doc_cost_s"] > 0 and res["methods"]["sft"]["doc_cost_s"] > 0
-    table = (tmp_path / "res" / "results.md").read_text()
+    table, per_turn = (tmp_path / "res" / "results.md").read_text().split("\nF1 per turn:\n\n")
     assert table.count("\n") == 2 + len(METHODS) and "| shine |" in table
+    turns = max(len(x["qa"]) for x in test_records)  # multi-turn documents: F1 per turn, as the paper's Table 1
+    assert per_turn.splitlines()[0] == "| method | " + " | ".join(f"turn {t + 1}" for t in range(turns)) + " |"
+    assert [row.split(" | ")[0] for row in per_turn.splitlines()[2:]] == [f"| {m}" for m in METHODS]
     png = (tmp_path / "res" / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| icl |" in capsys.readouterr().out

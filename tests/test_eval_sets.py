@@ -252,3 +252,41 @@ def test_wrong_doc_never_takes_a_document_naming_the_same_person():
     b_with_a = {**b, "context": b["context"] + "\n\n" + a["context"]}
     sources = WrongDocLoRA(64).memory_sources([a["context"], b_with_a["context"], c["context"]])
     assert sources == [c["context"], c["context"], a["context"]]
+
+
+def _results(f1s: dict, per_turn: dict | None = None) -> dict:
+    return {"methods": {m: {"f1": f, "em": f / 2, "contains": f, "questions": 6, "documents": 2,
+                            "per_turn_f1": (per_turn or {}).get(m, [f]), "doc_cost_s": 0.0,
+                            "gen_s_per_question": 0.0} for m, f in f1s.items()}}
+
+
+def test_per_turn_f1_is_a_table_for_multi_turn_data_only():
+    from shine_jax.eval.report import per_turn_table
+
+    assert per_turn_table(_results({"none": 0.1, "shine": 0.5})) == ""
+    table = per_turn_table(_results({"none": 0.1, "shine": 0.5}, {"none": [0.2, 0.0], "shine": [0.6, 0.4, 0.5]}))
+    assert table.splitlines() == ["| method | turn 1 | turn 2 | turn 3 |", "|---|---:|---:|---:|",
+                                  "| none | 0.200 | 0.000 |  |", "| shine | 0.600 | 0.400 | 0.500 |"]
+
+
+def test_report_puts_several_sets_in_one_table(tmp_path, capsys):
+    """``shine-jax report``: a row per method, a column per set, the mean where a method ran on every set; bad
+    --set values are one error line each."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_results({"none": 0.1, "icl": 0.6, "shine": 0.5})))
+    b.write_text(json.dumps(_results({"none": 0.2, "shine": 0.3})))
+    out = tmp_path / "t" / "table.md"
+    assert cli.main(["report", "--set", f"squad={a}", "--set", f"hotpot={b}", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text in capsys.readouterr().out
+    f1 = text.split("\n\nEM\n\n")[0].splitlines()
+    assert f1[2:] == ["| method | squad | hotpot | mean |", "|---|---:|---:|---:|", "| none | 0.100 | 0.200 | 0.150 |",
+                      "| icl | 0.600 |  |  |", "| shine | 0.500 | 0.300 | 0.400 |"]
+    assert "| shine | 0.250 | 0.150 | 0.200 |" in text.split("\n\nEM\n\n")[1]
+
+    (tmp_path / "bad.json").write_text(json.dumps({"sets": {}}))
+    for value, message in ((f"squad{a}", "expected NAME=RESULTS.json"), (f"x={tmp_path / 'none.json'}", "not a file"),
+                           (f"x={tmp_path / 'bad.json'}", "not the results.json of one `shine-jax eval` run")):
+        assert cli.main(["report", "--set", value]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

@@ -81,6 +81,48 @@ def markdown_table(results: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+def per_turn_table(results: dict) -> str:
+    """F1 per conversation turn, one row per method (the shape of the paper's Table 1), when the data has more than
+    one turn; "" otherwise."""
+    methods = results["methods"]
+    turns = max(len(r.get("per_turn_f1", [])) for r in methods.values())
+    if turns < 2:
+        return ""
+    rows = ["| method | " + " | ".join(f"turn {t}" for t in range(1, turns + 1)) + " |",
+            "|---|" + "---:|" * turns]
+    for name, r in methods.items():
+        f1 = r.get("per_turn_f1", [])
+        rows.append(f"| {name} | " + " | ".join(f"{f1[t]:.3f}" if t < len(f1) else "" for t in range(turns)) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def sets_table(sets: dict[str, dict], metric: str = "f1") -> str:
+    """One row per method, one column per evaluated set (the shape of the paper's Table 2): ``metric`` of each
+    method on each set (empty where a set did not evaluate that method), then the mean over the sets it ran on."""
+    names = list(sets)
+    methods = list(dict.fromkeys(m for r in sets.values() for m in r["methods"]))
+    rows = ["| method | " + " | ".join(names) + " | mean |", "|---|" + "---:|" * (len(names) + 1)]
+    for m in methods:
+        values = [sets[n]["methods"].get(m, {}).get(metric) for n in names]
+        ran = [v for v in values if v is not None]
+        mean = f"{sum(ran) / len(ran):.3f}" if len(ran) == len(names) else ""
+        rows.append(f"| {m} | " + " | ".join("" if v is None else f"{v:.3f}" for v in values) + f" | {mean} |")
+    return "\n".join(rows) + "\n"
+
+
+def read_results(path: str | pathlib.Path) -> dict:
+    """A ``results.json`` of ``shine-jax eval`` (one set: ``{"methods": {...}}``); ValueError naming what is wrong."""
+    try:
+        results = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not JSON ({e.msg}, line {e.lineno})") from None
+    methods = results.get("methods") if isinstance(results, dict) else None
+    if not isinstance(methods, dict) or not methods or not all(
+            isinstance(r, dict) and isinstance(r.get("f1"), (int, float)) for r in methods.values()):
+        raise ValueError(f"{path} is not the results.json of one `shine-jax eval` run (no methods with an F1)")
+    return results
+
+
 def plot(results: dict, path: pathlib.Path) -> None:
     import matplotlib
 
@@ -121,6 +163,7 @@ def write_results(results: dict, out: str | pathlib.Path) -> dict[str, pathlib.P
     md, png = out.with_suffix(".md"), out.with_suffix(".png")
     with atomic_files(out, md, png) as (json_tmp, md_tmp, png_tmp):
         json_tmp.write_text(json.dumps(results, indent=2))
-        md_tmp.write_text(markdown_table(results))
+        md_tmp.write_text(markdown_table(results) + (f"\nF1 per turn:\n\n{per_turn}" if (
+            per_turn := per_turn_table(results)) else ""))
         plot(results, png_tmp)
     return {"json": out, "markdown": md, "png": png}
