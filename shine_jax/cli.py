@@ -357,7 +357,7 @@ def cmd_report(args) -> None:
             raise InputError(f"--set {name}: {path} is not a file")
         try:
             sets[name] = read_results(path)
-        except (ValueError, UnicodeDecodeError) as e:
+        except ValueError as e:  # UnicodeDecodeError included
             raise InputError(f"--set {name}: {e}") from None
     text = "F1\n\n" + sets_table(sets, "f1") + "\nEM\n\n" + sets_table(sets, "em")
     print(text, end="")

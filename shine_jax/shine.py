@@ -277,8 +277,8 @@ class Shine:
         graphdef, state = nnx.split(abstract)
         try:
             nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
-        except (KeyError, ValueError):
-            state = None  # keys the module does not have: set_hyper_params below names the mismatch
+        except ValueError:
+            state = None  # keys the module does not have: set_hyper_params below raises on them as before
         if state is None or any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state)):
             shine = cls.create(base, hyper_cfg, max_evidence_length=max_evidence_length)
             shine.set_hyper_params(params)

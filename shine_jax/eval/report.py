@@ -98,7 +98,8 @@ def per_turn_table(results: dict) -> str:
 
 def sets_table(sets: dict[str, dict], metric: str = "f1") -> str:
     """One row per method, one column per evaluated set (the shape of the paper's Table 2): ``metric`` of each
-    method on each set (empty where a set did not evaluate that method), then the mean over the sets it ran on."""
+    method on each set (empty where a set did not evaluate that method), then its mean over the sets when it ran on
+    every one of them (empty otherwise: a mean over fewer sets would not compare)."""
     names = list(sets)
     methods = list(dict.fromkeys(m for r in sets.values() for m in r["methods"]))
     rows = ["| method | " + " | ".join(names) + " | mean |", "|---|" + "---:|" * (len(names) + 1)]
@@ -118,7 +119,8 @@ def read_results(path: str | pathlib.Path) -> dict:
         raise ValueError(f"{path} is not JSON ({e.msg}, line {e.lineno})") from None
     methods = results.get("methods") if isinstance(results, dict) else None
     if not isinstance(methods, dict) or not methods or not all(
-            isinstance(r, dict) and isinstance(r.get("f1"), (int, float)) for r in methods.values()):
+            isinstance(r, dict) and isinstance(r.get("f1"), (int, float)) and isinstance(r.get("em", 0.0), (int, float))
+            for r in methods.values()):
         raise ValueError(f"{path} is not the results.json of one `shine-jax eval` run (no methods with an F1)")
     return results
 
