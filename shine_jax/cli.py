@@ -154,7 +154,7 @@ def cmd_eval(args) -> None:
 
 def _eval(args) -> None:
     from shine_jax.eval.methods import EvalSettings
-    from shine_jax.eval.report import markdown_table, per_turn_table
+    from shine_jax.eval.report import results_markdown
     from shine_jax.eval.run import evaluate_jsonl
 
     # memory3's bank is kept beside the results unless --memory3-dir names a folder
@@ -167,9 +167,7 @@ def _eval(args) -> None:
                                     settings, args.out, limit=args.limit, on_long=args.on_long,
                                     skip_bad=args.skip_bad_lines, progress=not args.no_progress, bank=args.bank,
                                     dtype=args.dtype)
-    print(markdown_table(results), end="")
-    if per_turn := per_turn_table(results):
-        print(f"\nF1 per turn:\n\n{per_turn}", end="")
+    print(results_markdown(results), end="")
     print(f"results: {files['json']}  table: {files['markdown']}  plot: {files['png']}")
 
 

@@ -81,6 +81,12 @@ def markdown_table(results: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+def results_markdown(results: dict) -> str:
+    """One evaluation's Markdown: the table, then F1 per turn for multi-turn data (what ``eval`` prints and writes)."""
+    per_turn = per_turn_table(results)
+    return markdown_table(results) + (f"\nF1 per turn:\n\n{per_turn}" if per_turn else "")
+
+
 def per_turn_table(results: dict) -> str:
     """F1 per conversation turn, one row per method (the shape of the paper's Table 1), when the data has more than
     one turn; "" otherwise."""
@@ -165,7 +171,6 @@ def write_results(results: dict, out: str | pathlib.Path) -> dict[str, pathlib.P
     md, png = out.with_suffix(".md"), out.with_suffix(".png")
     with atomic_files(out, md, png) as (json_tmp, md_tmp, png_tmp):
         json_tmp.write_text(json.dumps(results, indent=2))
-        md_tmp.write_text(markdown_table(results) + (f"\nF1 per turn:\n\n{per_turn}" if (
-            per_turn := per_turn_table(results)) else ""))
+        md_tmp.write_text(results_markdown(results))
         plot(results, png_tmp)
     return {"json": out, "markdown": md, "png": png}
