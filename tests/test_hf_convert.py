@@ -139,19 +139,25 @@ def test_ask_with_dtype_bfloat16(trained_workdir, tmp_path, capsys):
     assert capsys.readouterr().out.count("\n") == 1
 
 
+def watch_base_loads(monkeypatch) -> list:
+    """``BaseModel.load`` as before, recording the (dtype, compute_dtype) of each call in the returned list."""
+    asked = []
+    load = BaseModel.load
+    monkeypatch.setattr(BaseModel, "load", classmethod(lambda cls, path, dtype=None, compute_dtype=None: (
+        asked.append((dtype, compute_dtype)), load(path, dtype=dtype, compute_dtype=compute_dtype))[1]))
+    return asked
+
+
 def test_a_stage_reads_its_frozen_base_in_the_storage_dtype(trained_workdir, monkeypatch):
     """model.frozen_param_dtype=bfloat16: the multi-QA stage reads the previous stage's base as bfloat16 from the
     file on (the loader is asked for it), not as float32 cast afterwards."""
     from shine_jax.train import loop
     from tests.train_utils import small_config
 
-    asked = []
-    load = BaseModel.load
-    monkeypatch.setattr(BaseModel, "load", classmethod(lambda cls, path, dtype=None, compute_dtype=None: (
-        asked.append(dtype), load(path, dtype=dtype, compute_dtype=compute_dtype))[1]))
+    asked = watch_base_loads(monkeypatch)
     cfg = small_config("ift_mqa", 4, ["model.frozen_param_dtype='bfloat16'"], data_dir=trained_workdir / "data")
     base = loop.load_base(cfg, trained_workdir)
-    assert asked == ["bfloat16"]
+    assert [dtype for dtype, _ in asked] == ["bfloat16"]
     assert {str(x.dtype) for x in jax.tree.leaves(base.params())} == {"bfloat16"}
 
 
@@ -160,10 +166,7 @@ def test_internalize_and_eval_read_the_base_in_the_dtype_asked(trained_workdir, 
     loader is asked for it), and both commands finish."""
     from shine_jax.data.corpus import write_jsonl
 
-    asked = []
-    load = BaseModel.load
-    monkeypatch.setattr(BaseModel, "load", classmethod(lambda cls, path, dtype=None, compute_dtype=None: (
-        asked.append((dtype, compute_dtype)), load(path, dtype=dtype, compute_dtype=compute_dtype))[1]))
+    asked = watch_base_loads(monkeypatch)
     doc = tmp_path / "doc.txt"
     doc.write_text("Ada Vell was born in Norcastle. She works as a baker.")
     assert cli.main(["internalize", "--workdir", str(trained_workdir), "--doc", str(doc), "--out",
