@@ -91,14 +91,39 @@ def check_lora(cfg: ModelConfig, lora: LoRA, input_batch: int | None = None, wha
         )
 
 
+@jax.custom_vjp
+def _grouped_delta(xg: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """``xg @ A @ B`` per group: xg [Lb, n, S, in], A [Lb, in, r], B [Lb, r, out] -> [Lb, n, S, out]."""
+    return _grouped_delta_fwd(xg, a, b)[0]
+
+
+def _grouped_delta_fwd(xg, a, b):
+    low = jnp.einsum("gnsi,gir->gnsr", xg, a)
+    return jnp.einsum("gnsr,gro->gnso", low, b), (xg, a, b, low)
+
+
+def _grouped_delta_bwd(res, d_out):
+    """Every weight gradient contracts the tokens with the rank-sized operand on the left. Autodiff writes the B
+    gradient as ``d_out^T @ low`` ([out, r], then transposed), so XLA:CPU materialises ``d_out`` transposed, a
+    ``[out, tokens]`` copy fused with the elementwise backward that produced ``d_out``: on 2 cores those copies
+    were ~15 % of the SHINE train step at the speed issue's shapes (``benchmarks/results.md``)."""
+    xg, a, b, low = res
+    d_low = jnp.einsum("gnso,gro->gnsr", d_out, b)
+    d_b = jnp.einsum("gnsr,gnso->gro", low, d_out)
+    d_a = jnp.einsum("gnsr,gnsi->gri", d_low, xg).swapaxes(1, 2)
+    d_x = jnp.einsum("gnsr,gir->gnsi", d_low, a)
+    return d_x, d_a, d_b
+
+
+_grouped_delta.defvjp(_grouped_delta_fwd, _grouped_delta_bwd)
+
+
 def lora_delta(x: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
     """``x @ A @ B`` with grouped adapters: x [B, S, in], A [Lb, in, r], B [Lb, r, out] -> [B, S, out]."""
     bsz, seq, d_in = x.shape
     lb = a.shape[0]
     xg = x.reshape(lb, bsz // lb, seq, d_in)
-    tmp = jnp.einsum("gnsi,gir->gnsr", xg, a.astype(x.dtype))
-    out = jnp.einsum("gnsr,gro->gnso", tmp, b.astype(x.dtype))
-    return out.reshape(bsz, seq, -1)
+    return _grouped_delta(xg, a.astype(x.dtype), b.astype(x.dtype)).reshape(bsz, seq, -1)
 
 
 def apply_loras(y: jax.Array, x: jax.Array, layer_loras: Sequence[Mapping[str, Mapping[str, jax.Array]]], module: str):
