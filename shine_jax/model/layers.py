@@ -1,4 +1,5 @@
-"""Pure building blocks of the decoder: RMSNorm, rotary embeddings, masked grouped-query attention.
+"""Pure building blocks of the decoder: RMSNorm, rotary embeddings, masked grouped-query attention, and the
+trainable-weight matmul the hypernetwork uses (``linear``).
 
 Attention has two paths with the same signature and the same numbers: ``gqa_attention``, our heads-first matmuls
 with a hand-written backward pass (the reference, and the faster one on CPU), and ``fused_attention``, which calls
@@ -16,6 +17,28 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     return weight.astype(x.dtype) * normed.astype(x.dtype)
+
+
+@jax.custom_vjp
+def linear(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x @ w`` (x ``[..., in]``, a trainable w ``[in, out]``) whose weight gradient keeps the activations on the
+    left: ``dw = x^T @ g``. Autodiff writes it ``(g^T @ x)^T``, so XLA:CPU transposes the cotangent ``g``, a copy
+    fused into the elementwise backward that produced ``g`` (slow on 2 cores, ``benchmarks/results.md``); here
+    it transposes the stored ``x`` instead."""
+    return x @ w
+
+
+def _linear_fwd(x, w):
+    return x @ w, (x, w)
+
+
+def _linear_bwd(res, g):
+    x, w = res
+    d_w = jnp.einsum("ni,no->io", x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]))
+    return (g @ w.T).astype(x.dtype), d_w.astype(w.dtype)
+
+
+linear.defvjp(_linear_fwd, _linear_bwd)
 
 
 def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:

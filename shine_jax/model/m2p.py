@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from shine_jax.model.decoder import param
+from shine_jax.model.layers import linear
 
 M2P_TYPES = ("transformer", "linear", "lineargate")
 MEMORY_NORMS = ("none", "rmsnorm", "layernorm")
@@ -108,14 +109,14 @@ class EncoderLayer(nnx.Module):
         """x ``[N, S, d]`` -> ``[N, S, d]``."""
         n, s, d = x.shape
         hd = d // self.heads
-        qkv = x @ self.in_proj[...] + self.in_bias[...]
+        qkv = linear(x, self.in_proj[...]) + self.in_bias[...]
         q, k, v = (t.reshape(n, s, self.heads, hd) for t in jnp.split(qkv, 3, axis=-1))
         scores = jnp.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(hd)
         attn = jnp.einsum("nhqk,nkhd->nqhd", jax.nn.softmax(scores, axis=-1), v).reshape(n, s, d)
-        x = layer_norm(x + attn @ self.out_proj[...] + self.out_bias[...], self.norm1_scale[...],
+        x = layer_norm(x + linear(attn, self.out_proj[...]) + self.out_bias[...], self.norm1_scale[...],
                        self.norm1_bias[...], self.eps)
-        ff = jax.nn.gelu(x @ self.linear1[...] + self.bias1[...], approximate=False)
-        ff = ff @ self.linear2[...] + self.bias2[...]
+        ff = jax.nn.gelu(linear(x, self.linear1[...]) + self.bias1[...], approximate=False)
+        ff = linear(ff, self.linear2[...]) + self.bias2[...]
         return layer_norm(x + ff, self.norm2_scale[...], self.norm2_bias[...], self.eps)
 
 
@@ -162,7 +163,7 @@ class M2PLinear(PositionInput):
         x = self._input(memory_states)
         outs = [x]
         for i, w in enumerate(self.weights):
-            x = x @ w[...] + (self.biases[i][...] if self.cfg.linear_bias else 0.0)
+            x = linear(x, w[...]) + (self.biases[i][...] if self.cfg.linear_bias else 0.0)
             x = jax.nn.gelu(x, approximate=False)
             outs.append(x)
         if self.cfg.type == "lineargate":
