@@ -34,37 +34,14 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step_speed as speed  # noqa: E402  (the cases and their batches)
 
-from shine_jax import sharding as shd  # noqa: E402
-from shine_jax.base_model import BaseModel  # noqa: E402
-from shine_jax.train import loop  # noqa: E402
-from shine_jax.train import optimizer as optim  # noqa: E402
-from shine_jax.train.config import load_config, model_config  # noqa: E402
-from shine_jax.train.step import init_state, make_train_step  # noqa: E402
+from shine_jax.train.step import make_train_step  # noqa: E402
 
 EXECUTED = "ThunkExecutor::Execute (wait for completion)"
 
 
 def build_step(case: str):
     """(jitted step, its arguments) for one of ``train_step_speed.CASES``."""
-    spec, overrides, share = speed.CASES[case]
-    cfg = load_config(spec, overrides)
-    mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
-    base = BaseModel.random(model_config(cfg, cfg.model.vocab_size or 2048), seed=0)
-    rng = np.random.default_rng(0)
-    vocab = base.cfg.vocab_size
-    if cfg.stage == "base_pretrain":
-        task = loop.lm_task(cfg, base, mesh)
-        ids = rng.integers(8, vocab, (cfg.batch_size, cfg.data.lm_length))
-        batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": speed.labels_for(rng, ids, share)}
-    else:
-        task = loop.shine_task(cfg, base, mesh, workdir=None)
-        b, tc, tq = cfg.batch_size, cfg.data.context_length, cfg.data.conversation_length
-        ids = rng.integers(8, vocab, (b, tq))
-        batch = {"evidence_ids": rng.integers(8, vocab, (b, tc)), "evidence_mask": np.ones((b, tc), np.int32),
-                 "input_ids": ids, "attention_mask": np.ones_like(ids), "labels": speed.labels_for(rng, ids, share)}
-    batch = {k: jax.numpy.asarray(v[None]) for k, v in batch.items()}
-    tx = optim.make_optimizer(cfg.optim, cfg.steps, task.labels)
-    state = init_state(task.params, tx)
+    _, task, tx, state, batch = speed.setup(case, np.random.default_rng(0))
     return jax.jit(make_train_step(task.loss_fn, tx)), (state, task.frozen, batch)
 
 
@@ -132,7 +109,7 @@ def main() -> None:
     print("| category | ms / step |\n|---|---:|")
     for c, t in cats.most_common():
         print(f"| {c} | {t:.1f} |")
-    print(f"\nthe {args.top} slowest non-matmul ops (ms / step, calls, HLO shape <- fused inputs, JAX op):")
+    print(f"\nthe {args.top} slowest non-matmul ops (ms / step, HLO shape <- fused inputs, JAX op):")
     shown = 0
     for n, t in sorted(ops.items(), key=lambda kv: -kv[1]):
         if n.startswith("ynn_fusion") or shown >= args.top:

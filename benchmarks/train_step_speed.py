@@ -89,7 +89,8 @@ def labels_for(rng, ids, share):
     return labels
 
 
-def build(case, rng):
+def setup(case, rng):
+    """The case's config, task, optimizer, initial state and one batch (``[accum=1, B, T]``) of random tokens."""
     spec, overrides, share = CASES[case]
     cfg = load_config(spec, overrides)
     mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
@@ -107,7 +108,11 @@ def build(case, rng):
                  "input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels_for(rng, ids, share)}
     batch = {k: jnp.asarray(v[None]) for k, v in batch.items()}  # one micro-batch: [accum=1, B, T]
     tx = optim.make_optimizer(cfg.optim, cfg.steps, task.labels)
-    state = init_state(task.params, tx)
+    return cfg, task, tx, init_state(task.params, tx), batch
+
+
+def build(case, rng):
+    cfg, task, tx, state, batch = setup(case, rng)
     one = {k: v[0] for k, v in batch.items()}
 
     def jitted():

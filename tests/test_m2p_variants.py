@@ -2,11 +2,14 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from shine_jax.model import m2p as m2p_lib
+from shine_jax.model.layers import linear
 from shine_jax.model.m2p import M2PConfig, make_m2p
 from tests.conftest import max_rel_err
 
@@ -41,7 +44,6 @@ def test_linear_variants(kind, bias):
 
 
 def jax_tree(p):
-    import jax
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), p)
 
 
@@ -66,10 +68,6 @@ def test_attention_axis_alternation(layer_first):
 
 def test_linear_gradients_match_numpy():
     """``layers.linear``'s hand-written backward pass: dx = g w^T, dw = x^T g (float64 numpy), for a 3-D input."""
-    import jax
-
-    from shine_jax.model.layers import linear
-
     rng = np.random.default_rng(2)
     x, w, g = (rng.normal(size=s).astype(np.float32) for s in ((3, 4, 6), (6, 5), (3, 4, 5)))
     dx, dw = jax.grad(lambda a, b: jnp.sum(linear(a, b) * g), argnums=(0, 1))(x, w)
@@ -81,10 +79,6 @@ def test_linear_gradients_match_numpy():
 @pytest.mark.parametrize("kind", ["transformer", "linear"])
 def test_m2p_gradients_equal_autodiff_of_plain_matmuls(kind, monkeypatch):
     """The whole M2P's parameter gradients with ``linear`` equal autodiff through plain ``x @ w`` (float32)."""
-    import jax
-
-    from shine_jax.model import m2p as m2p_lib
-
     cfg = M2PConfig(type=kind, num_layers=2, num_heads=2)
     net = make_m2p(cfg, num_layers=3, num_tokens=4, hidden=8, rngs=nnx.Rngs(0))
     graph, params = nnx.split(net)
